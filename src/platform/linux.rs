@@ -1,0 +1,144 @@
+//! Linux backend: memfd segments, `SOCK_SEQPACKET` socket pairs for liveness and
+//! descriptor passing, and shared (not private) futexes.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::fs::{MemfdFlags, SealFlags, fcntl_add_seals, fstat, ftruncate, memfd_create};
+use rustix::io::{FdFlags, Errno, fcntl_getfd, fcntl_setfd};
+use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+use rustix::thread::futex;
+
+/// Creates an anonymous shared-memory object of exactly `len` bytes.
+///
+/// The object has no name, so nothing can leak: the kernel frees it with the last
+/// descriptor or mapping, whichever way the processes holding it end. It is sealed
+/// against resizing so no holder can turn the others' accesses into `SIGBUS`.
+pub(crate) fn create_shared_memory(debug_name: &str, len: u64) -> io::Result<OwnedFd> {
+    let fd = memfd_create(debug_name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    ftruncate(&fd, len)?;
+    fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    Ok(fd)
+}
+
+/// The size of a shared-memory object, as the kernel reports it (never as a peer wrote it).
+pub(crate) fn object_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let st = fstat(fd)?;
+    u64::try_from(st.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// Maps `len` bytes of `fd` shared and read-write, reachable only through raw pointers.
+pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<MmapRaw> {
+    MmapOptions::new().len(len).map_raw(&fd)
+}
+
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets, close-on-exec.
+///
+/// One end travels with each port. The kernel reports `POLLHUP` on one end once every
+/// descriptor of the other end is closed: that is how a port learns its peer's process
+/// died, with no heartbeat and nothing left behind.
+pub(crate) fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// True once every descriptor of the other end of `sock` is closed.
+pub(crate) fn peer_hung_up(sock: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&sock, PollFlags::RDHUP)];
+    match poll(&mut fds, Some(&rustix::thread::futex::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+        Ok(0) => false,
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL),
+        // EINTR: ask again next time rather than guess.
+        Err(_) => false,
+    }
+}
+
+/// Sleeps while `*word == expected`, for at most `timeout`; spurious returns are allowed.
+///
+/// Uses the shared futex variant: the word lives in memory mapped by several processes,
+/// and a private futex would key on this address space only.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = rustix::thread::futex::Timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    // EAGAIN (the word already changed), EINTR and ETIMEDOUT all mean "look again".
+    let _ = futex::wait(word, futex::Flags::empty(), expected, Some(&ts));
+}
+
+/// Wakes every waiter sleeping on `word` (there is at most one by protocol).
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+}
+
+/// Arranges for `fds` to survive `exec` in the child `cmd` starts, and only there.
+///
+/// The parent's descriptors stay close-on-exec, so a child spawned concurrently by another
+/// thread inherits nothing by accident; the flag is cleared after `fork`, in the child.
+pub(crate) fn inherit_in_child(cmd: &mut Command, fds: Vec<RawFd>) {
+    let clear = move || -> io::Result<()> {
+        for &fd in &fds {
+            // SAFETY: `fd` was open in the parent when `spawn` forked (the caller holds it
+            // until `spawn` returns), so it is open in the child; fcntl is async-signal-safe
+            // and this closure allocates nothing.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            fcntl_setfd(fd, FdFlags::empty())?;
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only calls fcntl, which is async-signal-safe, and touches no
+    // locks or allocator state, as `pre_exec` requires.
+    unsafe { cmd.pre_exec(clear) };
+}
+
+/// Takes ownership of a descriptor this process inherited, after checking it is open and
+/// of the expected kind, and marks it close-on-exec again.
+pub(crate) fn adopt_inherited(raw: RawFd, want_socket: bool) -> io::Result<OwnedFd> {
+    if raw < 0 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: only borrowed for the duration of the checks; fcntl on a closed descriptor
+    // fails with EBADF, which we report.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    fcntl_getfd(borrowed).map_err(|e| {
+        if e == Errno::BADF {
+            io::Error::new(io::ErrorKind::NotFound, "inherited descriptor is not open")
+        } else {
+            e.into()
+        }
+    })?;
+    let st = fstat(borrowed)?;
+    let kind = st.st_mode & S_IFMT;
+    let expected = if want_socket { S_IFSOCK } else { S_IFREG };
+    if kind != expected {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "inherited descriptor is not of the expected kind",
+        ));
+    }
+    fcntl_setfd(borrowed, FdFlags::CLOEXEC)?;
+    // SAFETY: the descriptor is open (checked above) and, by the bootstrap contract, was
+    // handed to this process for shmport alone; `parent_port` takes it at most once.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+const S_IFMT: u32 = 0o170000;
+const S_IFSOCK: u32 = 0o140000;
+const S_IFREG: u32 = 0o100000;
+
+/// The raw number of a descriptor, for handing to a child.
+pub(crate) fn raw(fd: &impl AsFd) -> RawFd {
+    fd.as_fd().as_raw_fd()
+}

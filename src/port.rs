@@ -1,0 +1,509 @@
+//! `MessagePort`: one end of a channel. It writes one ring of the segment and reads the
+//! other.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rkyv::util::AlignedVec;
+
+use crate::codec::{self, FingerprintCache, KIND_MESSAGE, Message};
+use crate::error::{MessageError, PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError};
+use crate::platform;
+use crate::ring::{Consumer, Corrupt, Producer};
+use crate::segment::Segment;
+use crate::sync::Ordering;
+use crate::transfer::Transferable;
+use crate::wake::{WaitStrategy, Waiter, wake};
+use crate::{ArrayBuffer, Error};
+
+/// A received message: the web's `MessageEvent`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct MessageEvent<T> {
+    /// The message: a deep copy of what was posted (S4).
+    pub data: T,
+    /// The ports that were in the transfer list, in transfer-list order.
+    pub ports: Vec<MessagePort>,
+    /// The buffers that were in the transfer list, in transfer-list order.
+    pub buffers: Vec<ArrayBuffer>,
+}
+
+impl<T> MessageEvent<T> {
+    /// Consumes the event, keeping only the message.
+    pub fn into_data(self) -> T {
+        self.data
+    }
+}
+
+/// How many empty `try_recv` calls (or posts) pass between two kernel liveness checks.
+const LIVENESS_EVERY: u32 = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerState {
+    Alive,
+    /// Closed, dropped, exited or killed: drain, then `Disconnected`.
+    Gone,
+    /// Our view of the shared memory is impossible: nothing more is read or written.
+    Poisoned,
+}
+
+/// One end of a channel: the web's `MessagePort`.
+///
+/// A port is `Send` (a thread is a worker) and not `Sync` (each ring has one producer and
+/// one consumer). Dropping a port closes it; the peer then drains what was queued and gets
+/// `Disconnected` (S15).
+///
+/// ```
+/// use shmport::MessageChannel;
+///
+/// let ch = MessageChannel::new()?;
+/// ch.port1.post_message(&String::from("hello"), [])?;
+/// let ev = ch.port2.recv::<String>()?;
+/// assert_eq!(ev.data, "hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct MessagePort {
+    seg: Arc<Segment>,
+    side: usize,
+    sock: OwnedFd,
+    tx: RefCell<Producer>,
+    rx: RefCell<Consumer>,
+    rx_scratch: RefCell<AlignedVec<16>>,
+    tx_scratch: RefCell<AlignedVec<16>>,
+    send_fp: FingerprintCache,
+    recv_fp: FingerprintCache,
+    recv_wait: Waiter,
+    send_wait: Waiter,
+    peer: Cell<PeerState>,
+    liveness_countdown: Cell<u32>,
+    size_hint: Cell<usize>,
+    /// Set when the port's end moves elsewhere (spawn, transfer): Drop must not close it.
+    moved: Cell<bool>,
+}
+
+impl fmt::Debug for MessagePort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessagePort")
+            .field("side", &self.side)
+            .field("capacity", &self.seg.capacity())
+            .field("peer", &self.peer.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MessagePort {
+    /// Builds the port on side `side` of `seg`, taking the ring roles from their published
+    /// indices (a new channel, or an end that arrived from elsewhere).
+    pub(crate) fn attach(
+        seg: Arc<Segment>,
+        side: usize,
+        sock: OwnedFd,
+        wait: WaitStrategy,
+    ) -> Result<MessagePort, Error> {
+        let bad = |Corrupt(why)| Error::InvalidSegment(why);
+        let tx = Producer::attach(seg.ring(side)).map_err(bad)?;
+        let rx = Consumer::attach(seg.ring(1 - side)).map_err(bad)?;
+        Ok(MessagePort {
+            seg,
+            side,
+            sock,
+            tx: RefCell::new(tx),
+            rx: RefCell::new(rx),
+            rx_scratch: RefCell::new(AlignedVec::new()),
+            tx_scratch: RefCell::new(AlignedVec::new()),
+            send_fp: FingerprintCache::new(),
+            recv_fp: FingerprintCache::new(),
+            recv_wait: Waiter::new(wait),
+            send_wait: Waiter::new(wait),
+            peer: Cell::new(PeerState::Alive),
+            liveness_countdown: Cell::new(LIVENESS_EVERY),
+            size_hint: Cell::new(0),
+            moved: Cell::new(false),
+        })
+    }
+
+    /// The largest encoded message this port's channel carries inline, in bytes.
+    pub fn max_message_size(&self) -> usize {
+        self.tx.borrow().mem().max_payload()
+    }
+
+    /// The ring capacity of each direction of this port's channel, in bytes.
+    pub fn capacity(&self) -> usize {
+        self.seg.capacity()
+    }
+
+    /// How this port waits in `recv`, `recv_timeout` and a blocking `post_message`.
+    pub fn wait_strategy(&self) -> WaitStrategy {
+        self.recv_wait.strategy()
+    }
+
+    /// Changes how this port waits; see [`WaitStrategy`].
+    pub fn set_wait_strategy(&self, strategy: WaitStrategy) {
+        self.recv_wait.set_strategy(strategy);
+        self.send_wait.set_strategy(strategy);
+    }
+
+    // ----- posting -------------------------------------------------------------------
+
+    /// Posts a message to the entangled port, waiting while its ring is full.
+    ///
+    /// `msg` is serialized straight into shared memory; the caller keeps (and may reuse)
+    /// its value (S4). The message is visible to the peer as soon as this returns.
+    /// `transfer` lists ports and buffers to move with the message; pass `[]` for none.
+    ///
+    /// # Errors
+    ///
+    /// [`PostErrorKind::Disconnected`] when the peer is gone (S16),
+    /// [`PostErrorKind::TooLarge`] when the encoded message exceeds
+    /// [`max_message_size`](Self::max_message_size), [`PostErrorKind::Encode`] when the value
+    /// cannot be serialized (S5), [`PostErrorKind::DataClone`] for an invalid transfer list.
+    /// In every case nothing is sent and the transfer list is handed back
+    /// ([`PostError::into_inner`]).
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let ch = MessageChannel::new()?;
+    /// ch.port1.post_message(&(7u32, String::from("seven")), [])?;
+    /// assert_eq!(ch.port2.recv::<(u32, String)>()?.data.0, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn post_message<T: Message>(
+        &self,
+        msg: &T,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        self.post(msg, transfer, true)
+    }
+
+    /// Posts a message without ever waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message), plus [`PostErrorKind::Full`] when the peer's
+    /// ring has no room now.
+    pub fn try_post_message<T: Message>(
+        &self,
+        msg: &T,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        self.post(msg, transfer, false)
+    }
+
+    fn post<T: Message>(
+        &self,
+        msg: &T,
+        transfer: impl IntoIterator<Item = Transferable>,
+        block: bool,
+    ) -> Result<(), PostError> {
+        let mut transfer = transfer.into_iter().peekable();
+        if transfer.peek().is_some() {
+            return Err(PostError::new(
+                PostErrorKind::DataClone("transfer lists are not supported yet"),
+                transfer.collect(),
+            ));
+        }
+        let fail = |kind| Err(PostError::new(kind, Vec::new()));
+        if self.peer_gone_cheap() {
+            return fail(PostErrorKind::Disconnected);
+        }
+        let Ok(mut tx) = self.tx.try_borrow_mut() else {
+            return fail(PostErrorKind::Reentrant);
+        };
+        let fp = self.send_fp.get::<T>();
+        match self.write_in_place(&mut tx, msg, fp) {
+            Ok(true) => {
+                wake(&tx.mem().ctrl().reader_sleeping);
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(corrupt) => {
+                drop(tx);
+                self.poison(corrupt);
+                return fail(PostErrorKind::Disconnected);
+            }
+        }
+        // Slow path: the ring has no room now, or the message is bigger than predicted.
+        let Ok(mut scratch) = self.tx_scratch.try_borrow_mut() else {
+            return fail(PostErrorKind::Reentrant);
+        };
+        if let Err(e) = codec::encode_to_vec(msg, &mut scratch) {
+            return fail(PostErrorKind::Encode(e));
+        }
+        let len = scratch.len();
+        let limit = tx.mem().max_payload();
+        if len > limit {
+            return fail(PostErrorKind::TooLarge { size: len, limit });
+        }
+        self.size_hint.set(len);
+        let mut attempt = || -> Option<Result<(), PostErrorKind>> {
+            if self.peer_gone_cheap() {
+                return Some(Err(PostErrorKind::Disconnected));
+            }
+            if let Err(c) = tx.refresh() {
+                self.poison(c);
+                return Some(Err(PostErrorKind::Disconnected));
+            }
+            tx.try_write(&scratch, KIND_MESSAGE, fp).then_some(Ok(()))
+        };
+        let outcome = if block {
+            let word = &self.seg.ring_ctrl(self.side).writer_sleeping;
+            self.send_wait.wait(word, None, &mut attempt, || {
+                self.check_liveness_now()
+                    .then_some(Err(PostErrorKind::Disconnected))
+            })
+        } else {
+            attempt()
+        };
+        match outcome {
+            Some(Ok(())) => {
+                wake(&tx.mem().ctrl().reader_sleeping);
+                Ok(())
+            }
+            Some(Err(kind)) => fail(kind),
+            None => fail(PostErrorKind::Full),
+        }
+    }
+
+    /// Serializes `msg` directly into the ring if it fits now. `Ok(false)`: no room.
+    fn write_in_place<T: Message>(
+        &self,
+        tx: &mut Producer,
+        msg: &T,
+        fp: u64,
+    ) -> Result<bool, Corrupt> {
+        let hint = self.size_hint.get();
+        for round in 0..2 {
+            let (here, wrapped) = tx.room();
+            for wrap in [false, true] {
+                let room = if wrap { wrapped } else { here };
+                if room == 0 || room < hint || (wrap && wrapped <= here) {
+                    continue;
+                }
+                if let Some(len) = codec::encode_into(msg, tx.payload_area(wrap)) {
+                    tx.commit(wrap, len, KIND_MESSAGE, fp);
+                    if len != hint {
+                        self.size_hint.set(len);
+                    }
+                    return Ok(true);
+                }
+            }
+            if round == 0 {
+                tx.refresh()?;
+            }
+        }
+        Ok(false)
+    }
+
+    // ----- receiving -----------------------------------------------------------------
+
+    /// Receives the next message, waiting until one arrives or the peer is gone.
+    ///
+    /// How it waits is set by [`set_wait_strategy`](Self::set_wait_strategy). A peer whose
+    /// process died is noticed within 100 ms.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Disconnected`] once the peer is gone and every message it posted has
+    /// been received (S15); [`RecvError::MessageError`] when the next message cannot be
+    /// decoded as `T` (S6): that message is consumed and the port keeps working.
+    pub fn recv<T: Message>(&self) -> Result<MessageEvent<T>, RecvError> {
+        match self.recv_until::<T>(None) {
+            Ok(ev) => Ok(ev),
+            Err(RecvTimeoutError::MessageError(e)) => Err(RecvError::MessageError(e)),
+            Err(_) => Err(RecvError::Disconnected),
+        }
+    }
+
+    /// Receives the next message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), plus [`RecvTimeoutError::Timeout`] when nothing arrived in
+    /// time and the peer is alive.
+    pub fn recv_timeout<T: Message>(
+        &self,
+        timeout: Duration,
+    ) -> Result<MessageEvent<T>, RecvTimeoutError> {
+        self.recv_until(Instant::now().checked_add(timeout))
+    }
+
+    fn recv_until<T: Message>(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<MessageEvent<T>, RecvTimeoutError> {
+        let attempt = || match self.try_recv_inner::<T>(false) {
+            Err(TryRecvError::Empty) => None,
+            Ok(ev) => Some(Ok(ev)),
+            Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
+            Err(TryRecvError::MessageError(e)) => Some(Err(RecvTimeoutError::MessageError(e))),
+        };
+        let word = &self.seg.ring_ctrl(1 - self.side).reader_sleeping;
+        let peer_dead = || {
+            if self.check_liveness_now() {
+                // Drain whatever the peer published before it went.
+                Some(match self.try_recv_inner::<T>(false) {
+                    Ok(ev) => Ok(ev),
+                    Err(TryRecvError::MessageError(e)) => Err(RecvTimeoutError::MessageError(e)),
+                    Err(_) => Err(RecvTimeoutError::Disconnected),
+                })
+            } else {
+                None
+            }
+        };
+        self.recv_wait
+            .wait(word, deadline, attempt, peer_dead)
+            .unwrap_or(Err(RecvTimeoutError::Timeout))
+    }
+
+    /// Receives the next message if one is queued; never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] when nothing is queued and the peer is alive;
+    /// [`TryRecvError::Disconnected`] once the peer is gone and the queue drained (a closed
+    /// peer is seen at the next call, a dead process within 64 calls);
+    /// [`TryRecvError::MessageError`] as for [`recv`](Self::recv).
+    pub fn try_recv<T: Message>(&self) -> Result<MessageEvent<T>, TryRecvError> {
+        self.try_recv_inner(true)
+    }
+
+    fn try_recv_inner<T: Message>(
+        &self,
+        periodic_liveness: bool,
+    ) -> Result<MessageEvent<T>, TryRecvError> {
+        if self.peer.get() == PeerState::Poisoned {
+            return Err(TryRecvError::Disconnected);
+        }
+        let Ok(mut rx) = self.rx.try_borrow_mut() else {
+            // Called from inside a Deserialize impl of a message on this same port.
+            return Err(TryRecvError::Empty);
+        };
+        let record = match rx.peek() {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                let gone = self.peer_gone_cheap()
+                    || (periodic_liveness && self.liveness_due() && self.check_liveness_now());
+                if !gone {
+                    return Err(TryRecvError::Empty);
+                }
+                // The peer's last records were published before it closed: look once more.
+                match rx.peek() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Err(TryRecvError::Disconnected),
+                    Err(c) => return Err(self.poison_rx(rx, c)),
+                }
+            }
+            Err(c) => return Err(self.poison_rx(rx, c)),
+        };
+        let mut scratch = std::mem::take(&mut *self.rx_scratch.borrow_mut());
+        rx.copy_payload(&record, &mut scratch);
+        rx.release(record);
+        wake(&rx.mem().ctrl().writer_sleeping);
+        drop(rx);
+        let header = record.header;
+        let result = if header.kind == KIND_MESSAGE {
+            codec::decode::<T>(&scratch, header.tag, &self.recv_fp)
+        } else {
+            Err(MessageError::UnknownKind(header.kind))
+        };
+        *self.rx_scratch.borrow_mut() = scratch;
+        Ok(MessageEvent {
+            data: result?,
+            ports: Vec::new(),
+            buffers: Vec::new(),
+        })
+    }
+
+    // ----- closing and liveness ------------------------------------------------------
+
+    /// Closes the port. The peer still receives every message posted before (S14), then
+    /// `Disconnected`. Closing consumes the port, so a closed port cannot be used or
+    /// transferred (S17) — the compiler enforces it. Dropping a port does the same.
+    pub fn close(self) {
+        drop(self);
+    }
+
+    /// True when the peer is known to be gone without asking the kernel.
+    fn peer_gone_cheap(&self) -> bool {
+        match self.peer.get() {
+            PeerState::Alive => {
+                // Acquire: pairs with the Release store in the peer's `Drop`, so every
+                // record the peer published before closing is visible to our next peek.
+                if self.seg.closed_flag(1 - self.side).load(Ordering::Acquire) != 0 {
+                    self.peer.set(PeerState::Gone);
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => true,
+        }
+    }
+
+    fn liveness_due(&self) -> bool {
+        let n = self.liveness_countdown.get();
+        if n <= 1 {
+            self.liveness_countdown.set(LIVENESS_EVERY);
+            true
+        } else {
+            self.liveness_countdown.set(n - 1);
+            false
+        }
+    }
+
+    /// Asks the kernel whether every descriptor of the peer's socket is closed (its process
+    /// exited or was killed). One `poll` system call.
+    fn check_liveness_now(&self) -> bool {
+        if self.peer_gone_cheap() {
+            return true;
+        }
+        if platform::peer_hung_up(self.sock.as_fd()) {
+            self.peer.set(PeerState::Gone);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn poison_rx(&self, rx: std::cell::RefMut<'_, Consumer>, c: Corrupt) -> TryRecvError {
+        drop(rx);
+        self.poison(c);
+        TryRecvError::MessageError(MessageError::Corrupt(c.0))
+    }
+
+    /// Stops all use of a segment whose metadata is impossible, and tells the peer.
+    fn poison(&self, _why: Corrupt) {
+        self.peer.set(PeerState::Poisoned);
+        self.announce_close();
+    }
+
+    fn announce_close(&self) {
+        // Release: pairs with the peer's Acquire load in `peer_gone_cheap`.
+        self.seg.closed_flag(self.side).store(1, Ordering::Release);
+        // The peer may sleep waiting for data from us or for room in the ring it fills.
+        wake(&self.seg.ring_ctrl(self.side).reader_sleeping);
+        wake(&self.seg.ring_ctrl(1 - self.side).writer_sleeping);
+    }
+
+    /// What carries this end elsewhere: the segment, the side and the socket.
+    pub(crate) fn parts(&self) -> (&Segment, usize, &OwnedFd) {
+        (&self.seg, self.side, &self.sock)
+    }
+
+    /// Marks the port as moved elsewhere (spawned, transferred): Drop then closes nothing.
+    pub(crate) fn mark_moved(&self) {
+        self.moved.set(true);
+    }
+}
+
+impl Drop for MessagePort {
+    fn drop(&mut self) {
+        if !self.moved.get() {
+            self.announce_close();
+        }
+    }
+}

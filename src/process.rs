@@ -1,0 +1,145 @@
+//! Process bootstrap: hand a port to a child, the native analogue of posting `port2`
+//! into an iframe.
+
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::segment::Segment;
+use crate::wake::WaitStrategy;
+use crate::{Error, MessagePort, platform};
+
+/// The environment variable through which a child learns which descriptors carry its port.
+///
+/// Its value is `v1:<parent pid>:<socket fd>:<segment fd>:<side>`. The parent pid makes a
+/// grandchild that inherited the variable (but not the descriptors) refuse it.
+pub const BOOTSTRAP_ENV: &str = "SHMPORT_PARENT_PORT";
+
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Starts `cmd` as a child process that owns `port`; the child gets it from
+/// [`parent_port`].
+///
+/// The port's end of the channel moves to the child: messages already queued for it are
+/// delivered there. Only the two descriptors that carry the port are inherited, and only
+/// by this child.
+///
+/// ```no_run
+/// use shmport::MessageChannel;
+/// use std::process::Command;
+///
+/// let ch = MessageChannel::new()?;
+/// let mut child = shmport::spawn(&mut Command::new("./worker"), ch.port2)?;
+/// ch.port1.post_message(&String::from("hello, child"), [])?;
+/// child.wait()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Os`] when the process cannot be started. The port is then dropped, which
+/// closes it: the other end sees `Disconnected`.
+pub fn spawn(cmd: &mut Command, port: MessagePort) -> Result<Child, Error> {
+    let (seg, side, sock) = port.parts();
+    let sock_fd = platform::raw(sock);
+    let seg_fd = platform::raw(&seg.fd());
+    cmd.env(
+        BOOTSTRAP_ENV,
+        format!("v1:{}:{sock_fd}:{seg_fd}:{side}", std::process::id()),
+    );
+    platform::inherit_in_child(cmd, vec![sock_fd, seg_fd]);
+    let child = cmd.spawn().map_err(|e| Error::os("spawn", e))?;
+    port.mark_moved();
+    Ok(child)
+}
+
+/// The port a parent handed to this process with [`spawn`]. Callable once per process.
+///
+/// ```no_run
+/// let port = shmport::parent_port()?;
+/// let greeting = port.recv::<String>()?.data;
+/// port.post_message(&format!("got {greeting:?}"), [])?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::NoParentPort`] when this process was not started by [`spawn`];
+/// [`Error::ParentPortTaken`] on a second call; [`Error::BadBootstrap`] or
+/// [`Error::InvalidSegment`] when what was inherited is not a valid port.
+pub fn parent_port() -> Result<MessagePort, Error> {
+    let value = std::env::var(BOOTSTRAP_ENV).map_err(|_| Error::NoParentPort)?;
+    let boot = Bootstrap::parse(&value)?;
+    if boot.parent_pid != rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)
+    {
+        return Err(Error::NoParentPort);
+    }
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return Err(Error::ParentPortTaken);
+    }
+    let sock: OwnedFd = platform::adopt_inherited(boot.sock_fd, true)
+        .map_err(|e| Error::os("adopting the inherited socket", e))?;
+    let seg_fd = platform::adopt_inherited(boot.seg_fd, false)
+        .map_err(|e| Error::os("adopting the inherited segment", e))?;
+    let seg = Segment::open(seg_fd)?;
+    MessagePort::attach(Arc::new(seg), boot.side, sock, WaitStrategy::default())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Bootstrap {
+    parent_pid: u32,
+    sock_fd: i32,
+    seg_fd: i32,
+    side: usize,
+}
+
+impl Bootstrap {
+    fn parse(value: &str) -> Result<Bootstrap, Error> {
+        let mut it = value.split(':');
+        if it.next() != Some("v1") {
+            return Err(Error::BadBootstrap("unknown bootstrap version"));
+        }
+        let mut num = |what| {
+            it.next()
+                .and_then(|s| s.parse::<u32>().ok())
+                .ok_or(Error::BadBootstrap(what))
+        };
+        let parent_pid = num("parent pid")?;
+        let sock_fd = num("socket descriptor")?;
+        let seg_fd = num("segment descriptor")?;
+        let side = num("side")?;
+        if side > 1 || sock_fd > i32::MAX as u32 || seg_fd > i32::MAX as u32 || sock_fd == seg_fd {
+            return Err(Error::BadBootstrap("values out of range"));
+        }
+        if it.next().is_some() {
+            return Err(Error::BadBootstrap("trailing fields"));
+        }
+        Ok(Bootstrap {
+            parent_pid,
+            sock_fd: sock_fd as i32,
+            seg_fd: seg_fd as i32,
+            side: side as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_value_round_trips() {
+        assert_eq!(
+            Bootstrap::parse("v1:42:5:6:1").unwrap(),
+            Bootstrap { parent_pid: 42, sock_fd: 5, seg_fd: 6, side: 1 }
+        );
+    }
+
+    #[test]
+    fn malformed_bootstrap_values_are_errors() {
+        for bad in ["", "v2:1:2:3:0", "v1:1:2:3", "v1:1:2:3:2", "v1:1:x:3:0", "v1:1:3:3:0", "v1:1:2:3:0:9"] {
+            assert!(matches!(Bootstrap::parse(bad), Err(Error::BadBootstrap(_))), "{bad}");
+        }
+    }
+}

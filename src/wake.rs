@@ -1,0 +1,202 @@
+//! How a port waits: spin briefly, then sleep on a futex in the shared segment.
+//!
+//! # The protocol, and why no wake-up is lost
+//!
+//! Each ring has two futex words: `reader_sleeping` (set by a consumer waiting for data)
+//! and `writer_sleeping` (set by a producer waiting for room). With `word` the sleeper's
+//! flag and `state` what it waits for (the tail for a reader, the head for a writer, and
+//! the peer's `closed` flag for both):
+//!
+//! ```text
+//! sleeper                                  waker
+//! word.store(1)                            state.store(new)          (Release)
+//! fence(SeqCst)                            fence(SeqCst)
+//! if state changed { word = 0; return }    if word.load() == 1 {
+//! futex_wait(word, 1, timeout)                 word.swap(0); futex_wake(word)
+//!                                          }
+//! ```
+//!
+//! The two SeqCst fences order the sleeper's flag store before its state load, and the
+//! waker's state store before its flag load. So at least one side sees the other: either
+//! the sleeper sees the new state and does not sleep, or the waker sees the flag and wakes
+//! it. If the wake comes between the sleeper's check and its `futex_wait`, the waker has
+//! already reset the word to 0, and `futex_wait(word, 1)` returns at once because the
+//! kernel compares the word with 1 atomically with queueing the sleeper. A waker that
+//! sees 0 makes no system call: with nobody sleeping, posting is syscall-free (P5).
+//!
+//! Sleeps are bounded by [`LIVENESS_INTERVAL`]: a peer process that dies sets no flag,
+//! so the sleeper wakes on its own and asks the kernel whether the peer's socket hung up.
+//! That bounds how long a survivor can miss a crash (SPEC §4: 100 ms).
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use crate::platform::{futex_wait, futex_wake};
+use crate::sync::{AtomicU32, Ordering, fence};
+
+/// Longest single futex sleep: a dead peer is noticed within this (plus one poll).
+pub(crate) const LIVENESS_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How often a busy-polling waiter asks the kernel whether its peer is still alive.
+const BUSY_LIVENESS_INTERVAL: Duration = Duration::from_millis(10);
+
+const ADAPTIVE_MIN: Duration = Duration::from_micros(2);
+const ADAPTIVE_START: Duration = Duration::from_micros(50);
+const ADAPTIVE_MAX: Duration = Duration::from_micros(100);
+
+/// How a port waits for a message (or for room in a full ring).
+///
+/// ```
+/// use shmport::{MessageChannel, WaitStrategy};
+/// use std::time::Duration;
+///
+/// let ch = MessageChannel::builder()
+///     .wait_strategy(WaitStrategy::Spin(Duration::from_micros(20)))
+///     .build()?;
+/// ch.port2.set_wait_strategy(WaitStrategy::Block); // per port, any time
+/// # Ok::<(), shmport::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WaitStrategy {
+    /// Spin for a budget that follows how long recent waits lasted (between 2 µs and
+    /// 100 µs), then sleep. Low latency while messages flow, no CPU while idle.
+    #[default]
+    Adaptive,
+    /// Spin for at most this long, then sleep.
+    Spin(Duration),
+    /// Never spin: sleep on the futex at once (pure blocking, lowest CPU use).
+    Block,
+    /// Never sleep: spin until the wait ends (lowest latency; keeps one core busy).
+    BusyPoll,
+}
+
+/// A waiter's adaptive state; lives in the port, one per direction of waiting.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    strategy: Cell<WaitStrategy>,
+    budget: Cell<Duration>,
+}
+
+impl Waiter {
+    pub(crate) fn new(strategy: WaitStrategy) -> Self {
+        Waiter {
+            strategy: Cell::new(strategy),
+            budget: Cell::new(ADAPTIVE_START),
+        }
+    }
+
+    pub(crate) fn strategy(&self) -> WaitStrategy {
+        self.strategy.get()
+    }
+
+    pub(crate) fn set_strategy(&self, strategy: WaitStrategy) {
+        self.strategy.set(strategy);
+    }
+
+    fn spin_budget(&self) -> Option<Duration> {
+        match self.strategy.get() {
+            WaitStrategy::Adaptive => Some(self.budget.get()),
+            WaitStrategy::Spin(d) => Some(d),
+            WaitStrategy::Block => Some(Duration::ZERO),
+            WaitStrategy::BusyPoll => None,
+        }
+    }
+
+    fn adapt(&self, satisfied_while_spinning: bool) {
+        if self.strategy.get() != WaitStrategy::Adaptive {
+            return;
+        }
+        let b = self.budget.get();
+        self.budget.set(if satisfied_while_spinning {
+            (b * 2).min(ADAPTIVE_MAX)
+        } else {
+            (b / 2).max(ADAPTIVE_MIN)
+        });
+    }
+
+    /// Waits until `attempt` yields a result, or until `deadline`.
+    ///
+    /// `attempt` must be a fresh look at the shared state (it is called after the flag is
+    /// announced and the fence is passed); `peer_dead` is the expensive liveness check,
+    /// called only between sleeps and rarely while busy-polling. Returns `None` on timeout.
+    pub(crate) fn wait<R>(
+        &self,
+        word: &AtomicU32,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut() -> Option<R>,
+        mut peer_dead: impl FnMut() -> Option<R>,
+    ) -> Option<R> {
+        if let Some(r) = attempt() {
+            return Some(r);
+        }
+        let budget = self.spin_budget();
+        if budget != Some(Duration::ZERO) {
+            let start = Instant::now();
+            let mut last_liveness = start;
+            loop {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                    if let Some(r) = attempt() {
+                        self.adapt(true);
+                        return Some(r);
+                    }
+                }
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return None;
+                }
+                match budget {
+                    Some(b) if now - start >= b => break,
+                    Some(_) => {}
+                    None => {
+                        if now - last_liveness >= BUSY_LIVENESS_INTERVAL {
+                            last_liveness = now;
+                            if let Some(r) = peer_dead() {
+                                return Some(r);
+                            }
+                        }
+                    }
+                }
+            }
+            self.adapt(false);
+        }
+        loop {
+            let mut nap = LIVENESS_INTERVAL;
+            if let Some(d) = deadline {
+                let now = Instant::now();
+                if now >= d {
+                    return None;
+                }
+                nap = nap.min(d - now);
+            }
+            word.store(1, Ordering::Relaxed);
+            // SeqCst fence: pairs with the waker's fence in `wake`: our flag store is
+            // ordered before the re-check below, its state store before its flag load.
+            fence(Ordering::SeqCst);
+            if let Some(r) = attempt() {
+                word.store(0, Ordering::Relaxed);
+                return Some(r);
+            }
+            futex_wait(word, 1, nap);
+            word.store(0, Ordering::Relaxed);
+            if let Some(r) = attempt() {
+                return Some(r);
+            }
+            if let Some(r) = peer_dead() {
+                return Some(r);
+            }
+        }
+    }
+}
+
+/// Wakes the peer sleeping on `word`, if it announced it sleeps. Call after the state
+/// change it waits for is stored. Costs a fence and one load when nobody sleeps.
+#[inline]
+pub(crate) fn wake(word: &AtomicU32) {
+    // SeqCst fence: pairs with the sleeper's fence in `Waiter::wait`.
+    fence(Ordering::SeqCst);
+    if word.load(Ordering::Relaxed) != 0 && word.swap(0, Ordering::Relaxed) != 0 {
+        futex_wake(word);
+    }
+}
