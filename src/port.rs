@@ -507,3 +507,63 @@ impl Drop for MessagePort {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::MessageChannel;
+    use crate::codec::fingerprint_of;
+
+    #[test]
+    fn corrupt_archive_bytes_with_the_right_fingerprint_are_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        let fp = fingerprint_of::<Vec<String>>();
+        assert!(ch.port1.tx.borrow_mut().try_write(&[0xff; 64], KIND_MESSAGE, fp));
+        ch.port1.post_message(&vec![String::from("ok")], []).unwrap();
+        assert!(matches!(
+            ch.port2.recv::<Vec<String>>(),
+            Err(RecvError::MessageError(MessageError::Invalid(_)))
+        ));
+        assert_eq!(ch.port2.recv::<Vec<String>>().unwrap().data, ["ok"]);
+    }
+
+    #[test]
+    fn an_unknown_record_kind_is_a_message_error_and_the_port_keeps_working() {
+        let ch = MessageChannel::new().unwrap();
+        assert!(ch.port1.tx.borrow_mut().try_write(&[0; 16], 77, 0));
+        ch.port1.post_message(&1u8, []).unwrap();
+        assert!(matches!(
+            ch.port2.recv::<u8>(),
+            Err(RecvError::MessageError(MessageError::UnknownKind(77)))
+        ));
+        assert_eq!(ch.port2.recv::<u8>().unwrap().data, 1);
+    }
+
+    #[test]
+    fn impossible_ring_metadata_is_reported_once_then_disconnected() {
+        let ch = MessageChannel::new().unwrap();
+        ch.port1.seg.ring_ctrl(0).tail.store(u64::MAX - 15, Ordering::Relaxed);
+        assert!(matches!(
+            ch.port2.recv::<u8>(),
+            Err(RecvError::MessageError(MessageError::Corrupt(_)))
+        ));
+        assert!(matches!(ch.port2.recv::<u8>(), Err(RecvError::Disconnected)));
+    }
+
+    #[test]
+    fn the_peer_of_a_poisoned_port_sees_disconnected() {
+        let ch = MessageChannel::new().unwrap();
+        ch.port1.seg.ring_ctrl(0).tail.store(8, Ordering::Relaxed);
+        assert!(ch.port2.try_recv::<u8>().is_err());
+        assert!(ch.port1.post_message(&1u8, []).unwrap_err().is_disconnected());
+    }
+
+    #[test]
+    fn a_consumer_index_rewritten_by_the_peer_poisons_the_producer() {
+        let ch = MessageChannel::builder().capacity(4096).build().unwrap();
+        while ch.port1.try_post_message(&[0u8; 64], []).is_ok() {}
+        ch.port1.seg.ring_ctrl(0).head.store(1 << 40, Ordering::Relaxed);
+        let err = ch.port1.post_message(&[0u8; 64], []).unwrap_err();
+        assert!(err.is_disconnected(), "{err}");
+    }
+}

@@ -221,3 +221,77 @@ pub(crate) fn check_header(
     }
     Ok(())
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn segment_from_bytes(bytes: &[u8]) -> Result<Segment, Error> {
+        let fd = rustix::fs::memfd_create("shmport-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let mut file = std::fs::File::from(fd);
+        file.write_all(bytes).unwrap();
+        Segment::open(OwnedFd::from(file))
+    }
+
+    fn valid_image(capacity: usize) -> Vec<u8> {
+        let mut img = vec![0u8; Segment::len_for(capacity)];
+        img[0..8].copy_from_slice(&MAGIC.to_le_bytes());
+        img[8..12].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
+        img[12..16].copy_from_slice(&(DATA_OFFSET as u32).to_le_bytes());
+        img[16..20].copy_from_slice(&(capacity as u32).to_le_bytes());
+        let len = img.len() as u64;
+        img[24..32].copy_from_slice(&len.to_le_bytes());
+        img
+    }
+
+    #[test]
+    fn a_well_formed_segment_opens() {
+        assert_eq!(segment_from_bytes(&valid_image(8192)).unwrap().capacity(), 8192);
+    }
+
+    #[test]
+    fn a_segment_with_a_bad_magic_number_is_refused() {
+        let mut img = valid_image(8192);
+        img[0] ^= 1;
+        assert!(matches!(segment_from_bytes(&img), Err(Error::InvalidSegment("bad magic number"))));
+    }
+
+    #[test]
+    fn a_segment_of_another_layout_version_is_refused() {
+        let mut img = valid_image(8192);
+        img[8] = 99;
+        assert!(matches!(segment_from_bytes(&img), Err(Error::InvalidSegment(_))));
+    }
+
+    #[test]
+    fn a_truncated_segment_is_refused() {
+        let img = valid_image(8192);
+        assert!(matches!(segment_from_bytes(&img[..img.len() - 4096]), Err(Error::InvalidSegment(_))));
+        assert!(matches!(segment_from_bytes(&img[..100]), Err(Error::InvalidSegment(_))));
+    }
+
+    #[test]
+    fn a_header_claiming_more_capacity_than_the_object_holds_is_refused() {
+        let mut img = valid_image(8192);
+        img[16..20].copy_from_slice(&(1u32 << 29).to_le_bytes());
+        assert!(matches!(segment_from_bytes(&img), Err(Error::InvalidSegment(_))));
+    }
+
+    #[test]
+    fn a_capacity_off_the_granule_is_refused() {
+        let mut img = valid_image(8192);
+        img[16..20].copy_from_slice(&8000u32.to_le_bytes());
+        assert!(matches!(segment_from_bytes(&img), Err(Error::InvalidSegment(_))));
+    }
+
+    #[test]
+    fn impossible_ring_indices_in_a_received_segment_refuse_to_attach() {
+        let mut img = valid_image(8192);
+        // ring 0 head (offset 256 + 128) ahead of its tail
+        img[384..392].copy_from_slice(&64u64.to_le_bytes());
+        let seg = segment_from_bytes(&img).unwrap();
+        let (s, _peer) = platform::socket_pair().unwrap();
+        assert!(crate::MessagePort::attach(std::sync::Arc::new(seg), 1, s, Default::default()).is_err());
+    }
+}

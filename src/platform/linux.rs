@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::atomic::AtomicU32;
+#[cfg(not(loom))]
 use std::time::Duration;
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -13,7 +13,11 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fs::{MemfdFlags, SealFlags, fcntl_add_seals, fstat, ftruncate, memfd_create};
 use rustix::io::{FdFlags, Errno, fcntl_getfd, fcntl_setfd};
 use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+#[cfg(not(loom))]
 use rustix::thread::futex;
+
+#[cfg(not(loom))]
+use crate::sync::AtomicU32;
 
 /// Creates an anonymous shared-memory object of exactly `len` bytes.
 ///
@@ -68,7 +72,9 @@ pub(crate) fn peer_hung_up(sock: BorrowedFd<'_>) -> bool {
 /// Sleeps while `*word == expected`, for at most `timeout`; spurious returns are allowed.
 ///
 /// Uses the shared futex variant: the word lives in memory mapped by several processes,
-/// and a private futex would key on this address space only.
+/// and a private futex would key on this address space only. (Under `--cfg loom` the
+/// model in `loom_futex.rs` stands in for this and `futex_wake`.)
+#[cfg(not(loom))]
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     let ts = rustix::thread::futex::Timespec {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
@@ -79,6 +85,7 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 }
 
 /// Wakes every waiter sleeping on `word` (there is at most one by protocol).
+#[cfg(not(loom))]
 pub(crate) fn futex_wake(word: &AtomicU32) {
     let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
 }

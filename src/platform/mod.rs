@@ -8,5 +8,11 @@ mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
 
+// Under `--cfg loom` the futex is a model loom can explore (and `linux` leaves it out).
+#[cfg(loom)]
+mod loom_futex;
+#[cfg(loom)]
+pub(crate) use loom_futex::{futex_wait, futex_wake};
+
 #[cfg(not(target_os = "linux"))]
 compile_error!("shmport supports Linux only for now (see SPEC §6: macOS is planned)");

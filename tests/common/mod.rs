@@ -1,0 +1,71 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::process::{Child, Command, ExitStatus};
+
+use shmport::MessagePort;
+
+/// A child process that is killed if the test fails before waiting for it.
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    pub fn pid(&self) -> i32 {
+        self.0.as_ref().unwrap().id() as i32
+    }
+
+    pub fn wait(mut self) -> ExitStatus {
+        self.0.take().unwrap().wait().unwrap()
+    }
+
+    pub fn kill(mut self) {
+        let mut child = self.0.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Re-runs this test binary as a child that runs only `test_name`, handing it `port`.
+///
+/// Inside the child, the same test function calls [`as_child`] first and takes the child
+/// branch.
+pub fn spawn_test_child(test_name: &str, port: MessagePort) -> ChildGuard {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .stdout(std::process::Stdio::null());
+    ChildGuard(Some(shmport::spawn(&mut cmd, port).unwrap()))
+}
+
+/// In a child started by [`spawn_test_child`], runs `body` with the parent port and exits
+/// the process (0 on success, 101 on panic). In the parent, returns without running it.
+pub fn as_child(body: impl FnOnce(MessagePort)) {
+    if std::env::var_os(shmport::BOOTSTRAP_ENV).is_none() {
+        return;
+    }
+    let port = shmport::parent_port().expect("child has a parent port");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(port)));
+    std::process::exit(if outcome.is_ok() { 0 } else { 101 });
+}
+
+/// The shmport segments this process has mapped, read from /proc/self/maps.
+pub fn shmport_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("memfd:shmport"))
+        .count()
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
