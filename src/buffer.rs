@@ -1,8 +1,8 @@
 //! `ArrayBuffer`: bytes in shared memory, movable between processes without a copy.
 
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd};
 use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 
 use memmap2::MmapRaw;
@@ -102,6 +102,8 @@ impl DerefMut for ArrayBuffer {
 
 impl fmt::Debug for ArrayBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ArrayBuffer").field("len", &self.len).finish()
+        f.debug_struct("ArrayBuffer")
+            .field("len", &self.len)
+            .finish()
     }
 }

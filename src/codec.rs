@@ -11,7 +11,7 @@ use std::cell::Cell;
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
-use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::allocator::{Arena, ArenaHandle};
 use rkyv::ser::writer::Buffer;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -103,14 +103,18 @@ impl FingerprintCache {
 }
 
 /// Serializes `value` into `area` (ring memory); `None` if it does not fit.
+///
+/// `arena` is the port's own scratch allocator for rkyv, so the hot path touches no
+/// thread-local state and allocates nothing once the arena has grown to fit.
 #[inline]
 pub(crate) fn encode_into<T: Message>(
     value: &T,
     area: &mut [std::mem::MaybeUninit<u8>],
+    arena: &mut Arena,
 ) -> Option<usize> {
     use rkyv::ser::Positional;
     let writer = Buffer::from(area);
-    rkyv::api::high::to_bytes_in::<_, rancor::Failure>(value, writer)
+    rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Failure>(value, writer, arena.acquire())
         .ok()
         .map(|w| w.pos())
 }
@@ -120,10 +124,15 @@ pub(crate) fn encode_into<T: Message>(
 pub(crate) fn encode_to_vec<T: Message>(
     value: &T,
     out: &mut AlignedVec<16>,
+    arena: &mut Arena,
 ) -> Result<(), rancor::Error> {
     out.clear();
     let vec = std::mem::take(out);
-    *out = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, vec)?;
+    *out = rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
+        value,
+        vec,
+        arena.acquire(),
+    )?;
     Ok(())
 }
 

@@ -59,7 +59,9 @@ impl fmt::Display for Error {
             Error::NoParentPort => f.write_str(
                 "this process has no parent port: it was not started with shmport::spawn",
             ),
-            Error::ParentPortTaken => f.write_str("parent_port() was already called in this process"),
+            Error::ParentPortTaken => {
+                f.write_str("parent_port() was already called in this process")
+            }
             Error::BadBootstrap(why) => write!(f, "malformed bootstrap information: {why}"),
             Error::InvalidSegment(why) => write!(f, "invalid shared-memory segment: {why}"),
         }
@@ -103,7 +105,9 @@ impl fmt::Display for MessageError {
             }
             MessageError::Invalid(e) => write!(f, "message failed validation: {e}"),
             MessageError::UnknownKind(k) => write!(f, "record of unknown kind {k}"),
-            MessageError::Corrupt(why) => write!(f, "channel poisoned by corrupt shared memory: {why}"),
+            MessageError::Corrupt(why) => {
+                write!(f, "channel poisoned by corrupt shared memory: {why}")
+            }
         }
     }
 }
@@ -203,14 +207,20 @@ pub enum PostErrorKind {
 }
 
 /// A failed post: why it failed, and every transferable handed back untouched.
+///
+/// `Send + Sync + 'static` even though it may hold ports (which are not `Sync`): the
+/// transfer list sits behind a mutex, so `?` works into `Box<dyn Error + Send + Sync>`.
 pub struct PostError {
     kind: PostErrorKind,
-    transfer: Vec<Transferable>,
+    transfer: std::sync::Mutex<Vec<Transferable>>,
 }
 
 impl PostError {
     pub(crate) fn new(kind: PostErrorKind, transfer: Vec<Transferable>) -> Self {
-        PostError { kind, transfer }
+        PostError {
+            kind,
+            transfer: std::sync::Mutex::new(transfer),
+        }
     }
 
     /// Why the post failed.
@@ -231,6 +241,8 @@ impl PostError {
     /// Hands back the transfer list, in the order it was given.
     pub fn into_inner(self) -> Vec<Transferable> {
         self.transfer
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -238,7 +250,10 @@ impl fmt::Debug for PostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostError")
             .field("kind", &self.kind)
-            .field("transferables", &self.transfer.len())
+            .field(
+                "transferables",
+                &self.transfer.lock().map_or(0, |t| t.len()),
+            )
             .finish()
     }
 }

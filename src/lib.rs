@@ -50,6 +50,8 @@ mod buffer;
 mod channel;
 mod codec;
 mod error;
+#[cfg(all(test, loom))]
+mod loom_tests;
 mod platform;
 mod port;
 mod process;

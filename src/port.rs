@@ -7,10 +7,13 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rkyv::ser::allocator::Arena;
 use rkyv::util::AlignedVec;
 
 use crate::codec::{self, FingerprintCache, KIND_MESSAGE, Message};
-use crate::error::{MessageError, PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError};
+use crate::error::{
+    MessageError, PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError,
+};
 use crate::platform;
 use crate::ring::{Consumer, Corrupt, Producer};
 use crate::segment::Segment;
@@ -80,6 +83,8 @@ pub struct MessagePort {
     peer: Cell<PeerState>,
     liveness_countdown: Cell<u32>,
     size_hint: Cell<usize>,
+    /// rkyv's scratch allocator for this port's posts (created on first use).
+    arena: RefCell<Option<Arena>>,
     /// Set when the port's end moves elsewhere (spawn, transfer): Drop must not close it.
     moved: Cell<bool>,
 }
@@ -121,6 +126,7 @@ impl MessagePort {
             peer: Cell::new(PeerState::Alive),
             liveness_countdown: Cell::new(LIVENESS_EVERY),
             size_hint: Cell::new(0),
+            arena: RefCell::new(None),
             moved: Cell::new(false),
         })
     }
@@ -213,8 +219,12 @@ impl MessagePort {
         let Ok(mut tx) = self.tx.try_borrow_mut() else {
             return fail(PostErrorKind::Reentrant);
         };
+        let Ok(mut arena) = self.arena.try_borrow_mut() else {
+            return fail(PostErrorKind::Reentrant);
+        };
+        let arena = arena.get_or_insert_with(Arena::new);
         let fp = self.send_fp.get::<T>();
-        match self.write_in_place(&mut tx, msg, fp) {
+        match self.write_in_place(&mut tx, msg, fp, arena) {
             Ok(true) => {
                 wake(&tx.mem().ctrl().reader_sleeping);
                 return Ok(());
@@ -230,7 +240,7 @@ impl MessagePort {
         let Ok(mut scratch) = self.tx_scratch.try_borrow_mut() else {
             return fail(PostErrorKind::Reentrant);
         };
-        if let Err(e) = codec::encode_to_vec(msg, &mut scratch) {
+        if let Err(e) = codec::encode_to_vec(msg, &mut scratch, arena) {
             return fail(PostErrorKind::Encode(e));
         }
         let len = scratch.len();
@@ -274,6 +284,7 @@ impl MessagePort {
         tx: &mut Producer,
         msg: &T,
         fp: u64,
+        arena: &mut Arena,
     ) -> Result<bool, Corrupt> {
         let hint = self.size_hint.get();
         for round in 0..2 {
@@ -283,7 +294,7 @@ impl MessagePort {
                 if room == 0 || room < hint || (wrap && wrapped <= here) {
                     continue;
                 }
-                if let Some(len) = codec::encode_into(msg, tx.payload_area(wrap)) {
+                if let Some(len) = codec::encode_into(msg, tx.payload_area(wrap), arena) {
                     tx.commit(wrap, len, KIND_MESSAGE, fp);
                     if len != hint {
                         self.size_hint.set(len);
@@ -385,6 +396,9 @@ impl MessagePort {
         let record = match rx.peek() {
             Ok(Some(r)) => r,
             Ok(None) => {
+                if rx.flush() {
+                    wake(&rx.mem().ctrl().writer_sleeping);
+                }
                 let gone = self.peer_gone_cheap()
                     || (periodic_liveness && self.liveness_due() && self.check_liveness_now());
                 if !gone {
@@ -401,8 +415,9 @@ impl MessagePort {
         };
         let mut scratch = std::mem::take(&mut *self.rx_scratch.borrow_mut());
         rx.copy_payload(&record, &mut scratch);
-        rx.release(record);
-        wake(&rx.mem().ctrl().writer_sleeping);
+        if rx.release(record) {
+            wake(&rx.mem().ctrl().writer_sleeping);
+        }
         drop(rx);
         let header = record.header;
         let result = if header.kind == KIND_MESSAGE {
@@ -518,8 +533,15 @@ mod tests {
     fn corrupt_archive_bytes_with_the_right_fingerprint_are_a_message_error() {
         let ch = MessageChannel::new().unwrap();
         let fp = fingerprint_of::<Vec<String>>();
-        assert!(ch.port1.tx.borrow_mut().try_write(&[0xff; 64], KIND_MESSAGE, fp));
-        ch.port1.post_message(&vec![String::from("ok")], []).unwrap();
+        assert!(
+            ch.port1
+                .tx
+                .borrow_mut()
+                .try_write(&[0xff; 64], KIND_MESSAGE, fp)
+        );
+        ch.port1
+            .post_message(&vec![String::from("ok")], [])
+            .unwrap();
         assert!(matches!(
             ch.port2.recv::<Vec<String>>(),
             Err(RecvError::MessageError(MessageError::Invalid(_)))
@@ -542,27 +564,39 @@ mod tests {
     #[test]
     fn impossible_ring_metadata_is_reported_once_then_disconnected() {
         let ch = MessageChannel::new().unwrap();
-        ch.port1.seg.ring_ctrl(0).tail.store(u64::MAX - 15, Ordering::Relaxed);
+        ch.port1.seg.ring(0).forge(0, 1, u32::MAX, KIND_MESSAGE);
         assert!(matches!(
             ch.port2.recv::<u8>(),
             Err(RecvError::MessageError(MessageError::Corrupt(_)))
         ));
-        assert!(matches!(ch.port2.recv::<u8>(), Err(RecvError::Disconnected)));
+        assert!(matches!(
+            ch.port2.recv::<u8>(),
+            Err(RecvError::Disconnected)
+        ));
     }
 
     #[test]
     fn the_peer_of_a_poisoned_port_sees_disconnected() {
         let ch = MessageChannel::new().unwrap();
-        ch.port1.seg.ring_ctrl(0).tail.store(8, Ordering::Relaxed);
+        ch.port1.seg.ring(0).forge(0, 1, 0, 0);
         assert!(ch.port2.try_recv::<u8>().is_err());
-        assert!(ch.port1.post_message(&1u8, []).unwrap_err().is_disconnected());
+        assert!(
+            ch.port1
+                .post_message(&1u8, [])
+                .unwrap_err()
+                .is_disconnected()
+        );
     }
 
     #[test]
     fn a_consumer_index_rewritten_by_the_peer_poisons_the_producer() {
         let ch = MessageChannel::builder().capacity(4096).build().unwrap();
         while ch.port1.try_post_message(&[0u8; 64], []).is_ok() {}
-        ch.port1.seg.ring_ctrl(0).head.store(1 << 40, Ordering::Relaxed);
+        ch.port1
+            .seg
+            .ring_ctrl(0)
+            .head
+            .store(1 << 40, Ordering::Relaxed);
         let err = ch.port1.post_message(&[0u8; 64], []).unwrap_err();
         assert!(err.is_disconnected(), "{err}");
     }

@@ -132,14 +132,30 @@ mod tests {
     fn bootstrap_value_round_trips() {
         assert_eq!(
             Bootstrap::parse("v1:42:5:6:1").unwrap(),
-            Bootstrap { parent_pid: 42, sock_fd: 5, seg_fd: 6, side: 1 }
+            Bootstrap {
+                parent_pid: 42,
+                sock_fd: 5,
+                seg_fd: 6,
+                side: 1
+            }
         );
     }
 
     #[test]
     fn malformed_bootstrap_values_are_errors() {
-        for bad in ["", "v2:1:2:3:0", "v1:1:2:3", "v1:1:2:3:2", "v1:1:x:3:0", "v1:1:3:3:0", "v1:1:2:3:0:9"] {
-            assert!(matches!(Bootstrap::parse(bad), Err(Error::BadBootstrap(_))), "{bad}");
+        for bad in [
+            "",
+            "v2:1:2:3:0",
+            "v1:1:2:3",
+            "v1:1:2:3:2",
+            "v1:1:x:3:0",
+            "v1:1:3:3:0",
+            "v1:1:2:3:0:9",
+        ] {
+            assert!(
+                matches!(Bootstrap::parse(bad), Err(Error::BadBootstrap(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -9,14 +9,28 @@
 //!
 //! Indices are monotonic byte positions (`u64`, which never wraps in practice: 2^64 bytes
 //! at 100 GB/s is 5 years). `tail - head` is the number of bytes in use, so a full ring and
-//! an empty ring are told apart without a spare slot (as in rtrb). Each side caches the
-//! other's index and re-reads the shared one only when its cache says "full" or "empty".
+//! an empty ring are told apart without a spare slot (as in rtrb).
 //!
-//! Records are a 16-byte [`RecordHeader`] then the payload, padded to 16 bytes. A record
+//! Records are a 24-byte [`RecordHeader`] then the payload, padded to 8 bytes. A record
 //! never straddles the end of the data area: when it would, the producer writes a padding
-//! record that fills the rest and places the record at offset 0. A record is published by
-//! one `Release` store of the tail after all of its bytes are written, so a reader can never
-//! observe a half-written record, and a producer killed mid-write publishes nothing.
+//! record over the rest (or, when fewer than 24 bytes remain, leaves them: both sides skip
+//! such a remainder) and places the record at offset 0.
+//!
+//! # Publication: the record's own mark, not a shared tail
+//!
+//! The consumer does not poll the producer's tail. Each header starts with a `mark`, the
+//! record's position plus one, stored last with `Release` after every other byte of the
+//! record; the consumer polls the mark at its head with `Acquire` and takes the record once
+//! the mark equals `head + 1`. Stale bytes from an earlier lap carry an earlier position and
+//! fresh memory carries 0, so neither can pass. So a reader can never observe a
+//! half-written record, a producer killed mid-write publishes nothing, and the cache line
+//! the consumer waits on is the one that carries the data: one cache-line transfer per
+//! small message instead of two (the tail's and the record's). The producer still stores
+//! its tail (a line the consumer does not read), so that the producer role can be taken
+//! over elsewhere (a transferred port) from the published state.
+//!
+//! The consumer publishes its head in batches (every eighth of the ring, and whenever it
+//! finds the ring empty), keeping the head's line off the per-message path too.
 
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
@@ -26,9 +40,9 @@ use bytemuck::{Pod, Zeroable};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// Bytes of record header.
-pub(crate) const RECORD_HEADER: usize = 16;
+pub(crate) const RECORD_HEADER: usize = 24;
 /// Records start at and are padded to multiples of this.
-pub(crate) const RECORD_ALIGN: usize = 16;
+pub(crate) const RECORD_ALIGN: usize = 8;
 /// The kind of a padding record (skipped by the consumer).
 pub(crate) const KIND_PAD: u32 = 1;
 
@@ -37,7 +51,8 @@ pub(crate) const KIND_PAD: u32 = 1;
 /// side sets when it sleeps.
 #[repr(C, align(128))]
 pub(crate) struct RingCtrl {
-    /// Bytes ever published by the producer. Written by the producer only.
+    /// Bytes ever published by the producer. Written by the producer only; read when a
+    /// producer attaches.
     pub tail: AtomicU64,
     /// 1 while the consumer sleeps (or is about to) waiting for data; the futex word.
     pub reader_sleeping: AtomicU32,
@@ -75,11 +90,11 @@ impl RingCtrl {
     }
 }
 
-/// The header in front of every record, copied out of the ring before it is looked at.
+/// The header fields after the mark, copied out of the ring before they are looked at.
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
 #[repr(C)]
 pub(crate) struct RecordHeader {
-    /// Payload bytes (not counting this header or padding).
+    /// Payload bytes (not counting the header or padding).
     pub len: u32,
     /// Record kind: [`KIND_PAD`] or a codec kind. Zero is never valid.
     pub kind: u32,
@@ -87,7 +102,9 @@ pub(crate) struct RecordHeader {
     pub tag: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<RecordHeader>() == RECORD_HEADER);
+/// Offset of [`RecordHeader`] in a record, after the 8-byte mark.
+const FIELDS_AT: usize = 8;
+const _: () = assert!(FIELDS_AT + std::mem::size_of::<RecordHeader>() == RECORD_HEADER);
 
 /// The ring's metadata is impossible; the channel must be poisoned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,11 +122,12 @@ pub(crate) struct RingMem {
 impl RingMem {
     /// # Safety
     ///
-    /// `ctrl` must point to a valid, aligned `RingCtrl`, and `data` to `cap` bytes, both
-    /// valid for reads and writes until every user of this `RingMem` is gone. `cap` must be
-    /// a non-zero multiple of [`RECORD_ALIGN`].
+    /// `ctrl` must point to a valid, aligned `RingCtrl`, and `data` to `cap` bytes aligned
+    /// to 8, both valid for reads and writes until every user of this `RingMem` is gone.
+    /// `cap` must be a non-zero multiple of [`RECORD_ALIGN`] no smaller than 4 headers.
     pub(crate) unsafe fn new(ctrl: NonNull<RingCtrl>, data: NonNull<u8>, cap: usize) -> Self {
-        debug_assert!(cap > 0 && cap % RECORD_ALIGN == 0);
+        debug_assert!(cap >= 4 * RECORD_HEADER && cap % RECORD_ALIGN == 0);
+        debug_assert!(data.as_ptr() as usize % RECORD_ALIGN == 0);
         RingMem { ctrl, data, cap }
     }
 
@@ -131,31 +149,53 @@ impl RingMem {
         self.max_record() - RECORD_HEADER
     }
 
-    fn read_header(&self, off: usize) -> RecordHeader {
+    /// The mark word of a record starting at `off`.
+    fn mark(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off + RECORD_HEADER <= self.cap && off % RECORD_ALIGN == 0);
+        // SAFETY: `off + 24 <= cap` (callers check) and `off` is 8-aligned in an 8-aligned
+        // area, so this is an aligned, in-bounds 8-byte location. Every access to a mark is
+        // atomic; the protocol gives the rest of the record's bytes to one side at a time,
+        // so the plain writes of payload bytes never overlap a mark being polled.
+        unsafe { &*self.data.as_ptr().add(off).cast::<AtomicU64>() }
+    }
+
+    fn read_fields(&self, off: usize) -> RecordHeader {
         debug_assert!(off + RECORD_HEADER <= self.cap);
-        // SAFETY: `off + 16 <= cap` (callers check), so the read is in bounds; the data area
-        // is 16-aligned and `off` a multiple of 16. A volatile copy: the peer may be writing,
-        // and whatever we get is checked before use.
+        // SAFETY: in bounds as in `mark`. A volatile copy: a hostile peer may be writing, and
+        // whatever we get is checked before use.
         unsafe {
             self.data
                 .as_ptr()
-                .add(off)
+                .add(off + FIELDS_AT)
                 .cast::<RecordHeader>()
                 .read_volatile()
         }
     }
 
-    fn write_header(&self, off: usize, header: RecordHeader) {
+    /// Writes a whole record header, mark last (Release): the record is then published.
+    fn publish(&self, off: usize, pos: u64, fields: RecordHeader) {
         debug_assert!(off + RECORD_HEADER <= self.cap);
-        // SAFETY: in bounds as above; the range [off, off+16) lies in the free part of the
-        // ring, which the protocol gives to the producer alone until the tail is published.
+        // SAFETY: in bounds as in `mark`; [off, off + 24) lies in the free part of the ring,
+        // which the protocol gives to the producer alone until the mark is stored.
         unsafe {
             self.data
                 .as_ptr()
-                .add(off)
+                .add(off + FIELDS_AT)
                 .cast::<RecordHeader>()
-                .write(header)
-        }
+                .write(fields)
+        };
+        // Release: pairs with the consumer's Acquire load of the mark in `Consumer::peek`;
+        // the header fields and every payload byte are visible before the mark is.
+        self.mark(off).store(pos + 1, Ordering::Release);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+impl RingMem {
+    /// Publishes an arbitrary header at `off`, as a buggy or hostile producer could.
+    pub(crate) fn forge(&self, off: usize, mark: u64, len: u32, kind: u32) {
+        let fields = RecordHeader { len, kind, tag: 0 };
+        self.publish(off, mark.wrapping_sub(1), fields);
     }
 }
 
@@ -197,10 +237,13 @@ impl Producer {
 
     /// Re-reads the consumer's index.
     pub(crate) fn refresh(&mut self) -> Result<(), Corrupt> {
-        // Acquire: pairs with the consumer's Release store in `Consumer::release`, so the
+        // Acquire: pairs with the consumer's Release store in `Consumer::flush`, so the
         // bytes it has finished copying out are not overwritten under it.
         let head = self.mem.ctrl().head.load(Ordering::Acquire);
         check_indices(head, self.tail, self.mem.cap)?;
+        if head < self.head_cache {
+            return Err(Corrupt("consumer index moved backwards"));
+        }
         self.head_cache = head;
         Ok(())
     }
@@ -222,11 +265,14 @@ impl Producer {
     pub(crate) fn room(&self) -> (usize, usize) {
         let (here, wrapped) = self.free_regions();
         let max = self.mem.max_payload();
-        let fit = |bytes: usize| bytes.saturating_sub(RECORD_HEADER).min(max) / RECORD_ALIGN * RECORD_ALIGN;
+        let fit = |bytes: usize| {
+            bytes.saturating_sub(RECORD_HEADER).min(max) / RECORD_ALIGN * RECORD_ALIGN
+        };
         (fit(here), fit(wrapped))
     }
 
-    /// True when a payload of `len` bytes can be placed now (in place or after wrapping).
+    /// Where a payload of `len` bytes can be placed now: `Some(false)` in place,
+    /// `Some(true)` after wrapping, `None` not yet.
     pub(crate) fn fits(&self, len: usize) -> Option<bool> {
         let (here, wrapped) = self.room();
         if len <= here {
@@ -251,10 +297,10 @@ impl Producer {
             return &mut [];
         }
         // SAFETY: `room` only reports bytes in the free part of the ring, which the protocol
-        // gives to this producer alone (the consumer does not read past the published tail);
-        // `off + 16 + len <= cap` by construction of `free_regions`. MaybeUninit: we make no
-        // claim about the bytes' current contents. The borrow of `self` keeps the mapping
-        // alive and prevents a second area from being handed out.
+        // gives to this producer alone (the consumer reads no further than the last
+        // published mark); `off + 24 + len <= cap` by construction of `free_regions`.
+        // MaybeUninit: we make no claim about the bytes' current contents. The borrow of
+        // `self` keeps the mapping alive and prevents a second area from being handed out.
         unsafe {
             let start = self.mem.data.as_ptr().add(off + RECORD_HEADER);
             std::slice::from_raw_parts_mut(start.cast::<MaybeUninit<u8>>(), len)
@@ -268,50 +314,56 @@ impl Producer {
             len <= if wrap { wrapped } else { here } && kind != 0 && kind != KIND_PAD,
             "shmport bug: commit of {len} bytes beyond the payload area"
         );
+        let pad_at = self.tail_off;
+        let pad_pos = self.tail;
         if wrap {
-            let rest = self.mem.cap - self.tail_off;
-            self.mem.write_header(
-                self.tail_off,
-                RecordHeader {
-                    len: (rest - RECORD_HEADER) as u32,
-                    kind: KIND_PAD,
-                    tag: 0,
-                },
-            );
-            self.tail += rest as u64;
+            self.tail += (self.mem.cap - self.tail_off) as u64;
             self.tail_off = 0;
         }
-        self.mem.write_header(
-            self.tail_off,
-            RecordHeader {
-                len: len as u32,
-                kind,
-                tag,
-            },
-        );
         let size = record_size(len);
+        let fields = RecordHeader {
+            len: len as u32,
+            kind,
+            tag,
+        };
+        // The record first, then the padding in front of it: the consumer reaches the
+        // record only through the padding, so it sees both or neither.
+        self.mem.publish(self.tail_off, self.tail, fields);
+        let rest = self.mem.cap - pad_at;
+        if wrap && rest >= RECORD_HEADER {
+            let pad = RecordHeader {
+                len: (rest - RECORD_HEADER) as u32,
+                kind: KIND_PAD,
+                tag: 0,
+            };
+            self.mem.publish(pad_at, pad_pos, pad);
+        }
         self.tail += size as u64;
         self.tail_off += size;
-        if self.tail_off == self.mem.cap {
+        if self.mem.cap - self.tail_off < RECORD_HEADER {
+            // Too short for a header: both sides skip the remainder.
+            self.tail += (self.mem.cap - self.tail_off) as u64;
             self.tail_off = 0;
         }
-        // Release: pairs with the consumer's Acquire load in `Consumer::peek`; every byte of
-        // the record (and of a padding header) is visible before the new tail is.
+        // Release: pairs with the Acquire load in `Producer::attach` when this role moves.
         self.mem.ctrl().tail.store(self.tail, Ordering::Release);
     }
 
     /// Copies `bytes` into one record if there is room now; returns whether it did.
     pub(crate) fn try_write(&mut self, bytes: &[u8], kind: u32, tag: u64) -> bool {
-        let wrap = match self.fits(bytes.len()) {
-            Some(wrap) => wrap,
-            None => return false,
+        let Some(wrap) = self.fits(bytes.len()) else {
+            return false;
         };
         let area = self.payload_area(wrap);
-        // SAFETY: `fits` guarantees `bytes.len() <= area.len()`; the regions cannot overlap
-        // (one is ring memory owned by us, the other a caller's slice... or, if the caller
-        // passed ring memory, it is not the free part we are writing).
+        // SAFETY: `fits` guarantees `bytes.len() <= area.len()`; `area` is free ring memory
+        // owned by this producer and cannot overlap a caller's slice, which is either
+        // process-private memory or a part of some ring we do not write.
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), area.as_mut_ptr().cast::<u8>(), bytes.len())
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                area.as_mut_ptr().cast::<u8>(),
+                bytes.len(),
+            )
         };
         self.commit(wrap, bytes.len(), kind, tag);
         true
@@ -333,11 +385,18 @@ impl Record {
 }
 
 /// The reading side of one ring.
+///
+/// Releasing is batched: the shared head is published once at least an eighth of the ring
+/// has been released, or when the consumer finds the ring empty (it is about to wait), or
+/// on [`flush`](Consumer::flush). That keeps the head's cache line (and the fence that
+/// goes with publishing it) off the per-message path while the producer still gets room
+/// long before it could run out.
 pub(crate) struct Consumer {
     mem: RingMem,
     head: u64,
     head_off: usize,
-    tail_cache: u64,
+    published_head: u64,
+    publish_every: u64,
 }
 
 // SAFETY: a Consumer is the only reader of its ring's published records and the only
@@ -354,7 +413,8 @@ impl Consumer {
             mem,
             head,
             head_off: (head % mem.cap as u64) as usize,
-            tail_cache: head,
+            published_head: head,
+            publish_every: (mem.cap / 8) as u64,
         })
     }
 
@@ -362,42 +422,36 @@ impl Consumer {
         &self.mem
     }
 
-    fn refresh(&mut self) -> Result<(), Corrupt> {
-        // Acquire: pairs with the producer's Release store in `Producer::commit`, making the
-        // published records' bytes visible.
-        let tail = self.mem.ctrl().tail.load(Ordering::Acquire);
-        check_indices(self.head, tail, self.mem.cap)?;
-        self.tail_cache = tail;
-        Ok(())
-    }
-
-    /// The next record, if one is published. Padding is skipped (and released).
+    /// The next record, if one is published. Padding is skipped (and released). When
+    /// nothing is published the caller should [`flush`](Self::flush) before waiting.
     pub(crate) fn peek(&mut self) -> Result<Option<Record>, Corrupt> {
         loop {
-            if self.head == self.tail_cache {
-                self.refresh()?;
-                if self.head == self.tail_cache {
-                    return Ok(None);
-                }
-            }
-            // Both multiples of 16 and different, so at least one header is available.
-            let avail = (self.tail_cache - self.head) as usize;
             let to_end = self.mem.cap - self.head_off;
-            let header = self.mem.read_header(self.head_off);
+            if to_end < RECORD_HEADER {
+                self.head += to_end as u64;
+                self.head_off = 0;
+                continue;
+            }
+            // Acquire: pairs with the producer's Release store of the mark in
+            // `RingMem::publish`: the record's bytes are visible once its mark is.
+            let mark = self.mem.mark(self.head_off).load(Ordering::Acquire);
+            if mark != self.head + 1 {
+                return Ok(None);
+            }
+            let header = self.mem.read_fields(self.head_off);
             if header.kind == KIND_PAD {
-                if header.len as usize != to_end - RECORD_HEADER || avail < to_end {
+                if header.len as usize != to_end - RECORD_HEADER {
                     return Err(Corrupt("padding record of the wrong length"));
                 }
                 self.head += to_end as u64;
                 self.head_off = 0;
-                self.publish_head();
                 continue;
             }
             if header.kind == 0 {
                 return Err(Corrupt("record of kind zero"));
             }
             let size = record_size(header.len as usize);
-            if header.len as usize > self.mem.max_payload() || size > to_end || size > avail {
+            if header.len as usize > self.mem.max_payload() || size > to_end {
                 return Err(Corrupt("record length out of range"));
             }
             return Ok(Some(Record {
@@ -413,7 +467,7 @@ impl Consumer {
         out.clear();
         out.reserve(record.len());
         // SAFETY: `peek` checked `payload_off + len <= cap`; the bytes are published (Acquire
-        // on the tail) and, until `release`, the producer does not write them; `out` has
+        // on the mark) and, until `release`, the producer does not write them; `out` has
         // room for `len` bytes (reserved above) and is a different allocation.
         unsafe {
             let src = self.mem.data.as_ptr().add(record.payload_off);
@@ -422,22 +476,29 @@ impl Consumer {
         }
     }
 
-    /// Gives a record's bytes back to the producer.
-    pub(crate) fn release(&mut self, record: Record) {
-        debug_assert!(record.next_head > self.head && record.next_head <= self.tail_cache);
+    /// Gives a record's bytes back to the producer. Returns true when the head was
+    /// published, in which case the caller must wake a producer waiting for room.
+    pub(crate) fn release(&mut self, record: Record) -> bool {
+        debug_assert!(record.next_head > self.head);
         let size = (record.next_head - self.head) as usize;
         self.head = record.next_head;
         self.head_off += size;
         if self.head_off == self.mem.cap {
             self.head_off = 0;
         }
-        self.publish_head();
+        self.head - self.published_head >= self.publish_every && self.flush()
     }
 
-    fn publish_head(&self) {
+    /// Publishes every release not yet published; true if there was one.
+    pub(crate) fn flush(&mut self) -> bool {
+        if self.head == self.published_head {
+            return false;
+        }
+        self.published_head = self.head;
         // Release: pairs with the producer's Acquire load in `Producer::refresh`: our reads
         // of the released bytes happen before the producer may overwrite them.
         self.mem.ctrl().head.store(self.head, Ordering::Release);
+        true
     }
 }
 
@@ -489,6 +550,14 @@ mod tests {
         fn bytes_mut(&mut self) -> &mut [u8] {
             bytemuck::cast_slice_mut(&mut self.data)
         }
+
+        /// Writes a header at `off` as a hostile producer would: any mark, any fields.
+        fn forge(&mut self, off: usize, mark: u64, len: u32, kind: u32) {
+            let b = self.bytes_mut();
+            b[off..off + 8].copy_from_slice(&mark.to_le_bytes());
+            b[off + 8..off + 12].copy_from_slice(&len.to_le_bytes());
+            b[off + 12..off + 16].copy_from_slice(&kind.to_le_bytes());
+        }
     }
 
     fn pop(c: &mut Consumer) -> Result<Option<(RecordHeader, Vec<u8>)>, Corrupt> {
@@ -496,6 +565,7 @@ mod tests {
         let mut out = rkyv::util::AlignedVec::<16>::new();
         c.copy_payload(&r, &mut out);
         c.release(r);
+        c.flush();
         Ok(Some((r.header, out.to_vec())))
     }
 
@@ -597,19 +667,71 @@ mod tests {
     }
 
     #[test]
-    fn a_tail_past_capacity_poisons_instead_of_reading_out_of_bounds() {
+    fn a_stale_mark_from_an_earlier_lap_is_not_a_record() {
         let mut ring = HeapRing::new(4096);
         let mut c = Consumer::attach(ring.mem()).unwrap();
-        ring.ctrl.tail.store(4096 + 16, Ordering::Relaxed);
+        // Position 0 written one lap ago would carry mark 1; a lap later the head is 4096.
+        ring.forge(0, 1, 16, 2);
+        ring.ctrl.head.store(4096, Ordering::Relaxed);
+        ring.ctrl.tail.store(4096, Ordering::Relaxed);
+        let mut c2 = Consumer::attach(ring.mem()).unwrap();
+        assert_eq!(c2.peek().unwrap().map(|r| r.header), None);
+        // ...while at head 0 the same bytes are a record.
+        assert!(c.peek().unwrap().is_some());
+    }
+
+    #[test]
+    fn zeroed_memory_is_not_a_record() {
+        let mut ring = HeapRing::new(4096);
+        let mut c = Consumer::attach(ring.mem()).unwrap();
+        assert_eq!(c.peek().unwrap().map(|r| r.header), None);
+    }
+
+    #[test]
+    fn a_record_length_past_the_end_of_the_ring_poisons() {
+        let mut ring = HeapRing::new(4096);
+        let mut c = Consumer::attach(ring.mem()).unwrap();
+        ring.forge(0, 1, 4000, 2);
+        assert_eq!(c.peek().unwrap_err(), Corrupt("record length out of range"));
+    }
+
+    #[test]
+    fn a_huge_record_length_poisons() {
+        let mut ring = HeapRing::new(4096);
+        let mut c = Consumer::attach(ring.mem()).unwrap();
+        ring.forge(0, 1, u32::MAX, 2);
         assert!(c.peek().is_err());
     }
 
     #[test]
-    fn a_tail_off_a_record_boundary_poisons() {
+    fn a_padding_record_of_the_wrong_length_poisons() {
         let mut ring = HeapRing::new(4096);
         let mut c = Consumer::attach(ring.mem()).unwrap();
-        ring.ctrl.tail.store(24, Ordering::Relaxed);
-        assert!(c.peek().is_err());
+        ring.forge(0, 1, 16, KIND_PAD);
+        assert_eq!(
+            c.peek().unwrap_err(),
+            Corrupt("padding record of the wrong length")
+        );
+    }
+
+    #[test]
+    fn a_record_of_kind_zero_poisons() {
+        let mut ring = HeapRing::new(4096);
+        let mut c = Consumer::attach(ring.mem()).unwrap();
+        ring.forge(0, 1, 16, 0);
+        assert_eq!(c.peek().unwrap_err(), Corrupt("record of kind zero"));
+    }
+
+    #[test]
+    fn a_consumer_index_moving_backwards_poisons_the_producer() {
+        let mut ring = HeapRing::new(4096);
+        let mut p = Producer::attach(ring.mem()).unwrap();
+        let mut c = Consumer::attach(ring.mem()).unwrap();
+        assert!(p.try_write(&[0; 64], 2, 0));
+        pop(&mut c).unwrap().unwrap();
+        p.refresh().unwrap();
+        ring.ctrl.head.store(0, Ordering::Relaxed);
+        assert!(p.refresh().is_err());
     }
 
     #[test]
@@ -621,44 +743,6 @@ mod tests {
     }
 
     #[test]
-    fn a_record_length_past_the_published_bytes_poisons() {
-        let mut ring = HeapRing::new(4096);
-        let mut p = Producer::attach(ring.mem()).unwrap();
-        let mut c = Consumer::attach(ring.mem()).unwrap();
-        assert!(p.try_write(&[0; 16], 2, 0));
-        ring.bytes_mut()[0..4].copy_from_slice(&1000u32.to_le_bytes());
-        assert_eq!(c.peek().unwrap_err(), Corrupt("record length out of range"));
-    }
-
-    #[test]
-    fn a_huge_record_length_poisons() {
-        let mut ring = HeapRing::new(4096);
-        let mut p = Producer::attach(ring.mem()).unwrap();
-        let mut c = Consumer::attach(ring.mem()).unwrap();
-        assert!(p.try_write(&[0; 16], 2, 0));
-        ring.bytes_mut()[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(c.peek().is_err());
-    }
-
-    #[test]
-    fn a_padding_record_of_the_wrong_length_poisons() {
-        let mut ring = HeapRing::new(4096);
-        let mut p = Producer::attach(ring.mem()).unwrap();
-        let mut c = Consumer::attach(ring.mem()).unwrap();
-        assert!(p.try_write(&[0; 16], 2, 0));
-        ring.bytes_mut()[4..8].copy_from_slice(&KIND_PAD.to_le_bytes());
-        assert_eq!(c.peek().unwrap_err(), Corrupt("padding record of the wrong length"));
-    }
-
-    #[test]
-    fn a_zeroed_record_header_poisons() {
-        let mut ring = HeapRing::new(4096);
-        let mut c = Consumer::attach(ring.mem()).unwrap();
-        ring.ctrl.tail.store(32, Ordering::Relaxed);
-        assert_eq!(c.peek().unwrap_err(), Corrupt("record of kind zero"));
-    }
-
-    #[test]
     fn impossible_indices_refuse_to_attach() {
         let mut ring = HeapRing::new(4096);
         ring.ctrl.head.store(32, Ordering::Relaxed);
@@ -667,9 +751,9 @@ mod tests {
     }
 
     #[test]
-    fn random_metadata_never_reads_out_of_bounds() {
-        // Whatever the peer writes into the control block and the data area, peek either
-        // returns an error, nothing, or a record inside the data area.
+    fn random_headers_never_read_out_of_bounds() {
+        // Whatever the peer writes into the data area, peek returns an error, nothing, or a
+        // record inside the data area.
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             rng ^= rng << 13;
@@ -680,25 +764,38 @@ mod tests {
         let rounds = if cfg!(miri) { 50 } else { 20_000 };
         for _ in 0..rounds {
             let mut ring = HeapRing::new(4096);
-            let fill = next();
-            for (i, b) in ring.bytes_mut().iter_mut().enumerate().take(256) {
-                *b = (fill >> (i % 8 * 8)) as u8;
+            let start = (next() % 512) as usize * 8;
+            ring.ctrl.head.store(start as u64, Ordering::Relaxed);
+            ring.ctrl.tail.store(start as u64, Ordering::Relaxed);
+            let mut off = start;
+            for _ in 0..4 {
+                if off + RECORD_HEADER > 4096 {
+                    break;
+                }
+                let mark = if next() % 4 == 0 {
+                    next()
+                } else {
+                    off as u64 + 1
+                };
+                let len = match next() % 3 {
+                    0 => next() as u32,
+                    1 => (next() % 5000) as u32,
+                    _ => (next() % 64) as u32,
+                };
+                ring.forge(off, mark, len, (next() % 4) as u32);
+                off += record_size((len % 64) as usize);
             }
-            let hdr_len = (next() % 5000) as u32;
-            let kind = (next() % 4) as u32;
-            ring.bytes_mut()[0..4].copy_from_slice(&hdr_len.to_le_bytes());
-            ring.bytes_mut()[4..8].copy_from_slice(&kind.to_le_bytes());
             let mut c = Consumer::attach(ring.mem()).unwrap();
-            let tail = match next() % 3 {
-                0 => next(),
-                1 => next() % 8192,
-                _ => next() % 512 * 16,
-            };
-            ring.ctrl.tail.store(tail, Ordering::Relaxed);
-            if let Ok(Some(r)) = c.peek() {
-                assert!(r.payload_off + r.len() <= 4096);
-                let mut out = rkyv::util::AlignedVec::<16>::new();
-                c.copy_payload(&r, &mut out);
+            for _ in 0..4 {
+                match c.peek() {
+                    Ok(Some(r)) => {
+                        assert!(r.payload_off + r.len() <= 4096);
+                        let mut out = rkyv::util::AlignedVec::<16>::new();
+                        c.copy_payload(&r, &mut out);
+                        c.release(r);
+                    }
+                    _ => break,
+                }
             }
         }
     }

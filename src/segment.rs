@@ -217,7 +217,9 @@ pub(crate) fn check_header(
         return Err(Error::InvalidSegment("ring capacity out of range"));
     }
     if segment_len != real_len as u64 || Segment::len_for(capacity) != real_len {
-        return Err(Error::InvalidSegment("segment length does not match its header"));
+        return Err(Error::InvalidSegment(
+            "segment length does not match its header",
+        ));
     }
     Ok(())
 }
@@ -247,42 +249,63 @@ mod tests {
 
     #[test]
     fn a_well_formed_segment_opens() {
-        assert_eq!(segment_from_bytes(&valid_image(8192)).unwrap().capacity(), 8192);
+        assert_eq!(
+            segment_from_bytes(&valid_image(8192)).unwrap().capacity(),
+            8192
+        );
     }
 
     #[test]
     fn a_segment_with_a_bad_magic_number_is_refused() {
         let mut img = valid_image(8192);
         img[0] ^= 1;
-        assert!(matches!(segment_from_bytes(&img), Err(Error::InvalidSegment("bad magic number"))));
+        assert!(matches!(
+            segment_from_bytes(&img),
+            Err(Error::InvalidSegment("bad magic number"))
+        ));
     }
 
     #[test]
     fn a_segment_of_another_layout_version_is_refused() {
         let mut img = valid_image(8192);
         img[8] = 99;
-        assert!(matches!(segment_from_bytes(&img), Err(Error::InvalidSegment(_))));
+        assert!(matches!(
+            segment_from_bytes(&img),
+            Err(Error::InvalidSegment(_))
+        ));
     }
 
     #[test]
     fn a_truncated_segment_is_refused() {
         let img = valid_image(8192);
-        assert!(matches!(segment_from_bytes(&img[..img.len() - 4096]), Err(Error::InvalidSegment(_))));
-        assert!(matches!(segment_from_bytes(&img[..100]), Err(Error::InvalidSegment(_))));
+        assert!(matches!(
+            segment_from_bytes(&img[..img.len() - 4096]),
+            Err(Error::InvalidSegment(_))
+        ));
+        assert!(matches!(
+            segment_from_bytes(&img[..100]),
+            Err(Error::InvalidSegment(_))
+        ));
     }
 
     #[test]
     fn a_header_claiming_more_capacity_than_the_object_holds_is_refused() {
         let mut img = valid_image(8192);
         img[16..20].copy_from_slice(&(1u32 << 29).to_le_bytes());
-        assert!(matches!(segment_from_bytes(&img), Err(Error::InvalidSegment(_))));
+        assert!(matches!(
+            segment_from_bytes(&img),
+            Err(Error::InvalidSegment(_))
+        ));
     }
 
     #[test]
     fn a_capacity_off_the_granule_is_refused() {
         let mut img = valid_image(8192);
         img[16..20].copy_from_slice(&8000u32.to_le_bytes());
-        assert!(matches!(segment_from_bytes(&img), Err(Error::InvalidSegment(_))));
+        assert!(matches!(
+            segment_from_bytes(&img),
+            Err(Error::InvalidSegment(_))
+        ));
     }
 
     #[test]
@@ -292,6 +315,8 @@ mod tests {
         img[384..392].copy_from_slice(&64u64.to_le_bytes());
         let seg = segment_from_bytes(&img).unwrap();
         let (s, _peer) = platform::socket_pair().unwrap();
-        assert!(crate::MessagePort::attach(std::sync::Arc::new(seg), 1, s, Default::default()).is_err());
+        assert!(
+            crate::MessagePort::attach(std::sync::Arc::new(seg), 1, s, Default::default()).is_err()
+        );
     }
 }

@@ -16,13 +16,19 @@
 //!                                          }
 //! ```
 //!
-//! The two SeqCst fences order the sleeper's flag store before its state load, and the
-//! waker's state store before its flag load. So at least one side sees the other: either
-//! the sleeper sees the new state and does not sleep, or the waker sees the flag and wakes
-//! it. If the wake comes between the sleeper's check and its `futex_wait`, the waker has
-//! already reset the word to 0, and `futex_wait(word, 1)` returns at once because the
-//! kernel compares the word with 1 atomically with queueing the sleeper. A waker that
-//! sees 0 makes no system call: with nobody sleeping, posting is syscall-free (P5).
+//! The two fences order the sleeper's flag store before its state load, and the waker's state
+//! store before its flag load (a store-load order, which only a full barrier gives). So at
+//! least one side sees the other: either the sleeper sees the new state and does not
+//! sleep, or the waker sees the flag and wakes it. If the wake comes between the sleeper's
+//! check and its `futex_wait`, the waker has already reset the word to 0, and
+//! `futex_wait(word, 1)` returns at once because the kernel compares the word with 1
+//! atomically with queueing the sleeper. A waker that sees 0 makes no system call: with
+//! nobody sleeping, posting is syscall-free (P5).
+//!
+//! A full barrier on every post is the price of the store-load order. Moving it to the
+//! sleeper's side with `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` (an asymmetric fence)
+//! was tried and measured: no gain in round trip or throughput on our 2-core VM, and an
+//! inter-processor interrupt to every shmport process on every sleep; see docs/design.md.
 //!
 //! Sleeps are bounded by [`LIVENESS_INTERVAL`]: a peer process that dies sets no flag,
 //! so the sleeper wakes on its own and asks the kernel whether the peer's socket hung up.

@@ -49,9 +49,9 @@ struct Chunk {
 }
 
 fn checksum(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 #[test]
@@ -65,7 +65,10 @@ fn checksummed_messages_of_random_sizes_cross_processes_intact_and_in_order() {
         }
         port.post_message(&N, []).unwrap();
     });
-    let ch = MessageChannel::builder().capacity(64 * 1024).build().unwrap();
+    let ch = MessageChannel::builder()
+        .capacity(64 * 1024)
+        .build()
+        .unwrap();
     let child = spawn_test_child(
         "checksummed_messages_of_random_sizes_cross_processes_intact_and_in_order",
         ch.port2,
@@ -77,7 +80,9 @@ fn checksummed_messages_of_random_sizes_cross_processes_intact_and_in_order() {
         rng ^= rng << 17;
         let body: Vec<u8> = (0..rng % 3000).map(|i| (i as u64 ^ rng) as u8).collect();
         let sum = checksum(&body);
-        ch.port1.post_message(&Chunk { seq, body, sum }, []).unwrap();
+        ch.port1
+            .post_message(&Chunk { seq, body, sum }, [])
+            .unwrap();
     }
     assert_eq!(ch.port1.recv::<u64>().unwrap().data, N);
     assert!(child.wait().success());
@@ -96,7 +101,10 @@ fn the_parent_sees_disconnected_when_the_child_exits_without_closing() {
         ch.port2,
     );
     assert_eq!(ch.port1.recv::<u8>().unwrap().data, 1);
-    assert!(matches!(ch.port1.recv::<u8>(), Err(RecvError::Disconnected)));
+    assert!(matches!(
+        ch.port1.recv::<u8>(),
+        Err(RecvError::Disconnected)
+    ));
     child.wait();
 }
 
@@ -201,7 +209,10 @@ fn a_sender_killed_mid_post_leaves_no_half_message() {
     for i in 0..10u64 {
         assert_eq!(ch.port1.recv::<u64>().unwrap().data, i);
     }
-    assert!(matches!(ch.port1.recv::<u64>(), Err(RecvError::Disconnected)));
+    assert!(matches!(
+        ch.port1.recv::<u64>(),
+        Err(RecvError::Disconnected)
+    ));
     assert!(!child.wait().success());
 }
 
@@ -219,7 +230,10 @@ fn the_survivors_other_channels_keep_working_after_a_peer_is_killed() {
     );
     doomed.port1.recv::<u8>().unwrap();
     child.kill();
-    assert!(matches!(doomed.port1.recv::<u8>(), Err(RecvError::Disconnected)));
+    assert!(matches!(
+        doomed.port1.recv::<u8>(),
+        Err(RecvError::Disconnected)
+    ));
     other.port1.post_message(&9u8, []).unwrap();
     assert_eq!(other.port2.recv::<u8>().unwrap().data, 9);
 }
@@ -232,7 +246,10 @@ fn nothing_of_a_killed_child_channel_remains_after_the_parent_drops_its_port() {
     });
     let fds_before = common::open_fds();
     let maps_before = common::shmport_mappings();
-    let ch = MessageChannel::builder().capacity(36 * 4096).build().unwrap();
+    let ch = MessageChannel::builder()
+        .capacity(36 * 4096)
+        .build()
+        .unwrap();
     let child = spawn_test_child(
         "nothing_of_a_killed_child_channel_remains_after_the_parent_drops_its_port",
         ch.port2,
@@ -244,14 +261,29 @@ fn nothing_of_a_killed_child_channel_remains_after_the_parent_drops_its_port() {
     // one with its last mapping. Other tests run concurrently, so only check that no
     // mapping of this channel's unique size survives and no name exists.
     let this_size = |l: &&str| {
-        let (a, b) = l.split_whitespace().next().unwrap().split_once('-').unwrap();
+        let (a, b) = l
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .split_once('-')
+            .unwrap();
         u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap()
             == 4096 + 2 * 36 * 4096
     };
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    assert_eq!(maps.lines().filter(|l| l.contains("shmport")).filter(this_size).count(), 0);
+    assert_eq!(
+        maps.lines()
+            .filter(|l| l.contains("shmport"))
+            .filter(this_size)
+            .count(),
+        0
+    );
     let named = std::fs::read_dir("/dev/shm")
-        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().contains("shmport")).count())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().contains("shmport"))
+                .count()
+        })
         .unwrap_or(0);
     assert_eq!(named, 0);
     let _ = (fds_before, maps_before);
@@ -309,7 +341,10 @@ fn spawning_a_missing_program_is_an_error() {
         ch.port2,
     )
     .unwrap_err();
-    assert!(matches!(err, shmport::Error::Os { op: "spawn", .. }), "{err}");
+    assert!(
+        matches!(err, shmport::Error::Os { op: "spawn", .. }),
+        "{err}"
+    );
     // The port was dropped (closed) with the failed spawn.
     assert!(matches!(
         ch.port1.recv_timeout::<u8>(Duration::from_secs(5)),

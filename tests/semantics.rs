@@ -136,16 +136,24 @@ fn s5_a_value_that_cannot_be_encoded_is_rejected_and_nothing_is_sent() {
     let ch = MessageChannel::new().unwrap();
     let err = ch.port1.post_message(&Unencodable, []).unwrap_err();
     assert!(matches!(err.kind(), PostErrorKind::Encode(_)), "{err}");
-    assert!(matches!(ch.port2.try_recv::<u32>(), Err(TryRecvError::Empty)));
+    assert!(matches!(
+        ch.port2.try_recv::<u32>(),
+        Err(TryRecvError::Empty)
+    ));
 }
 
 #[test]
 fn s6_receiving_as_the_wrong_type_is_a_message_error() {
     let ch = MessageChannel::new().unwrap();
-    ch.port1.post_message(&String::from("sixteen bytes!!!"), []).unwrap();
+    ch.port1
+        .post_message(&String::from("sixteen bytes!!!"), [])
+        .unwrap();
     let err = ch.port2.recv::<u64>().unwrap_err();
     assert!(
-        matches!(err, RecvError::MessageError(MessageError::TypeMismatch { .. })),
+        matches!(
+            err,
+            RecvError::MessageError(MessageError::TypeMismatch { .. })
+        ),
         "{err}"
     );
 }
@@ -169,20 +177,29 @@ fn s14_messages_posted_before_close_are_still_delivered() {
     for i in 0..10u8 {
         assert_eq!(ch.port2.recv::<u8>().unwrap().data, i);
     }
-    assert!(matches!(ch.port2.recv::<u8>(), Err(RecvError::Disconnected)));
+    assert!(matches!(
+        ch.port2.recv::<u8>(),
+        Err(RecvError::Disconnected)
+    ));
 }
 
 #[test]
 fn s15_recv_returns_disconnected_after_the_peer_is_dropped() {
     let ch = MessageChannel::new().unwrap();
     drop(ch.port1);
-    assert!(matches!(ch.port2.recv::<u8>(), Err(RecvError::Disconnected)));
+    assert!(matches!(
+        ch.port2.recv::<u8>(),
+        Err(RecvError::Disconnected)
+    ));
 }
 
 #[test]
 fn s15_try_recv_sees_a_closed_peer_at_the_next_call() {
     let ch = MessageChannel::new().unwrap();
-    assert!(matches!(ch.port2.try_recv::<u8>(), Err(TryRecvError::Empty)));
+    assert!(matches!(
+        ch.port2.try_recv::<u8>(),
+        Err(TryRecvError::Empty)
+    ));
     ch.port1.close();
     assert!(matches!(
         ch.port2.try_recv::<u8>(),
@@ -219,7 +236,10 @@ fn s16_posting_to_a_closed_peer_is_a_disconnected_error() {
 #[test]
 fn try_recv_on_an_empty_port_with_a_live_peer_is_empty() {
     let ch = MessageChannel::new().unwrap();
-    assert!(matches!(ch.port2.try_recv::<u8>(), Err(TryRecvError::Empty)));
+    assert!(matches!(
+        ch.port2.try_recv::<u8>(),
+        Err(TryRecvError::Empty)
+    ));
 }
 
 #[test]
@@ -421,7 +441,10 @@ fn dropping_both_ports_unmaps_the_segment_and_closes_its_descriptors() {
             .count()
     };
     let before = count();
-    let ch = MessageChannel::builder().capacity(20 * 4096).build().unwrap();
+    let ch = MessageChannel::builder()
+        .capacity(20 * 4096)
+        .build()
+        .unwrap();
     assert_eq!(count(), before + 1);
     drop(ch);
     assert_eq!(count(), before);
@@ -436,4 +459,15 @@ fn errors_convert_into_box_dyn_error() {
         Ok(())
     }
     assert!(run().unwrap_err().to_string().contains("closed"));
+}
+
+#[test]
+fn error_types_are_send_sync_and_static() {
+    fn check<E: std::error::Error + Send + Sync + 'static>() {}
+    check::<shmport::Error>();
+    check::<shmport::PostError>();
+    check::<RecvError>();
+    check::<TryRecvError>();
+    check::<RecvTimeoutError>();
+    check::<MessageError>();
 }

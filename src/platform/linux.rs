@@ -11,7 +11,7 @@ use std::time::Duration;
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fs::{MemfdFlags, SealFlags, fcntl_add_seals, fstat, ftruncate, memfd_create};
-use rustix::io::{FdFlags, Errno, fcntl_getfd, fcntl_setfd};
+use rustix::io::{Errno, FdFlags, fcntl_getfd, fcntl_setfd};
 use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 #[cfg(not(loom))]
 use rustix::thread::futex;
@@ -59,7 +59,13 @@ pub(crate) fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// True once every descriptor of the other end of `sock` is closed.
 pub(crate) fn peer_hung_up(sock: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(&sock, PollFlags::RDHUP)];
-    match poll(&mut fds, Some(&rustix::thread::futex::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+    match poll(
+        &mut fds,
+        Some(&rustix::thread::futex::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        }),
+    ) {
         Ok(0) => false,
         Ok(_) => fds[0]
             .revents()
