@@ -436,8 +436,17 @@ impl MessagePort {
     // ----- closing and liveness ------------------------------------------------------
 
     /// Closes the port. The peer still receives every message posted before (S14), then
-    /// `Disconnected`. Closing consumes the port, so a closed port cannot be used or
-    /// transferred (S17) — the compiler enforces it. Dropping a port does the same.
+    /// `Disconnected`. Dropping a port does the same.
+    ///
+    /// Closing consumes the port, so the web's runtime rules become compile errors: a
+    /// closed port cannot be closed again (S14's idempotence has nothing to guard), used,
+    /// or transferred (S17):
+    ///
+    /// ```compile_fail
+    /// let ch = shmport::MessageChannel::new().unwrap();
+    /// ch.port1.close();
+    /// ch.port1.post_message(&1u8, []); // error[E0382]: use of moved value
+    /// ```
     pub fn close(self) {
         drop(self);
     }

@@ -521,34 +521,39 @@ mod tests {
     use super::*;
 
     /// A ring over heap memory: the same code path as shared memory, runnable under Miri.
+    ///
+    /// Holds raw pointers only (as the shared mapping does), so that producer, consumer and
+    /// test all access the memory through pointers of equal standing.
     pub(crate) struct HeapRing {
-        ctrl: Box<RingCtrl>,
-        data: Vec<u128>,
+        ctrl: NonNull<RingCtrl>,
+        data: NonNull<u128>,
+        words: usize,
     }
 
     impl HeapRing {
         pub(crate) fn new(cap: usize) -> Self {
+            let data = Box::into_raw(vec![0u128; cap / 16].into_boxed_slice());
             HeapRing {
-                ctrl: Box::new(RingCtrl::new()),
-                data: vec![0u128; cap / 16],
+                ctrl: NonNull::from(Box::leak(Box::new(RingCtrl::new()))),
+                data: NonNull::new(data.cast::<u128>()).unwrap(),
+                words: cap / 16,
             }
         }
 
-        pub(crate) fn mem(&mut self) -> RingMem {
-            let cap = self.data.len() * 16;
-            // SAFETY: both allocations live as long as `self`, which every test keeps alive
-            // while it uses the producer and consumer built from this RingMem.
-            unsafe {
-                RingMem::new(
-                    NonNull::from(&mut *self.ctrl),
-                    NonNull::new(self.data.as_mut_ptr().cast()).unwrap(),
-                    cap,
-                )
-            }
+        pub(crate) fn mem(&self) -> RingMem {
+            // SAFETY: both allocations live until `drop`, after every use in the test.
+            unsafe { RingMem::new(self.ctrl, self.data.cast(), self.words * 16) }
+        }
+
+        fn ctrl(&self) -> &RingCtrl {
+            // SAFETY: allocated in `new`, freed only in `drop`; only atomics inside.
+            unsafe { self.ctrl.as_ref() }
         }
 
         fn bytes_mut(&mut self) -> &mut [u8] {
-            bytemuck::cast_slice_mut(&mut self.data)
+            // SAFETY: `words * 16` bytes allocated in `new`; tests do not hold a producer
+            // or consumer access across the use of this slice.
+            unsafe { std::slice::from_raw_parts_mut(self.data.as_ptr().cast(), self.words * 16) }
         }
 
         /// Writes a header at `off` as a hostile producer would: any mark, any fields.
@@ -557,6 +562,20 @@ mod tests {
             b[off..off + 8].copy_from_slice(&mark.to_le_bytes());
             b[off + 8..off + 12].copy_from_slice(&len.to_le_bytes());
             b[off + 12..off + 16].copy_from_slice(&kind.to_le_bytes());
+        }
+    }
+
+    impl Drop for HeapRing {
+        fn drop(&mut self) {
+            // SAFETY: both pointers come from Box allocations in `new` of these exact types
+            // and lengths, and are freed once.
+            unsafe {
+                drop(Box::from_raw(self.ctrl.as_ptr()));
+                drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    self.data.as_ptr(),
+                    self.words,
+                )));
+            }
         }
     }
 
@@ -672,8 +691,8 @@ mod tests {
         let mut c = Consumer::attach(ring.mem()).unwrap();
         // Position 0 written one lap ago would carry mark 1; a lap later the head is 4096.
         ring.forge(0, 1, 16, 2);
-        ring.ctrl.head.store(4096, Ordering::Relaxed);
-        ring.ctrl.tail.store(4096, Ordering::Relaxed);
+        ring.ctrl().head.store(4096, Ordering::Relaxed);
+        ring.ctrl().tail.store(4096, Ordering::Relaxed);
         let mut c2 = Consumer::attach(ring.mem()).unwrap();
         assert_eq!(c2.peek().unwrap().map(|r| r.header), None);
         // ...while at head 0 the same bytes are a record.
@@ -730,7 +749,7 @@ mod tests {
         assert!(p.try_write(&[0; 64], 2, 0));
         pop(&mut c).unwrap().unwrap();
         p.refresh().unwrap();
-        ring.ctrl.head.store(0, Ordering::Relaxed);
+        ring.ctrl().head.store(0, Ordering::Relaxed);
         assert!(p.refresh().is_err());
     }
 
@@ -738,14 +757,14 @@ mod tests {
     fn a_head_ahead_of_the_tail_poisons_the_producer() {
         let mut ring = HeapRing::new(4096);
         let mut p = Producer::attach(ring.mem()).unwrap();
-        ring.ctrl.head.store(64, Ordering::Relaxed);
+        ring.ctrl().head.store(64, Ordering::Relaxed);
         assert!(p.refresh().is_err());
     }
 
     #[test]
     fn impossible_indices_refuse_to_attach() {
         let mut ring = HeapRing::new(4096);
-        ring.ctrl.head.store(32, Ordering::Relaxed);
+        ring.ctrl().head.store(32, Ordering::Relaxed);
         assert!(Consumer::attach(ring.mem()).is_err());
         assert!(Producer::attach(ring.mem()).is_err());
     }
@@ -765,8 +784,8 @@ mod tests {
         for _ in 0..rounds {
             let mut ring = HeapRing::new(4096);
             let start = (next() % 512) as usize * 8;
-            ring.ctrl.head.store(start as u64, Ordering::Relaxed);
-            ring.ctrl.tail.store(start as u64, Ordering::Relaxed);
+            ring.ctrl().head.store(start as u64, Ordering::Relaxed);
+            ring.ctrl().tail.store(start as u64, Ordering::Relaxed);
             let mut off = start;
             for _ in 0..4 {
                 if off + RECORD_HEADER > 4096 {

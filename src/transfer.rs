@@ -8,15 +8,16 @@ use crate::{ArrayBuffer, MessagePort};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Transferable {
-    /// A port: its end of its channel moves, queued messages included.
-    Port(MessagePort),
+    /// A port: its end of its channel moves, queued messages included. (Boxed: a port is
+    /// a few hundred bytes, a buffer a few words.)
+    Port(Box<MessagePort>),
     /// A buffer in shared memory: its region moves, its bytes stay where they are.
     Buffer(ArrayBuffer),
 }
 
 impl From<MessagePort> for Transferable {
     fn from(port: MessagePort) -> Self {
-        Transferable::Port(port)
+        Transferable::Port(Box::new(port))
     }
 }
 

@@ -78,7 +78,7 @@ fn checksummed_messages_of_random_sizes_cross_processes_intact_and_in_order() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let body: Vec<u8> = (0..rng % 3000).map(|i| (i as u64 ^ rng) as u8).collect();
+        let body: Vec<u8> = (0..rng % 3000).map(|i| (i ^ rng) as u8).collect();
         let sum = checksum(&body);
         ch.port1
             .post_message(&Chunk { seq, body, sum }, [])
