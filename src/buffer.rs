@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
 use memmap2::MmapRaw;
@@ -62,6 +62,34 @@ impl ArrayBuffer {
         let mut buf = ArrayBuffer::new(bytes.len())?;
         buf.copy_from_slice(bytes);
         Ok(buf)
+    }
+
+    /// Adopts a buffer region received from another process: checks the object with the
+    /// kernel (large enough, sealed against shrinking) before mapping it.
+    pub(crate) fn from_received(fd: OwnedFd, len: u64) -> Result<ArrayBuffer, &'static str> {
+        let len = usize::try_from(len).map_err(|_| "buffer length does not fit in memory")?;
+        if len == 0 {
+            return Ok(ArrayBuffer { region: None, len });
+        }
+        let size =
+            platform::object_len(fd.as_fd()).map_err(|_| "buffer region cannot be inspected")?;
+        if (size as u128) < len as u128 {
+            return Err("buffer descriptor is longer than its region");
+        }
+        if !platform::is_sealed_against_shrinking(fd.as_fd()) {
+            return Err("buffer region is not sealed against shrinking");
+        }
+        let map =
+            platform::map_shared(fd.as_fd(), len).map_err(|_| "buffer region cannot be mapped")?;
+        Ok(ArrayBuffer {
+            region: Some((map, fd)),
+            len,
+        })
+    }
+
+    /// The descriptor of the region, for handing it to another process.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.region.as_ref().map(|(_, fd)| fd.as_fd())
     }
 
     /// The buffer's length in bytes.

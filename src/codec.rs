@@ -138,7 +138,7 @@ pub(crate) fn encode_to_vec<T: Message>(
 
 /// Validates and deserializes an archive copied out of the ring.
 pub(crate) fn decode<T: Message>(
-    bytes: &AlignedVec<16>,
+    bytes: &[u8],
     tag: u64,
     fingerprints: &FingerprintCache,
 ) -> Result<T, MessageError> {

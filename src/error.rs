@@ -90,6 +90,9 @@ pub enum MessageError {
     },
     /// The archive failed validation (corrupt or hostile bytes).
     Invalid(rkyv::rancor::Error),
+    /// A transferred object (port, buffer, out-of-ring body) could not be rebuilt: a
+    /// forged, stale or unmappable descriptor. The objects that did arrive are dropped.
+    Transfer(&'static str),
     /// The record is of a kind this version of shmport does not know.
     UnknownKind(u32),
     /// The record framing itself was impossible; the channel is poisoned and now reports
@@ -104,6 +107,7 @@ impl fmt::Display for MessageError {
                 write!(f, "message was posted as a different type than {expected}")
             }
             MessageError::Invalid(e) => write!(f, "message failed validation: {e}"),
+            MessageError::Transfer(why) => write!(f, "transferred object rejected: {why}"),
             MessageError::UnknownKind(k) => write!(f, "record of unknown kind {k}"),
             MessageError::Corrupt(why) => {
                 write!(f, "channel poisoned by corrupt shared memory: {why}")
@@ -190,13 +194,6 @@ pub enum PostErrorKind {
     Full,
     /// The peer is gone: nobody will ever receive this message (S16).
     Disconnected,
-    /// The encoded message is larger than one ring record may be.
-    TooLarge {
-        /// The encoded size in bytes.
-        size: usize,
-        /// The largest encoded message this channel carries, in bytes.
-        limit: usize,
-    },
     /// The value could not be encoded (S5); nothing was sent.
     Encode(rkyv::rancor::Error),
     /// The transfer list is invalid (the web's `DataCloneError`, S7/S8); nothing moved.
@@ -204,6 +201,9 @@ pub enum PostErrorKind {
     /// `post_message` was called on this port from inside the serialization of another
     /// message on the same port.
     Reentrant,
+    /// The operating system refused what the post needed (shared memory for a large
+    /// message's body, the descriptor-passing socket).
+    Os(std::io::Error),
 }
 
 /// A failed post: why it failed, and every transferable handed back untouched.
@@ -263,13 +263,9 @@ impl fmt::Display for PostError {
         match &self.kind {
             PostErrorKind::Full => f.write_str("the peer's ring is full"),
             PostErrorKind::Disconnected => f.write_str("the peer port is closed"),
-            PostErrorKind::TooLarge { size, limit } => write!(
-                f,
-                "message of {size} bytes exceeds this channel's limit of {limit} bytes \
-                 (raise it with MessageChannel::builder().capacity(..))"
-            ),
             PostErrorKind::Encode(e) => write!(f, "message could not be encoded: {e}"),
             PostErrorKind::DataClone(why) => write!(f, "DataCloneError: {why}"),
+            PostErrorKind::Os(e) => write!(f, "the operating system refused: {e}"),
             PostErrorKind::Reentrant => {
                 f.write_str("post_message re-entered on the same port during serialization")
             }

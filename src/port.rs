@@ -18,7 +18,10 @@ use crate::platform;
 use crate::ring::{Consumer, Corrupt, Producer};
 use crate::segment::Segment;
 use crate::sync::Ordering;
-use crate::transfer::Transferable;
+use crate::transfer::{
+    self, ITEM_BODY, ITEM_BUFFER, ITEM_PORT, Item, KIND_TRANSFER, MAX_TRANSFER_LIST,
+    SOCKET_MESSAGE, TransferHeader, Transferable,
+};
 use crate::wake::{WaitStrategy, Waiter, wake};
 use crate::{ArrayBuffer, Error};
 
@@ -41,7 +44,7 @@ impl<T> MessageEvent<T> {
     }
 }
 
-/// How many empty `try_recv` calls (or posts) pass between two kernel liveness checks.
+/// How many empty `try_recv` calls pass between two kernel liveness checks.
 const LIVENESS_EVERY: u32 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,8 +134,10 @@ impl MessagePort {
         })
     }
 
-    /// The largest encoded message this port's channel carries inline, in bytes.
-    pub fn max_message_size(&self) -> usize {
+    /// The largest encoded message this port's channel carries inside its ring, in bytes.
+    /// Larger messages work too: they travel in shared memory outside the ring, at the cost
+    /// of a few system calls.
+    pub fn max_inline_size(&self) -> usize {
         self.tx.borrow().mem().max_payload()
     }
 
@@ -162,10 +167,10 @@ impl MessagePort {
     ///
     /// # Errors
     ///
-    /// [`PostErrorKind::Disconnected`] when the peer is gone (S16),
-    /// [`PostErrorKind::TooLarge`] when the encoded message exceeds
-    /// [`max_message_size`](Self::max_message_size), [`PostErrorKind::Encode`] when the value
-    /// cannot be serialized (S5), [`PostErrorKind::DataClone`] for an invalid transfer list.
+    /// [`PostErrorKind::Disconnected`] when the peer is gone (S16), [`PostErrorKind::Encode`]
+    /// when the value cannot be serialized (S5), [`PostErrorKind::DataClone`] for an
+    /// invalid transfer list, [`PostErrorKind::Os`] when the operating system refuses the
+    /// shared memory a large message needs or the descriptor passing a transfer needs.
     /// In every case nothing is sent and the transfer list is handed back
     /// ([`PostError::into_inner`]).
     ///
@@ -207,10 +212,7 @@ impl MessagePort {
     ) -> Result<(), PostError> {
         let mut transfer = transfer.into_iter().peekable();
         if transfer.peek().is_some() {
-            return Err(PostError::new(
-                PostErrorKind::DataClone("transfer lists are not supported yet"),
-                transfer.collect(),
-            ));
+            return self.post_with_transfers(msg, transfer.collect(), block);
         }
         let fail = |kind| Err(PostError::new(kind, Vec::new()));
         if self.peer_gone_cheap() {
@@ -244,9 +246,9 @@ impl MessagePort {
             return fail(PostErrorKind::Encode(e));
         }
         let len = scratch.len();
-        let limit = tx.mem().max_payload();
-        if len > limit {
-            return fail(PostErrorKind::TooLarge { size: len, limit });
+        if len > tx.mem().max_payload() {
+            // Too large for one record: the archive travels outside the ring.
+            return self.send_encoded(&mut tx, &scratch, fp, Vec::new(), block);
         }
         self.size_hint.set(len);
         let mut attempt = || -> Option<Result<(), PostErrorKind>> {
@@ -266,7 +268,11 @@ impl MessagePort {
                     .then_some(Err(PostErrorKind::Disconnected))
             })
         } else {
-            attempt()
+            attempt().or_else(|| {
+                // Full: a reader that died never drains it, so say so instead of `Full`.
+                self.check_liveness_now()
+                    .then_some(Err(PostErrorKind::Disconnected))
+            })
         };
         match outcome {
             Some(Ok(())) => {
@@ -276,6 +282,299 @@ impl MessagePort {
             Some(Err(kind)) => fail(kind),
             None => fail(PostErrorKind::Full),
         }
+    }
+
+    /// Posts a message with a transfer list: validates the list, encodes, then sends.
+    fn post_with_transfers<T: Message>(
+        &self,
+        msg: &T,
+        list: Vec<Transferable>,
+        block: bool,
+    ) -> Result<(), PostError> {
+        if list.len() > MAX_TRANSFER_LIST {
+            return Err(PostError::new(
+                PostErrorKind::DataClone("transfer list longer than MAX_TRANSFER_LIST"),
+                list,
+            ));
+        }
+        let own = self.seg.identity();
+        if list
+            .iter()
+            .any(|t| matches!(t, Transferable::Port(p) if p.seg.identity() == own))
+        {
+            // S8: the web silently dooms such a channel; we refuse and hand everything back.
+            return Err(PostError::new(
+                PostErrorKind::DataClone("a port cannot be posted to its own entangled peer"),
+                list,
+            ));
+        }
+        let (Ok(mut tx), Ok(mut arena), Ok(mut scratch)) = (
+            self.tx.try_borrow_mut(),
+            self.arena.try_borrow_mut(),
+            self.tx_scratch.try_borrow_mut(),
+        ) else {
+            return Err(PostError::new(PostErrorKind::Reentrant, list));
+        };
+        let arena = arena.get_or_insert_with(Arena::new);
+        if let Err(e) = codec::encode_to_vec(msg, &mut scratch, arena) {
+            return Err(PostError::new(PostErrorKind::Encode(e), list));
+        }
+        let fp = self.send_fp.get::<T>();
+        self.send_encoded(&mut tx, &scratch, fp, list, block)
+    }
+
+    /// Sends an encoded archive with a transfer list (possibly empty) as one transfer
+    /// record plus one socket message carrying the descriptors; the archive goes outside
+    /// the ring when it does not fit in a record. Nothing is sent unless all of it is.
+    fn send_encoded(
+        &self,
+        tx: &mut Producer,
+        archive: &[u8],
+        fp: u64,
+        list: Vec<Transferable>,
+        block: bool,
+    ) -> Result<(), PostError> {
+        if self.peer_gone_cheap() {
+            return Err(PostError::new(PostErrorKind::Disconnected, list));
+        }
+        let inline = transfer::archive_offset(list.len()) + archive.len() <= tx.mem().max_payload();
+        let body = if inline {
+            None
+        } else {
+            match ArrayBuffer::from_slice(archive) {
+                Ok(b) => Some(b),
+                Err(Error::Os { source, .. }) => {
+                    return Err(PostError::new(PostErrorKind::Os(source), list));
+                }
+                Err(_) => unreachable!("ArrayBuffer::from_slice only fails in the OS"),
+            }
+        };
+        let mut items = Vec::with_capacity(list.len() + 1);
+        let mut fds = Vec::with_capacity(2 * list.len() + 1);
+        for t in &list {
+            match t {
+                Transferable::Port(p) => {
+                    let (seg, side, sock) = p.parts();
+                    items.push(Item {
+                        kind: ITEM_PORT,
+                        side: side as u32,
+                        len: 0,
+                        reserved: 0,
+                    });
+                    fds.push(seg.fd());
+                    fds.push(sock.as_fd());
+                }
+                Transferable::Buffer(b) => {
+                    items.push(Item {
+                        kind: ITEM_BUFFER,
+                        side: 0,
+                        len: b.len() as u64,
+                        reserved: 0,
+                    });
+                    fds.extend(b.fd());
+                }
+            }
+        }
+        if let Some(b) = &body {
+            items.push(Item {
+                kind: ITEM_BODY,
+                side: 0,
+                len: b.len() as u64,
+                reserved: 0,
+            });
+            fds.extend(b.fd());
+        }
+        let seq = next_transfer_seq();
+        let header = TransferHeader {
+            seq,
+            items: items.len() as u32,
+            fds: fds.len() as u32,
+            inline_len: if inline { archive.len() as u32 } else { 0 },
+            reserved: 0,
+        };
+        let mut payload = AlignedVec::<16>::new();
+        payload.extend_from_slice(bytemuck::bytes_of(&header));
+        payload.extend_from_slice(bytemuck::cast_slice(&items));
+        payload.resize(transfer::archive_offset(items.len()), 0);
+        if inline {
+            payload.extend_from_slice(archive);
+        }
+        // Room first: once the descriptors are on the socket, the record must follow.
+        let mut attempt = || -> Option<Result<(), PostErrorKind>> {
+            if self.peer_gone_cheap() {
+                return Some(Err(PostErrorKind::Disconnected));
+            }
+            if let Err(c) = tx.refresh() {
+                self.poison(c);
+                return Some(Err(PostErrorKind::Disconnected));
+            }
+            tx.fits(payload.len()).map(|_| Ok(()))
+        };
+        let room = if block {
+            let word = &self.seg.ring_ctrl(self.side).writer_sleeping;
+            self.send_wait.wait(word, None, &mut attempt, || {
+                self.check_liveness_now()
+                    .then_some(Err(PostErrorKind::Disconnected))
+            })
+        } else {
+            attempt().or_else(|| {
+                self.check_liveness_now()
+                    .then_some(Err(PostErrorKind::Disconnected))
+            })
+        };
+        match room {
+            Some(Ok(())) => {}
+            Some(Err(kind)) => return Err(PostError::new(kind, list)),
+            None => return Err(PostError::new(PostErrorKind::Full, list)),
+        }
+        // Moving ports publish their state before anyone else can attach to it.
+        for t in &list {
+            if let Transferable::Port(p) = t {
+                p.prepare_move();
+            }
+        }
+        let mut note = [0u8; SOCKET_MESSAGE];
+        note[..8].copy_from_slice(&seq.to_le_bytes());
+        note[8..].copy_from_slice(&header.items.to_le_bytes());
+        if let Err(e) = platform::send_with_fds(self.sock.as_fd(), &note, &fds, block) {
+            for t in &list {
+                if let Transferable::Port(p) = t {
+                    p.unmark_moved();
+                }
+            }
+            let kind = match e.kind() {
+                std::io::ErrorKind::WouldBlock => PostErrorKind::Full,
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+                    PostErrorKind::Disconnected
+                }
+                _ => PostErrorKind::Os(e),
+            };
+            return Err(PostError::new(kind, list));
+        }
+        drop(fds);
+        if !tx.try_write(&payload, KIND_TRANSFER, fp) {
+            // Room was reserved above and only we write this ring: unreachable unless the
+            // shared indices were tampered with.
+            self.poison(Corrupt("ring lost reserved room"));
+            return Err(PostError::new(PostErrorKind::Disconnected, Vec::new()));
+        }
+        wake(&tx.mem().ctrl().reader_sleeping);
+        // The moved ports and buffers now live on the other side: drop our handles (the
+        // ports are marked moved, so this closes nothing).
+        drop(list);
+        drop(body);
+        Ok(())
+    }
+
+    /// Rebuilds the objects of a transfer record whose payload is in `scratch`, then
+    /// decodes the message. A framing problem (no matching socket message) poisons the
+    /// channel; a bad object or archive is an error for this message only.
+    fn receive_transfer<T: Message>(
+        &self,
+        scratch: &mut AlignedVec<16>,
+        tag: u64,
+    ) -> Result<MessageEvent<T>, TryRecvError> {
+        let corrupt = |why| {
+            self.poison(Corrupt(why));
+            TryRecvError::MessageError(MessageError::Corrupt(why))
+        };
+        if scratch.len() < 24 {
+            return Err(corrupt("transfer record too short"));
+        }
+        let header: TransferHeader = bytemuck::pod_read_unaligned(&scratch[..24]);
+        let n = header.items as usize;
+        if n > MAX_TRANSFER_LIST + 1
+            || header.fds as usize > platform::MAX_FDS_PER_MESSAGE
+            || transfer::archive_offset(n) + header.inline_len as usize > scratch.len()
+        {
+            return Err(corrupt("transfer record header out of range"));
+        }
+        let mut note = [0u8; SOCKET_MESSAGE];
+        let fds = match platform::recv_with_fds(self.sock.as_fd(), &mut note) {
+            Ok((SOCKET_MESSAGE, fds)) => fds,
+            _ => return Err(corrupt("transfer record without its descriptors")),
+        };
+        if note[..8] != header.seq.to_le_bytes() || fds.len() != header.fds as usize {
+            return Err(corrupt("transfer record and descriptors out of step"));
+        }
+        let items: Vec<Item> = scratch[24..24 + 24 * n]
+            .chunks_exact(24)
+            .map(bytemuck::pod_read_unaligned)
+            .collect();
+        let bad = |why| TryRecvError::MessageError(MessageError::Transfer(why));
+        let mut fds = fds.into_iter();
+        let mut ports = Vec::new();
+        let mut buffers = Vec::new();
+        let mut body = None;
+        for (i, item) in items.iter().enumerate() {
+            match item.kind {
+                ITEM_PORT => {
+                    let (Some(seg_fd), Some(sock)) = (fds.next(), fds.next()) else {
+                        return Err(bad("a port without its descriptors"));
+                    };
+                    if item.side > 1 || !platform::is_socket(sock.as_fd()) {
+                        return Err(bad("a port descriptor is malformed"));
+                    }
+                    let seg =
+                        Segment::open(seg_fd).map_err(|_| bad("a port's segment is invalid"))?;
+                    let port = MessagePort::attach(
+                        Arc::new(seg),
+                        item.side as usize,
+                        sock,
+                        WaitStrategy::default(),
+                    )
+                    .map_err(|_| bad("a port's rings are invalid"))?;
+                    ports.push(port);
+                }
+                ITEM_BUFFER if item.len == 0 => {
+                    buffers.push(ArrayBuffer::new(0).map_err(|_| bad("empty buffer"))?)
+                }
+                ITEM_BUFFER => {
+                    let fd = fds.next().ok_or(bad("a buffer without its descriptor"))?;
+                    buffers.push(ArrayBuffer::from_received(fd, item.len).map_err(bad)?);
+                }
+                ITEM_BODY if i + 1 == n && header.inline_len == 0 => {
+                    let fd = fds
+                        .next()
+                        .ok_or(bad("a message body without its descriptor"))?;
+                    body = Some(ArrayBuffer::from_received(fd, item.len).map_err(bad)?);
+                }
+                _ => return Err(bad("unknown or misplaced transfer item")),
+            }
+        }
+        if fds.next().is_some() {
+            return Err(bad("more descriptors than transfer items"));
+        }
+        let data = match body {
+            Some(b) => {
+                // Copy, then check: the sender still maps the body.
+                scratch.clear();
+                scratch.extend_from_slice(&b);
+                codec::decode::<T>(scratch, tag, &self.recv_fp)
+            }
+            None => {
+                let at = transfer::archive_offset(n);
+                codec::decode::<T>(
+                    &scratch[at..at + header.inline_len as usize],
+                    tag,
+                    &self.recv_fp,
+                )
+            }
+        }?;
+        Ok(MessageEvent {
+            data,
+            ports,
+            buffers,
+        })
+    }
+
+    /// Publishes this port's state for whoever attaches to its end next, and marks it moved
+    /// so that dropping this handle closes nothing.
+    pub(crate) fn prepare_move(&self) {
+        if let Ok(mut rx) = self.rx.try_borrow_mut() {
+            rx.flush();
+        }
+        self.moved.set(true);
     }
 
     /// Serializes `msg` directly into the ring if it fits now. `Ok(false)`: no room.
@@ -290,11 +589,16 @@ impl MessagePort {
         for round in 0..2 {
             let (here, wrapped) = tx.room();
             for wrap in [false, true] {
-                let room = if wrap { wrapped } else { here };
-                if room == 0 || room < hint || (wrap && wrapped <= here) {
+                let Some(room) = (if wrap { wrapped } else { here }) else {
+                    continue;
+                };
+                if room < hint || (wrap && wrapped <= here) {
                     continue;
                 }
-                if let Some(len) = codec::encode_into(msg, tx.payload_area(wrap), arena) {
+                let Some(area) = tx.payload_area(wrap) else {
+                    continue;
+                };
+                if let Some(len) = codec::encode_into(msg, area, arena) {
                     tx.commit(wrap, len, KIND_MESSAGE, fp);
                     if len != hint {
                         self.size_hint.set(len);
@@ -420,17 +724,19 @@ impl MessagePort {
         }
         drop(rx);
         let header = record.header;
-        let result = if header.kind == KIND_MESSAGE {
-            codec::decode::<T>(&scratch, header.tag, &self.recv_fp)
-        } else {
-            Err(MessageError::UnknownKind(header.kind))
+        let result = match header.kind {
+            KIND_MESSAGE => codec::decode::<T>(&scratch, header.tag, &self.recv_fp)
+                .map(|data| MessageEvent {
+                    data,
+                    ports: Vec::new(),
+                    buffers: Vec::new(),
+                })
+                .map_err(TryRecvError::MessageError),
+            KIND_TRANSFER => self.receive_transfer::<T>(&mut scratch, header.tag),
+            kind => Err(TryRecvError::MessageError(MessageError::UnknownKind(kind))),
         };
         *self.rx_scratch.borrow_mut() = scratch;
-        Ok(MessageEvent {
-            data: result?,
-            ports: Vec::new(),
-            buffers: Vec::new(),
-        })
+        result
     }
 
     // ----- closing and liveness ------------------------------------------------------
@@ -518,10 +824,18 @@ impl MessagePort {
         (&self.seg, self.side, &self.sock)
     }
 
-    /// Marks the port as moved elsewhere (spawned, transferred): Drop then closes nothing.
-    pub(crate) fn mark_moved(&self) {
-        self.moved.set(true);
+    /// Undoes [`prepare_move`](Self::prepare_move) when the move failed.
+    pub(crate) fn unmark_moved(&self) {
+        self.moved.set(false);
     }
+}
+
+/// A sequence number for a transfer record: unique per process and message, so that a
+/// record and its socket message can be matched.
+fn next_transfer_seq() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (u64::from(std::process::id()) << 40) ^ n
 }
 
 impl Drop for MessagePort {

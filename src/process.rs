@@ -49,9 +49,15 @@ pub fn spawn(cmd: &mut Command, port: MessagePort) -> Result<Child, Error> {
         format!("v1:{}:{sock_fd}:{seg_fd}:{side}", std::process::id()),
     );
     platform::inherit_in_child(cmd, vec![sock_fd, seg_fd]);
-    let child = cmd.spawn().map_err(|e| Error::os("spawn", e))?;
-    port.mark_moved();
-    Ok(child)
+    // Publish what this handle has received so far: the child starts where we stopped.
+    port.prepare_move();
+    match cmd.spawn() {
+        Ok(child) => Ok(child),
+        Err(e) => {
+            port.unmark_moved();
+            Err(Error::os("spawn", e))
+        }
+    }
 }
 
 /// The port a parent handed to this process with [`spawn`]. Callable once per process.

@@ -21,8 +21,10 @@
 //! The consumer does not poll the producer's tail. Each header starts with a `mark`, the
 //! record's position plus one, stored last with `Release` after every other byte of the
 //! record; the consumer polls the mark at its head with `Acquire` and takes the record once
-//! the mark equals `head + 1`. Stale bytes from an earlier lap carry an earlier position and
-//! fresh memory carries 0, so neither can pass. So a reader can never observe a
+//! the mark equals `head + 1`. Before publishing a record the producer zeroes the mark slot
+//! right after it (where the consumer will look next), so what the consumer polls is always
+//! zero, a genuine mark of an earlier position, or the new mark: payload bytes of an earlier
+//! lap, which may hold any value, can never pass for a mark. So a reader can never observe a
 //! half-written record, a producer killed mid-write publishes nothing, and the cache line
 //! the consumer waits on is the one that carries the data: one cache-line transfer per
 //! small message instead of two (the tail's and the record's). The producer still stores
@@ -32,6 +34,7 @@
 //! The consumer publishes its head in batches (every eighth of the ring, and whenever it
 //! finds the ring empty), keeping the head's line off the per-message path too.
 
+use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 
@@ -56,12 +59,14 @@ pub(crate) struct RingCtrl {
     pub tail: AtomicU64,
     /// 1 while the consumer sleeps (or is about to) waiting for data; the futex word.
     pub reader_sleeping: AtomicU32,
-    pad0: [u8; 116],
+    /// Never read. `UnsafeCell`, so a `&RingCtrl` claims nothing about bytes a peer may
+    /// write.
+    pad0: UnsafeCell<[u8; 116]>,
     /// Bytes ever released by the consumer. Written by the consumer only.
     pub head: AtomicU64,
     /// 1 while the producer sleeps (or is about to) waiting for room; the futex word.
     pub writer_sleeping: AtomicU32,
-    pad1: [u8; 116],
+    pad1: UnsafeCell<[u8; 116]>,
 }
 
 #[cfg(not(loom))]
@@ -82,10 +87,10 @@ impl RingCtrl {
         RingCtrl {
             tail: AtomicU64::new(0),
             reader_sleeping: AtomicU32::new(0),
-            pad0: [0; 116],
+            pad0: UnsafeCell::new([0; 116]),
             head: AtomicU64::new(0),
             writer_sleeping: AtomicU32::new(0),
-            pad1: [0; 116],
+            pad1: UnsafeCell::new([0; 116]),
         }
     }
 }
@@ -261,12 +266,14 @@ impl Producer {
         }
     }
 
-    /// The largest payload placeable now, `(in place, after wrapping)`.
-    pub(crate) fn room(&self) -> (usize, usize) {
+    /// The largest payload placeable now, `(in place, after wrapping)`; `None` where not
+    /// even a header fits (distinct from `Some(0)`: room for an empty payload).
+    pub(crate) fn room(&self) -> (Option<usize>, Option<usize>) {
         let (here, wrapped) = self.free_regions();
         let max = self.mem.max_payload();
         let fit = |bytes: usize| {
-            bytes.saturating_sub(RECORD_HEADER).min(max) / RECORD_ALIGN * RECORD_ALIGN
+            (bytes >= RECORD_HEADER)
+                .then(|| (bytes - RECORD_HEADER).min(max) / RECORD_ALIGN * RECORD_ALIGN)
         };
         (fit(here), fit(wrapped))
     }
@@ -275,9 +282,9 @@ impl Producer {
     /// `Some(true)` after wrapping, `None` not yet.
     pub(crate) fn fits(&self, len: usize) -> Option<bool> {
         let (here, wrapped) = self.room();
-        if len <= here {
+        if here.is_some_and(|r| len <= r) {
             Some(false)
-        } else if len <= wrapped {
+        } else if wrapped.is_some_and(|r| len <= r) {
             Some(true)
         } else {
             None
@@ -285,33 +292,32 @@ impl Producer {
     }
 
     /// The payload area of the next record: in place, or at the start of the ring when
-    /// `wrap` is set. Its length is what [`room`](Self::room) reported.
-    pub(crate) fn payload_area(&mut self, wrap: bool) -> &mut [MaybeUninit<u8>] {
+    /// `wrap` is set. Its length is what [`room`](Self::room) reported; `None` when not even
+    /// a header fits there.
+    pub(crate) fn payload_area(&mut self, wrap: bool) -> Option<&mut [MaybeUninit<u8>]> {
         let (here, wrapped) = self.room();
         let (off, len) = if wrap {
-            (0, wrapped)
+            (0, wrapped?)
         } else {
-            (self.tail_off, here)
+            (self.tail_off, here?)
         };
-        if len == 0 {
-            return &mut [];
-        }
         // SAFETY: `room` only reports bytes in the free part of the ring, which the protocol
         // gives to this producer alone (the consumer reads no further than the last
         // published mark); `off + 24 + len <= cap` by construction of `free_regions`.
         // MaybeUninit: we make no claim about the bytes' current contents. The borrow of
         // `self` keeps the mapping alive and prevents a second area from being handed out.
-        unsafe {
+        Some(unsafe {
             let start = self.mem.data.as_ptr().add(off + RECORD_HEADER);
             std::slice::from_raw_parts_mut(start.cast::<MaybeUninit<u8>>(), len)
-        }
+        })
     }
 
     /// Publishes a record whose `len` payload bytes were written to `payload_area(wrap)`.
     pub(crate) fn commit(&mut self, wrap: bool, len: usize, kind: u32, tag: u64) {
         let (here, wrapped) = self.room();
+        let room = if wrap { wrapped } else { here };
         assert!(
-            len <= if wrap { wrapped } else { here } && kind != 0 && kind != KIND_PAD,
+            room.is_some_and(|r| len <= r) && kind != 0 && kind != KIND_PAD,
             "shmport bug: commit of {len} bytes beyond the payload area"
         );
         let pad_at = self.tail_off;
@@ -320,33 +326,55 @@ impl Producer {
             self.tail += (self.mem.cap - self.tail_off) as u64;
             self.tail_off = 0;
         }
+        let (rec_at, rec_pos) = (self.tail_off, self.tail);
         let size = record_size(len);
+        self.tail += size as u64;
+        self.tail_off += size;
+        let rest = self.mem.cap - self.tail_off;
+        if rest < RECORD_HEADER && self.tail + rest as u64 <= self.head_cache + self.mem.cap as u64
+        {
+            // Too short for a header: both sides skip the remainder (when it is free; if
+            // not, the next commit skips it as a wrap).
+            self.tail += rest as u64;
+            self.tail_off = 0;
+        }
+        self.clear_next_mark();
+        // The record first, then the padding in front of it: the consumer reaches the
+        // record only through the padding, so it sees both or neither.
         let fields = RecordHeader {
             len: len as u32,
             kind,
             tag,
         };
-        // The record first, then the padding in front of it: the consumer reaches the
-        // record only through the padding, so it sees both or neither.
-        self.mem.publish(self.tail_off, self.tail, fields);
-        let rest = self.mem.cap - pad_at;
-        if wrap && rest >= RECORD_HEADER {
+        self.mem.publish(rec_at, rec_pos, fields);
+        let pad_len = self.mem.cap - pad_at;
+        if wrap && pad_len >= RECORD_HEADER {
             let pad = RecordHeader {
-                len: (rest - RECORD_HEADER) as u32,
+                len: (pad_len - RECORD_HEADER) as u32,
                 kind: KIND_PAD,
                 tag: 0,
             };
             self.mem.publish(pad_at, pad_pos, pad);
         }
-        self.tail += size as u64;
-        self.tail_off += size;
-        if self.mem.cap - self.tail_off < RECORD_HEADER {
-            // Too short for a header: both sides skip the remainder.
-            self.tail += (self.mem.cap - self.tail_off) as u64;
-            self.tail_off = 0;
-        }
         // Release: pairs with the Acquire load in `Producer::attach` when this role moves.
         self.mem.ctrl().tail.store(self.tail, Ordering::Release);
+    }
+
+    /// Zeroes the mark where the consumer will look after the record being committed, so
+    /// that stale bytes there (payload of an earlier lap, which may hold any value) can
+    /// never read as that position's mark. Runs before the record is published, so the
+    /// consumer sees the zero or a newer mark. When that slot is not free (the ring is
+    /// exactly full), it holds the genuine header of the oldest unread record, whose mark
+    /// names an earlier position: safe as it is.
+    fn clear_next_mark(&self) {
+        let (mut pos, mut off) = (self.tail, self.tail_off);
+        if self.mem.cap - off < RECORD_HEADER {
+            pos += (self.mem.cap - off) as u64;
+            off = 0;
+        }
+        if pos < self.head_cache + self.mem.cap as u64 {
+            self.mem.mark(off).store(0, Ordering::Relaxed);
+        }
     }
 
     /// Copies `bytes` into one record if there is room now; returns whether it did.
@@ -354,7 +382,9 @@ impl Producer {
         let Some(wrap) = self.fits(bytes.len()) else {
             return false;
         };
-        let area = self.payload_area(wrap);
+        let Some(area) = self.payload_area(wrap) else {
+            return false;
+        };
         // SAFETY: `fits` guarantees `bytes.len() <= area.len()`; `area` is free ring memory
         // owned by this producer and cannot overlap a caller's slice, which is either
         // process-private memory or a part of some ring we do not write.
@@ -504,6 +534,9 @@ impl Consumer {
 
 /// The invariant every pair of indices must satisfy; a peer that breaks it is corrupt.
 fn check_indices(head: u64, tail: u64, cap: usize) -> Result<(), Corrupt> {
+    if tail > u64::MAX / 2 {
+        return Err(Corrupt("index beyond any reachable position"));
+    }
     if head > tail {
         return Err(Corrupt("consumer index ahead of producer index"));
     }
@@ -590,7 +623,7 @@ mod tests {
 
     #[test]
     fn records_come_out_in_order_with_their_bytes() {
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         let mut p = Producer::attach(ring.mem()).unwrap();
         let mut c = Consumer::attach(ring.mem()).unwrap();
         for i in 0..5u8 {
@@ -606,7 +639,7 @@ mod tests {
 
     #[test]
     fn a_full_ring_refuses_until_the_consumer_releases() {
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         let mut p = Producer::attach(ring.mem()).unwrap();
         let mut c = Consumer::attach(ring.mem()).unwrap();
         let mut n = 0;
@@ -621,7 +654,7 @@ mod tests {
 
     #[test]
     fn records_never_straddle_the_end_and_survive_many_wraps() {
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         let mut p = Producer::attach(ring.mem()).unwrap();
         let mut c = Consumer::attach(ring.mem()).unwrap();
         let miri = cfg!(miri);
@@ -649,7 +682,7 @@ mod tests {
 
     #[test]
     fn a_record_at_the_limit_fits_after_a_wrap() {
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         let mut p = Producer::attach(ring.mem()).unwrap();
         let mut c = Consumer::attach(ring.mem()).unwrap();
         let max = ring.mem().max_payload();
@@ -664,7 +697,7 @@ mod tests {
 
     #[test]
     fn a_producer_attached_later_continues_where_the_last_one_stopped() {
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         let mut c = Consumer::attach(ring.mem()).unwrap();
         {
             let mut p = Producer::attach(ring.mem()).unwrap();
@@ -686,6 +719,78 @@ mod tests {
     }
 
     #[test]
+    fn stale_payload_bytes_are_not_a_record() {
+        // Found by review: payload of an earlier lap holding `head + 1` where the consumer
+        // looks next.
+        let ring = HeapRing::new(96);
+        let mut p = Producer::attach(ring.mem()).unwrap();
+        let mut c = Consumer::attach(ring.mem()).unwrap();
+        let mut a = Vec::new();
+        a.extend_from_slice(&121u64.to_le_bytes());
+        a.extend_from_slice(&0u32.to_le_bytes());
+        a.extend_from_slice(&2u32.to_le_bytes());
+        a.extend_from_slice(&0xdeadu64.to_le_bytes());
+        assert!(p.try_write(&a, 2, 1));
+        assert!(p.try_write(&[0; 24], 2, 2));
+        assert_eq!(pop(&mut c).unwrap().unwrap().0.tag, 1);
+        assert_eq!(pop(&mut c).unwrap().unwrap().0.tag, 2);
+        p.refresh().unwrap();
+        assert!(p.try_write(&[], 2, 3));
+        assert_eq!(pop(&mut c).unwrap().unwrap().0.tag, 3);
+        assert_eq!(pop(&mut c), Ok(None));
+        p.refresh().unwrap();
+    }
+
+    #[test]
+    fn payloads_forging_every_future_mark_never_make_a_phantom_record() {
+        // Every payload word holds the mark the consumer would accept if a header landed on
+        // that word in the next lap; random sizes move header positions around each lap.
+        let cap = 1024usize;
+        let ring = HeapRing::new(cap);
+        let mut p = Producer::attach(ring.mem()).unwrap();
+        let mut c = Consumer::attach(ring.mem()).unwrap();
+        let mut rng = 0x0123_4567_89ab_cdefu64;
+        let (mut sent, mut got) = (0u64, 0u64);
+        let rounds = if cfg!(miri) { 200 } else { 50_000 };
+        let mut pos_of_next = 0u64;
+        while got < rounds {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = (rng % 200) as usize / 8 * 8;
+            p.refresh().unwrap();
+            if let Some(wrap) = p.fits(len) {
+                let start = if wrap {
+                    pos_of_next.next_multiple_of(cap as u64)
+                } else {
+                    pos_of_next
+                };
+                let payload_pos = start + RECORD_HEADER as u64;
+                let words: Vec<u8> = (0..len / 8)
+                    .flat_map(|w| (payload_pos + 8 * w as u64 + cap as u64 + 1).to_le_bytes())
+                    .collect();
+                assert!(p.try_write(&words, 2, sent));
+                sent += 1;
+                pos_of_next = p.tail;
+            }
+            if rng % 5 < 2 {
+                while let Some((h, _)) = pop(&mut c).unwrap() {
+                    assert_eq!(h.tag, got, "a record out of order or a phantom");
+                    got += 1;
+                }
+                if got != sent {
+                    let off = c.head_off;
+                    let mark = ring.mem().mark(off.min(cap - 8)).load(Ordering::Relaxed);
+                    panic!(
+                        "got {got} sent {sent}: consumer head {} off {off} mark {mark}; producer tail {} off {} head_cache {}",
+                        c.head, p.tail, p.tail_off, p.head_cache
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_stale_mark_from_an_earlier_lap_is_not_a_record() {
         let mut ring = HeapRing::new(4096);
         let mut c = Consumer::attach(ring.mem()).unwrap();
@@ -701,7 +806,7 @@ mod tests {
 
     #[test]
     fn zeroed_memory_is_not_a_record() {
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         let mut c = Consumer::attach(ring.mem()).unwrap();
         assert_eq!(c.peek().unwrap().map(|r| r.header), None);
     }
@@ -743,7 +848,7 @@ mod tests {
 
     #[test]
     fn a_consumer_index_moving_backwards_poisons_the_producer() {
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         let mut p = Producer::attach(ring.mem()).unwrap();
         let mut c = Consumer::attach(ring.mem()).unwrap();
         assert!(p.try_write(&[0; 64], 2, 0));
@@ -755,7 +860,7 @@ mod tests {
 
     #[test]
     fn a_head_ahead_of_the_tail_poisons_the_producer() {
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         let mut p = Producer::attach(ring.mem()).unwrap();
         ring.ctrl().head.store(64, Ordering::Relaxed);
         assert!(p.refresh().is_err());
@@ -763,7 +868,7 @@ mod tests {
 
     #[test]
     fn impossible_indices_refuse_to_attach() {
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         ring.ctrl().head.store(32, Ordering::Relaxed);
         assert!(Consumer::attach(ring.mem()).is_err());
         assert!(Producer::attach(ring.mem()).is_err());

@@ -2,6 +2,7 @@
 //! blocks and two data areas. docs/layout.md is the format specification; the
 //! compile-time assertions below pin this file to it.
 
+use std::cell::UnsafeCell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::{self, NonNull};
 
@@ -42,9 +43,9 @@ pub(crate) struct Header {
     pub ring_capacity: u32,
     pub reserved0: u32,
     pub segment_len: u64,
-    pub reserved1: [u8; 96],
+    pub reserved1: UnsafeCell<[u8; 96]>,
     pub closed: [AtomicU32; 2],
-    pub reserved2: [u8; 120],
+    pub reserved2: UnsafeCell<[u8; 120]>,
     pub rings: [RingCtrl; 2],
 }
 
@@ -67,6 +68,7 @@ pub(crate) struct Segment {
     map: MmapRaw,
     fd: OwnedFd,
     capacity: usize,
+    identity: (u64, u64),
 }
 
 // SAFETY: the mapping is reached only through raw pointers and atomics; the segment's
@@ -112,7 +114,13 @@ impl Segment {
             ptr::addr_of_mut!((*hdr).ring_capacity).write(capacity as u32);
             ptr::addr_of_mut!((*hdr).segment_len).write(len as u64);
         }
-        Ok(Segment { map, fd, capacity })
+        let identity = platform::file_identity(fd.as_fd()).map_err(|e| Error::os("fstat", e))?;
+        Ok(Segment {
+            map,
+            fd,
+            capacity,
+            identity,
+        })
     }
 
     /// Maps a segment received from another process and validates its header.
@@ -125,6 +133,11 @@ impl Segment {
         let len = usize::try_from(len).map_err(|_| Error::InvalidSegment("segment too large"))?;
         if len < DATA_OFFSET + 2 * MIN_CAPACITY {
             return Err(Error::InvalidSegment("segment shorter than its header"));
+        }
+        if !platform::is_sealed_against_shrinking(fd.as_fd()) {
+            return Err(Error::InvalidSegment(
+                "segment is not sealed against shrinking",
+            ));
         }
         let map = platform::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
         let hdr = map.as_ptr().cast::<Header>();
@@ -141,10 +154,12 @@ impl Segment {
             )
         };
         check_header(magic, version, data_offset, capacity, segment_len, len)?;
+        let identity = platform::file_identity(fd.as_fd()).map_err(|e| Error::os("fstat", e))?;
         Ok(Segment {
             map,
             fd,
             capacity: capacity as usize,
+            identity,
         })
     }
 
@@ -155,6 +170,11 @@ impl Segment {
     /// The descriptor of the shared-memory object, for handing to another process.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// Which shared-memory object this is: equal for every mapping of the same channel.
+    pub(crate) fn identity(&self) -> (u64, u64) {
+        self.identity
     }
 
     /// The ring capacity of each direction, in bytes (validated).
@@ -230,9 +250,18 @@ mod tests {
     use std::io::Write;
 
     fn segment_from_bytes(bytes: &[u8]) -> Result<Segment, Error> {
-        let fd = rustix::fs::memfd_create("shmport-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let fd = rustix::fs::memfd_create(
+            "shmport-test",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
         let mut file = std::fs::File::from(fd);
         file.write_all(bytes).unwrap();
+        rustix::fs::fcntl_add_seals(
+            &file,
+            rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW,
+        )
+        .unwrap();
         Segment::open(OwnedFd::from(file))
     }
 
@@ -253,6 +282,19 @@ mod tests {
             segment_from_bytes(&valid_image(8192)).unwrap().capacity(),
             8192
         );
+    }
+
+    #[test]
+    fn a_segment_that_could_shrink_is_refused() {
+        let fd = rustix::fs::memfd_create("shmport-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let mut file = std::fs::File::from(fd);
+        file.write_all(&valid_image(8192)).unwrap();
+        assert!(matches!(
+            Segment::open(OwnedFd::from(file)),
+            Err(Error::InvalidSegment(
+                "segment is not sealed against shrinking"
+            ))
+        ));
     }
 
     #[test]

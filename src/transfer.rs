@@ -1,6 +1,78 @@
 //! The transfer list: what moves with a message instead of being copied.
+//!
+//! A message with a transfer list (or too large for the ring) travels as one record of kind
+//! [`KIND_TRANSFER`] plus one message on the channel's socket. The socket message carries
+//! the descriptors of the moved objects (`SCM_RIGHTS`): a port's segment and socket end, a
+//! buffer's region, the out-of-ring body of a large message. The record carries what the
+//! receiver needs to rebuild them, in order. The socket message is sent before the record is
+//! published, so a receiver that sees the record always finds the descriptors; both carry
+//! the same sequence number, so a desynchronized pair is detected, never mismatched.
+//!
+//! Payload of a `KIND_TRANSFER` record:
+//!
+//! ```text
+//! TransferHeader (24 bytes) | Item x items (24 bytes each) | pad to 16 | archive (inline)
+//! ```
+//!
+//! Descriptors are consumed in item order: a port takes two (segment, socket), a buffer
+//! one, a body one.
+
+use bytemuck::{Pod, Zeroable};
 
 use crate::{ArrayBuffer, MessagePort};
+
+/// Record kind of a message with a transfer list or an out-of-ring body.
+pub(crate) const KIND_TRANSFER: u32 = 3;
+
+/// Largest transfer list accepted (each port needs two descriptors, and one socket message
+/// carries at most 250).
+pub const MAX_TRANSFER_LIST: usize = 100;
+
+/// Item kind: a port.
+pub(crate) const ITEM_PORT: u32 = 1;
+/// Item kind: an `ArrayBuffer`.
+pub(crate) const ITEM_BUFFER: u32 = 2;
+/// Item kind: the body of a message too large for the ring (at most one, last).
+pub(crate) const ITEM_BODY: u32 = 3;
+
+/// Fixed header of a transfer record's payload.
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct TransferHeader {
+    /// Pairs the record with its socket message.
+    pub seq: u64,
+    /// Number of [`Item`]s that follow.
+    pub items: u32,
+    /// Number of descriptors in the socket message.
+    pub fds: u32,
+    /// Length of the inline archive (0 when the body item carries it).
+    pub inline_len: u32,
+    pub reserved: u32,
+}
+
+/// One moved object.
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct Item {
+    /// [`ITEM_PORT`], [`ITEM_BUFFER`] or [`ITEM_BODY`].
+    pub kind: u32,
+    /// For a port: its side (0 or 1) in its channel.
+    pub side: u32,
+    /// For a buffer or body: its length in bytes.
+    pub len: u64,
+    pub reserved: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<TransferHeader>() == 24);
+const _: () = assert!(std::mem::size_of::<Item>() == 24);
+
+/// Bytes of a socket message: the sequence number and the item count.
+pub(crate) const SOCKET_MESSAGE: usize = 12;
+
+/// Offset of the inline archive in a payload with `items` items.
+pub(crate) fn archive_offset(items: usize) -> usize {
+    (24 + 24 * items).next_multiple_of(16)
+}
 
 /// Something that can be moved, not copied, with a message: the web's transferable objects.
 ///

@@ -4,8 +4,8 @@
 //!
 //! Each ring has two futex words: `reader_sleeping` (set by a consumer waiting for data)
 //! and `writer_sleeping` (set by a producer waiting for room). With `word` the sleeper's
-//! flag and `state` what it waits for (the tail for a reader, the head for a writer, and
-//! the peer's `closed` flag for both):
+//! flag and `state` what it waits for (the mark of the next record for a reader, the head
+//! for a writer, and the peer's `closed` flag for both):
 //!
 //! ```text
 //! sleeper                                  waker

@@ -155,3 +155,89 @@ const S_IFREG: u32 = 0o100000;
 pub(crate) fn raw(fd: &impl AsFd) -> RawFd {
     fd.as_fd().as_raw_fd()
 }
+
+/// Most descriptors one message may carry (the kernel's `SCM_MAX_FD` is 253).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 250;
+
+/// Sends `bytes` and `fds` as one `SOCK_SEQPACKET` message. The receiver gets its own
+/// references to the open files; ours stay open. `wait == false` fails with `WouldBlock`
+/// instead of waiting for room in the socket's buffer.
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    wait: bool,
+) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    use std::mem::MaybeUninit;
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors",
+        ));
+    }
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("control buffer too small"));
+    }
+    let mut flags = SendFlags::NOSIGNAL;
+    if !wait {
+        flags |= SendFlags::DONTWAIT;
+    }
+    let sent = sendmsg(sock, &[io::IoSlice::new(bytes)], &mut control, flags)?;
+    if sent != bytes.len() {
+        return Err(io::Error::other("short send on a SOCK_SEQPACKET socket"));
+    }
+    Ok(())
+}
+
+/// Receives one message sent by [`send_with_fds`] without waiting: its bytes (truncated to
+/// `buf`) and the descriptors it carried, close-on-exec. `WouldBlock` when none is queued.
+pub(crate) fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+    use std::mem::MaybeUninit;
+    let mut space =
+        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = recvmsg(
+        sock,
+        &mut [io::IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "descriptors truncated",
+        ));
+    }
+    Ok((msg.bytes.min(buf.len()), fds))
+}
+
+/// The identity of an open file: equal for every descriptor of the same object, in every
+/// process, for as long as the object exists.
+pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// True when the shared-memory object behind `fd` can never shrink: a peer holding it then
+/// cannot turn our accesses into `SIGBUS`.
+pub(crate) fn is_sealed_against_shrinking(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK))
+}
+
+/// True when `fd` is a socket.
+pub(crate) fn is_socket(fd: BorrowedFd<'_>) -> bool {
+    fstat(fd).is_ok_and(|st| st.st_mode & S_IFMT == S_IFSOCK)
+}

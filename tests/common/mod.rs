@@ -69,3 +69,20 @@ pub fn shmport_mappings() -> usize {
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
+
+/// Runs `body` in a fresh process of this test binary that runs only `test_name`, so that
+/// process-wide counts (descriptors, mappings, resident memory) see no other test.
+pub fn isolated(test_name: &str, body: impl FnOnce()) {
+    const ALONE: &str = "SHMPORT_TEST_ALONE";
+    if std::env::var_os(ALONE).is_some() {
+        body();
+        return;
+    }
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE, "1")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{test_name} failed in its own process");
+}

@@ -1,0 +1,308 @@
+//! Transfer lists between threads (S7–S13): ports and buffers move, they are not copied.
+//! Cross-process transfers are in cross_process.rs.
+
+mod common;
+
+use std::thread;
+
+use shmport::{ArrayBuffer, MessageChannel, MessageError, PostErrorKind, RecvError, Transferable};
+
+#[test]
+fn s9_a_transferred_buffer_arrives_with_its_length_and_contents() {
+    let ch = MessageChannel::new().unwrap();
+    let mut buf = ArrayBuffer::new(1 << 20).unwrap();
+    buf[0] = 1;
+    buf[(1 << 20) - 1] = 2;
+    ch.port1
+        .post_message(&String::from("frame"), [buf.into()])
+        .unwrap();
+    let rx = ch.port2;
+    let ev = thread::spawn(move || rx.recv::<String>().unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(ev.data, "frame");
+    assert_eq!(ev.buffers.len(), 1);
+    let got = &ev.buffers[0];
+    assert_eq!(got.len(), 1 << 20);
+    assert_eq!((got[0], got[(1 << 20) - 1]), (1, 2));
+}
+
+#[test]
+fn s9_a_transferred_buffer_is_not_copied() {
+    // A fresh buffer's pages are not resident until touched; a copy would touch all of
+    // them. So a 256 MiB transfer that leaves resident memory flat moved no bytes.
+    common::isolated("s9_a_transferred_buffer_is_not_copied", || {
+        let ch = MessageChannel::new().unwrap();
+        let buf = ArrayBuffer::new(256 << 20).unwrap();
+        let before = resident_kib();
+        ch.port1.post_message(&(), [buf.into()]).unwrap();
+        let ev = ch.port2.recv::<()>().unwrap();
+        assert_eq!(ev.buffers[0].len(), 256 << 20);
+        assert!(resident_kib() - before < 16 * 1024, "the bytes were copied");
+    });
+}
+
+fn resident_kib() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_zero_length_buffer_can_be_transferred() {
+    let ch = MessageChannel::new().unwrap();
+    ch.port1
+        .post_message(&0u8, [ArrayBuffer::new(0).unwrap().into()])
+        .unwrap();
+    assert_eq!(ch.port2.recv::<u8>().unwrap().buffers[0].len(), 0);
+}
+
+#[test]
+fn s10_a_transferred_port_arrives_working_and_entangled_with_the_original_peer() {
+    let a = MessageChannel::new().unwrap();
+    let b = MessageChannel::new().unwrap();
+    b.port1
+        .post_message(&String::from("to the moved port"), [])
+        .unwrap();
+    a.port1.post_message(&0u8, [b.port2.into()]).unwrap();
+    let mut ev = a.port2.recv::<u8>().unwrap();
+    let moved = ev.ports.pop().unwrap();
+    assert_eq!(moved.recv::<String>().unwrap().data, "to the moved port");
+    moved.post_message(&String::from("back"), []).unwrap();
+    assert_eq!(b.port1.recv::<String>().unwrap().data, "back");
+}
+
+#[test]
+fn s11_messages_queued_for_a_port_travel_with_it_and_come_first_in_order() {
+    let a = MessageChannel::new().unwrap();
+    let b = MessageChannel::new().unwrap();
+    for i in 0..100u32 {
+        b.port1.post_message(&i, []).unwrap();
+    }
+    a.port1.post_message(&0u8, [b.port2.into()]).unwrap();
+    for i in 100..200u32 {
+        b.port1.post_message(&i, []).unwrap();
+    }
+    let moved = a.port2.recv::<u8>().unwrap().ports.pop().unwrap();
+    let got: Vec<u32> = (0..200)
+        .map(|_| moved.recv::<u32>().unwrap().data)
+        .collect();
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+}
+
+#[test]
+fn s11_order_holds_across_many_hops() {
+    let target = MessageChannel::new().unwrap();
+    let hops: Vec<MessageChannel> = (0..5).map(|_| MessageChannel::new().unwrap()).collect();
+    let mut port = target.port2;
+    let mut next = 0u32;
+    for hop in &hops {
+        for _ in 0..10 {
+            target.port1.post_message(&next, []).unwrap();
+            next += 1;
+        }
+        hop.port1.post_message(&0u8, [port.into()]).unwrap();
+        port = hop.port2.recv::<u8>().unwrap().ports.pop().unwrap();
+    }
+    let got: Vec<u32> = (0..next)
+        .map(|_| port.recv::<u32>().unwrap().data)
+        .collect();
+    assert_eq!(got, (0..next).collect::<Vec<_>>());
+}
+
+#[test]
+fn s12_both_ports_of_one_channel_can_move_in_one_message_and_stay_entangled() {
+    let carrier = MessageChannel::new().unwrap();
+    let pair = MessageChannel::new().unwrap();
+    pair.port1.post_message(&1u8, []).unwrap();
+    carrier
+        .port1
+        .post_message(&0u8, [pair.port1.into(), pair.port2.into()])
+        .unwrap();
+    let mut ports = carrier.port2.recv::<u8>().unwrap().ports;
+    let p2 = ports.pop().unwrap();
+    let p1 = ports.pop().unwrap();
+    assert_eq!(p2.recv::<u8>().unwrap().data, 1);
+    p2.post_message(&2u8, []).unwrap();
+    assert_eq!(p1.recv::<u8>().unwrap().data, 2);
+}
+
+#[test]
+fn s13_a_port_whose_peer_closed_can_be_transferred_and_arrives_disconnected() {
+    let carrier = MessageChannel::new().unwrap();
+    let pair = MessageChannel::new().unwrap();
+    pair.port1.post_message(&9u8, []).unwrap();
+    pair.port1.close();
+    carrier
+        .port1
+        .post_message(&0u8, [pair.port2.into()])
+        .unwrap();
+    let moved = carrier.port2.recv::<u8>().unwrap().ports.pop().unwrap();
+    assert_eq!(moved.recv::<u8>().unwrap().data, 9);
+    assert!(matches!(moved.recv::<u8>(), Err(RecvError::Disconnected)));
+}
+
+#[test]
+fn s8_posting_a_port_to_its_own_entangled_peer_is_refused_and_everything_handed_back() {
+    let ch = MessageChannel::new().unwrap();
+    let other = MessageChannel::new().unwrap();
+    let buf = ArrayBuffer::from_slice(b"kept").unwrap();
+    let err = ch
+        .port1
+        .post_message(&0u8, [buf.into(), other.port1.into(), ch.port2.into()])
+        .unwrap_err();
+    assert!(matches!(err.kind(), PostErrorKind::DataClone(_)), "{err}");
+    let back = err.into_inner();
+    assert_eq!(back.len(), 3);
+    let Transferable::Buffer(buf) = &back[0] else {
+        panic!("order kept")
+    };
+    assert_eq!(&buf[..], b"kept");
+    // Nothing was detached: the returned ports still work.
+    let Transferable::Port(p1) = &back[1] else {
+        panic!()
+    };
+    p1.post_message(&5u8, []).unwrap();
+    assert_eq!(other.port2.recv::<u8>().unwrap().data, 5);
+}
+
+#[test]
+fn s16_a_post_to_a_closed_peer_hands_every_transferable_back() {
+    let ch = MessageChannel::new().unwrap();
+    let other = MessageChannel::new().unwrap();
+    ch.port2.close();
+    let err = ch
+        .port1
+        .post_message(
+            &0u8,
+            [ArrayBuffer::new(10).unwrap().into(), other.port1.into()],
+        )
+        .unwrap_err();
+    assert!(err.is_disconnected());
+    let back = err.into_inner();
+    let Transferable::Port(p) = &back[1] else {
+        panic!()
+    };
+    p.post_message(&1u8, []).unwrap();
+    assert_eq!(other.port2.recv::<u8>().unwrap().data, 1);
+}
+
+#[test]
+fn transferables_arrive_in_transfer_list_order() {
+    let ch = MessageChannel::new().unwrap();
+    let bufs: Vec<Transferable> = (0..20u8)
+        .map(|i| ArrayBuffer::from_slice(&[i; 3]).unwrap().into())
+        .collect();
+    ch.port1.post_message(&0u8, bufs).unwrap();
+    let ev = ch.port2.recv::<u8>().unwrap();
+    let firsts: Vec<u8> = ev.buffers.iter().map(|b| b[0]).collect();
+    assert_eq!(firsts, (0..20).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_wrong_type_with_transfers_is_a_message_error_and_the_port_keeps_working() {
+    let ch = MessageChannel::new().unwrap();
+    let pair = MessageChannel::new().unwrap();
+    ch.port1
+        .post_message(&String::from("x"), [pair.port2.into()])
+        .unwrap();
+    ch.port1.post_message(&3u64, []).unwrap();
+    assert!(matches!(
+        ch.port2.recv::<u64>(),
+        Err(RecvError::MessageError(MessageError::TypeMismatch { .. }))
+    ));
+    assert_eq!(ch.port2.recv::<u64>().unwrap().data, 3);
+    // The port that arrived with the rejected message was dropped: its peer is told.
+    assert!(matches!(
+        pair.port1.recv::<u8>(),
+        Err(RecvError::Disconnected)
+    ));
+}
+
+#[test]
+fn a_message_too_large_for_the_ring_arrives_whole() {
+    let ch = MessageChannel::builder()
+        .capacity(64 * 1024)
+        .build()
+        .unwrap();
+    let big: Vec<u64> = (0..(8 << 20) / 8).collect();
+    ch.port1.post_message(&big, []).unwrap();
+    ch.port1.post_message(&1u8, []).unwrap();
+    assert_eq!(ch.port2.recv::<Vec<u64>>().unwrap().data, big);
+    assert_eq!(ch.port2.recv::<u8>().unwrap().data, 1);
+}
+
+#[test]
+fn a_one_gibibyte_message_arrives_whole() {
+    let ch = MessageChannel::new().unwrap();
+    let mut big = vec![0u8; 1 << 30];
+    big[0] = 1;
+    big[(1 << 30) - 1] = 2;
+    ch.port1.post_message(&big, []).unwrap();
+    drop(big);
+    let got = ch.port2.recv::<Vec<u8>>().unwrap().data;
+    assert_eq!(got.len(), 1 << 30);
+    assert_eq!((got[0], got[(1 << 30) - 1]), (1, 2));
+}
+
+#[test]
+fn repeated_port_transfers_leak_no_descriptors_or_mappings() {
+    common::isolated(
+        "repeated_port_transfers_leak_no_descriptors_or_mappings",
+        repeated_port_transfers,
+    );
+}
+
+fn repeated_port_transfers() {
+    let carrier = MessageChannel::new().unwrap();
+    let pair = MessageChannel::new().unwrap();
+    let mut port = pair.port2;
+    // Warm up, then count.
+    for _ in 0..10 {
+        carrier.port1.post_message(&0u8, [port.into()]).unwrap();
+        port = carrier.port2.recv::<u8>().unwrap().ports.pop().unwrap();
+    }
+    let (fds, maps) = (common::open_fds(), common::shmport_mappings());
+    for i in 0..1000u32 {
+        pair.port1.post_message(&i, []).unwrap();
+        carrier.port1.post_message(&0u8, [port.into()]).unwrap();
+        port = carrier.port2.recv::<u8>().unwrap().ports.pop().unwrap();
+        assert_eq!(port.recv::<u32>().unwrap().data, i);
+    }
+    assert_eq!(common::open_fds(), fds);
+    assert_eq!(common::shmport_mappings(), maps);
+}
+
+#[test]
+fn repeated_large_buffer_transfers_leave_shared_memory_where_it_started() {
+    common::isolated(
+        "repeated_large_buffer_transfers_leave_shared_memory_where_it_started",
+        || {
+            let ch = MessageChannel::new().unwrap();
+            // This process's resident shared memory: every region it still maps. A region
+            // no process maps or holds a descriptor of is freed by the kernel, and the
+            // descriptor and mapping counts below cover the rest.
+            let shmem = || {
+                let status = std::fs::read_to_string("/proc/self/status").unwrap();
+                let line = status.lines().find(|l| l.starts_with("RssShmem:")).unwrap();
+                line.split_whitespace()
+                    .nth(1)
+                    .unwrap()
+                    .parse::<i64>()
+                    .unwrap()
+            };
+            let (fds, maps, before) = (common::open_fds(), common::shmport_mappings(), shmem());
+            for i in 0..200u32 {
+                let mut buf = ArrayBuffer::new(16 << 20).unwrap();
+                buf.fill(i as u8); // resident, so a leak would show in Shmem
+                ch.port1.post_message(&i, [buf.into()]).unwrap();
+                let ev = ch.port2.recv::<u32>().unwrap();
+                assert_eq!(ev.buffers[0][(16 << 20) - 1], i as u8);
+            }
+            assert_eq!(common::open_fds(), fds);
+            assert_eq!(common::shmport_mappings(), maps);
+            // One leaked 16 MiB buffer would show; allow 1 MiB for the channel's own pages.
+            assert!(shmem() - before < 1024, "shared memory grew");
+        },
+    );
+}
