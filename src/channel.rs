@@ -91,11 +91,12 @@ impl ChannelBuilder {
     /// operating system refuses the memory or the sockets.
     pub fn build(self) -> Result<MessageChannel, Error> {
         let capacity = Segment::checked_capacity(self.capacity)?;
+        platform::raise_descriptor_limit();
         let seg = Arc::new(Segment::create(capacity)?);
-        let (s1, s2) = platform::socket_pair().map_err(|e| Error::os("socketpair", e))?;
+        // No sockets yet: they are created when a port first leaves this process.
         Ok(MessageChannel {
-            port1: MessagePort::attach(Arc::clone(&seg), 0, s1, self.wait)?,
-            port2: MessagePort::attach(seg, 1, s2, self.wait)?,
+            port1: MessagePort::attach(Arc::clone(&seg), 0, None, self.wait)?,
+            port2: MessagePort::attach(seg, 1, None, self.wait)?,
         })
     }
 }

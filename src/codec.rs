@@ -136,6 +136,20 @@ pub(crate) fn encode_to_vec<T: Message>(
     Ok(())
 }
 
+/// Validates an archive copied out of the ring and returns its root, without deserializing.
+pub(crate) fn access<'b, T: Message>(
+    bytes: &'b [u8],
+    tag: u64,
+    fingerprints: &FingerprintCache,
+) -> Result<&'b T::Archived, MessageError> {
+    if tag != fingerprints.get::<T>() {
+        return Err(MessageError::TypeMismatch {
+            expected: std::any::type_name::<T>(),
+        });
+    }
+    rkyv::access::<T::Archived, rancor::Error>(bytes).map_err(MessageError::Invalid)
+}
+
 /// Validates and deserializes an archive copied out of the ring.
 pub(crate) fn decode<T: Message>(
     bytes: &[u8],

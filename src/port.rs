@@ -3,7 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,9 @@ impl<T> MessageEvent<T> {
     }
 }
 
+/// Turns a validated-size archive and its type tag into what a receive returns.
+type Decoder<'a, R> = dyn FnMut(&[u8], u64) -> Result<R, MessageError> + 'a;
+
 /// How many empty `try_recv` calls pass between two kernel liveness checks.
 const LIVENESS_EVERY: u32 = 64;
 
@@ -74,7 +77,10 @@ enum PeerState {
 pub struct MessagePort {
     seg: Arc<Segment>,
     side: usize,
-    sock: OwnedFd,
+    /// This end's socket: set when the port arrives from elsewhere, or created on first
+    /// need (see [`MessagePort::socket`]). Ports of a channel that never leaves its process
+    /// have none: they cost one descriptor per channel, not three.
+    sock: std::cell::OnceCell<OwnedFd>,
     tx: RefCell<Producer>,
     rx: RefCell<Consumer>,
     rx_scratch: RefCell<AlignedVec<16>>,
@@ -108,7 +114,7 @@ impl MessagePort {
     pub(crate) fn attach(
         seg: Arc<Segment>,
         side: usize,
-        sock: OwnedFd,
+        sock: Option<OwnedFd>,
         wait: WaitStrategy,
     ) -> Result<MessagePort, Error> {
         let bad = |Corrupt(why)| Error::InvalidSegment(why);
@@ -117,7 +123,7 @@ impl MessagePort {
         Ok(MessagePort {
             seg,
             side,
-            sock,
+            sock: sock.map(std::cell::OnceCell::from).unwrap_or_default(),
             tx: RefCell::new(tx),
             rx: RefCell::new(rx),
             rx_scratch: RefCell::new(AlignedVec::new()),
@@ -349,12 +355,22 @@ impl MessagePort {
                 Err(_) => unreachable!("ArrayBuffer::from_slice only fails in the OS"),
             }
         };
+        // Moving ports need their sockets (created now if they never had one).
+        let no_socket = list.iter().find_map(|t| match t {
+            Transferable::Port(p) => p.parts().err(),
+            Transferable::Buffer(_) => None,
+        });
+        if let Some(e) = no_socket {
+            return Err(PostError::new(PostErrorKind::Os(e), list));
+        }
         let mut items = Vec::with_capacity(list.len() + 1);
         let mut fds = Vec::with_capacity(2 * list.len() + 1);
         for t in &list {
             match t {
                 Transferable::Port(p) => {
-                    let (seg, side, sock) = p.parts();
+                    let Ok((seg, side, sock)) = p.parts() else {
+                        continue; // unreachable: checked just above, and sockets stay set
+                    };
                     items.push(Item {
                         kind: ITEM_PORT,
                         side: side as u32,
@@ -362,7 +378,7 @@ impl MessagePort {
                         reserved: 0,
                     });
                     fds.push(seg.fd());
-                    fds.push(sock.as_fd());
+                    fds.push(sock);
                 }
                 Transferable::Buffer(b) => {
                     items.push(Item {
@@ -436,7 +452,10 @@ impl MessagePort {
         let mut note = [0u8; SOCKET_MESSAGE];
         note[..8].copy_from_slice(&seq.to_le_bytes());
         note[8..].copy_from_slice(&header.items.to_le_bytes());
-        if let Err(e) = platform::send_with_fds(self.sock.as_fd(), &note, &fds, block) {
+        let sent = self
+            .socket()
+            .and_then(|sock| platform::send_with_fds(sock, &note, &fds, block));
+        if let Err(e) = sent {
             for t in &list {
                 if let Transferable::Port(p) = t {
                     p.unmark_moved();
@@ -469,11 +488,12 @@ impl MessagePort {
     /// Rebuilds the objects of a transfer record whose payload is in `scratch`, then
     /// decodes the message. A framing problem (no matching socket message) poisons the
     /// channel; a bad object or archive is an error for this message only.
-    fn receive_transfer<T: Message>(
+    fn receive_transfer<R>(
         &self,
         scratch: &mut AlignedVec<16>,
         tag: u64,
-    ) -> Result<MessageEvent<T>, TryRecvError> {
+        decode: &mut Decoder<'_, R>,
+    ) -> Result<MessageEvent<R>, TryRecvError> {
         let corrupt = |why| {
             self.poison(Corrupt(why));
             TryRecvError::MessageError(MessageError::Corrupt(why))
@@ -490,7 +510,10 @@ impl MessagePort {
             return Err(corrupt("transfer record header out of range"));
         }
         let mut note = [0u8; SOCKET_MESSAGE];
-        let fds = match platform::recv_with_fds(self.sock.as_fd(), &mut note) {
+        let received = self
+            .socket()
+            .and_then(|sock| platform::recv_with_fds(sock, &mut note));
+        let fds = match received {
             Ok((SOCKET_MESSAGE, fds)) => fds,
             _ => return Err(corrupt("transfer record without its descriptors")),
         };
@@ -520,7 +543,7 @@ impl MessagePort {
                     let port = MessagePort::attach(
                         Arc::new(seg),
                         item.side as usize,
-                        sock,
+                        Some(sock),
                         WaitStrategy::default(),
                     )
                     .map_err(|_| bad("a port's rings are invalid"))?;
@@ -550,15 +573,11 @@ impl MessagePort {
                 // Copy, then check: the sender still maps the body.
                 scratch.clear();
                 scratch.extend_from_slice(&b);
-                codec::decode::<T>(scratch, tag, &self.recv_fp)
+                decode(scratch, tag)
             }
             None => {
                 let at = transfer::archive_offset(n);
-                codec::decode::<T>(
-                    &scratch[at..at + header.inline_len as usize],
-                    tag,
-                    &self.recv_fp,
-                )
+                decode(&scratch[at..at + header.inline_len as usize], tag)
             }
         }?;
         Ok(MessageEvent {
@@ -626,7 +645,14 @@ impl MessagePort {
     /// been received (S15); [`RecvError::MessageError`] when the next message cannot be
     /// decoded as `T` (S6): that message is consumed and the port keeps working.
     pub fn recv<T: Message>(&self) -> Result<MessageEvent<T>, RecvError> {
-        match self.recv_until::<T>(None) {
+        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp);
+        Self::untimed(self.recv_until(None, &mut decode))
+    }
+
+    fn untimed<R>(
+        r: Result<MessageEvent<R>, RecvTimeoutError>,
+    ) -> Result<MessageEvent<R>, RecvError> {
+        match r {
             Ok(ev) => Ok(ev),
             Err(RecvTimeoutError::MessageError(e)) => Err(RecvError::MessageError(e)),
             Err(_) => Err(RecvError::Disconnected),
@@ -643,14 +669,65 @@ impl MessagePort {
         &self,
         timeout: Duration,
     ) -> Result<MessageEvent<T>, RecvTimeoutError> {
-        self.recv_until(Instant::now().checked_add(timeout))
+        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp);
+        self.recv_until(Instant::now().checked_add(timeout), &mut decode)
     }
 
-    fn recv_until<T: Message>(
+    /// Receives the next message and hands its archived form (rkyv's `Archived<T>`) to `f`
+    /// instead of deserializing it: rkyv's zero-copy read, validated.
+    ///
+    /// The archive is read from a port-private copy taken before validation, so a peer
+    /// cannot change it under `f`; `f` runs before the next message is received.
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let ch = MessageChannel::new()?;
+    /// ch.port1.post_message(&vec![1u32, 2, 3], [])?;
+    /// let ev = ch.port2.recv_archived::<Vec<u32>, _>(|v| v.iter().map(|x| x.to_native()).sum::<u32>())?;
+    /// assert_eq!(ev.data, 6);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv).
+    pub fn recv_archived<T: Message, R>(
+        &self,
+        f: impl FnOnce(&T::Archived) -> R,
+    ) -> Result<MessageEvent<R>, RecvError> {
+        let mut f = Some(f);
+        let mut decode = |bytes: &[u8], tag| {
+            let archived = codec::access::<T>(bytes, tag, &self.recv_fp)?;
+            Ok(f.take().expect("one record per receive")(archived))
+        };
+        Self::untimed(self.recv_until(None, &mut decode))
+    }
+
+    /// [`recv_archived`](Self::recv_archived) without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_archived<T: Message, R>(
+        &self,
+        f: impl FnOnce(&T::Archived) -> R,
+    ) -> Result<MessageEvent<R>, TryRecvError> {
+        let mut f = Some(f);
+        let mut decode = |bytes: &[u8], tag| {
+            let archived = codec::access::<T>(bytes, tag, &self.recv_fp)?;
+            Ok(f.take().expect("one record per receive")(archived))
+        };
+        self.try_recv_with(true, &mut decode)
+    }
+
+    fn recv_until<R>(
         &self,
         deadline: Option<Instant>,
-    ) -> Result<MessageEvent<T>, RecvTimeoutError> {
-        let attempt = || match self.try_recv_inner::<T>(false) {
+        decode: &mut Decoder<'_, R>,
+    ) -> Result<MessageEvent<R>, RecvTimeoutError> {
+        let decode = std::cell::RefCell::new(decode);
+        let attempt = || match self.try_recv_with(false, *decode.borrow_mut()) {
             Err(TryRecvError::Empty) => None,
             Ok(ev) => Some(Ok(ev)),
             Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
@@ -660,7 +737,7 @@ impl MessagePort {
         let peer_dead = || {
             if self.check_liveness_now() {
                 // Drain whatever the peer published before it went.
-                Some(match self.try_recv_inner::<T>(false) {
+                Some(match self.try_recv_with(false, *decode.borrow_mut()) {
                     Ok(ev) => Ok(ev),
                     Err(TryRecvError::MessageError(e)) => Err(RecvTimeoutError::MessageError(e)),
                     Err(_) => Err(RecvTimeoutError::Disconnected),
@@ -683,13 +760,15 @@ impl MessagePort {
     /// peer is seen at the next call, a dead process within 64 calls);
     /// [`TryRecvError::MessageError`] as for [`recv`](Self::recv).
     pub fn try_recv<T: Message>(&self) -> Result<MessageEvent<T>, TryRecvError> {
-        self.try_recv_inner(true)
+        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp);
+        self.try_recv_with(true, &mut decode)
     }
 
-    fn try_recv_inner<T: Message>(
+    fn try_recv_with<R>(
         &self,
         periodic_liveness: bool,
-    ) -> Result<MessageEvent<T>, TryRecvError> {
+        decode: &mut Decoder<'_, R>,
+    ) -> Result<MessageEvent<R>, TryRecvError> {
         if self.peer.get() == PeerState::Poisoned {
             return Err(TryRecvError::Disconnected);
         }
@@ -725,14 +804,14 @@ impl MessagePort {
         drop(rx);
         let header = record.header;
         let result = match header.kind {
-            KIND_MESSAGE => codec::decode::<T>(&scratch, header.tag, &self.recv_fp)
+            KIND_MESSAGE => decode(&scratch, header.tag)
                 .map(|data| MessageEvent {
                     data,
                     ports: Vec::new(),
                     buffers: Vec::new(),
                 })
                 .map_err(TryRecvError::MessageError),
-            KIND_TRANSFER => self.receive_transfer::<T>(&mut scratch, header.tag),
+            KIND_TRANSFER => self.receive_transfer(&mut scratch, header.tag, decode),
             kind => Err(TryRecvError::MessageError(MessageError::UnknownKind(kind))),
         };
         *self.rx_scratch.borrow_mut() = scratch;
@@ -791,7 +870,13 @@ impl MessagePort {
         if self.peer_gone_cheap() {
             return true;
         }
-        if platform::peer_hung_up(self.sock.as_fd()) {
+        // No socket yet: the peer is in this process (it would have left one for us when
+        // it left), and its Drop sets the closed flag checked above.
+        let sock = self.sock.get().or_else(|| {
+            let deposited = self.seg.take_deposited_socket(self.side)?;
+            Some(self.sock.get_or_init(|| deposited))
+        });
+        if sock.is_some_and(|s| platform::peer_hung_up(s.as_fd())) {
             self.peer.set(PeerState::Gone);
             true
         } else {
@@ -820,8 +905,20 @@ impl MessagePort {
     }
 
     /// What carries this end elsewhere: the segment, the side and the socket.
-    pub(crate) fn parts(&self) -> (&Segment, usize, &OwnedFd) {
-        (&self.seg, self.side, &self.sock)
+    pub(crate) fn parts(&self) -> std::io::Result<(&Segment, usize, BorrowedFd<'_>)> {
+        Ok((&self.seg, self.side, self.socket()?))
+    }
+
+    /// This end's socket, created with its peer's on first need. A channel whose two ports
+    /// live in one process needs none until one of them leaves (spawned or transferred)
+    /// or posts a transfer; the first to need one creates the pair and leaves the other
+    /// end with the segment, where the peer port picks it up.
+    fn socket(&self) -> std::io::Result<BorrowedFd<'_>> {
+        if let Some(s) = self.sock.get() {
+            return Ok(s.as_fd());
+        }
+        let mine = self.seg.take_or_create_socket(self.side)?;
+        Ok(self.sock.get_or_init(|| mine).as_fd())
     }
 
     /// Undoes [`prepare_move`](Self::prepare_move) when the move failed.

@@ -41,8 +41,8 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 /// [`Error::Os`] when the process cannot be started. The port is then dropped, which
 /// closes it: the other end sees `Disconnected`.
 pub fn spawn(cmd: &mut Command, port: MessagePort) -> Result<Child, Error> {
-    let (seg, side, sock) = port.parts();
-    let sock_fd = platform::raw(sock);
+    let (seg, side, sock) = port.parts().map_err(|e| Error::os("socketpair", e))?;
+    let sock_fd = platform::raw(&sock);
     let seg_fd = platform::raw(&seg.fd());
     cmd.env(
         BOOTSTRAP_ENV,
@@ -84,12 +84,18 @@ pub fn parent_port() -> Result<MessagePort, Error> {
     if TAKEN.swap(true, Ordering::AcqRel) {
         return Err(Error::ParentPortTaken);
     }
+    platform::raise_descriptor_limit();
     let sock: OwnedFd = platform::adopt_inherited(boot.sock_fd, true)
         .map_err(|e| Error::os("adopting the inherited socket", e))?;
     let seg_fd = platform::adopt_inherited(boot.seg_fd, false)
         .map_err(|e| Error::os("adopting the inherited segment", e))?;
     let seg = Segment::open(seg_fd)?;
-    MessagePort::attach(Arc::new(seg), boot.side, sock, WaitStrategy::default())
+    MessagePort::attach(
+        Arc::new(seg),
+        boot.side,
+        Some(sock),
+        WaitStrategy::default(),
+    )
 }
 
 #[derive(Debug, PartialEq, Eq)]

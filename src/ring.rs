@@ -122,6 +122,11 @@ pub(crate) struct RingMem {
     ctrl: NonNull<RingCtrl>,
     data: NonNull<u8>,
     cap: usize,
+    /// Under loom, the mark words: one loom atomic per 8-byte slot of the data area. Loom's
+    /// atomics are handles into its model, not memory that can be laid over bytes, so the
+    /// marks live beside the data area instead of in it (see `with_loom_marks`).
+    #[cfg(loom)]
+    marks: Option<NonNull<AtomicU64>>,
 }
 
 impl RingMem {
@@ -133,7 +138,27 @@ impl RingMem {
     pub(crate) unsafe fn new(ctrl: NonNull<RingCtrl>, data: NonNull<u8>, cap: usize) -> Self {
         debug_assert!(cap >= 4 * RECORD_HEADER && cap % RECORD_ALIGN == 0);
         debug_assert!(data.as_ptr() as usize % RECORD_ALIGN == 0);
-        RingMem { ctrl, data, cap }
+        RingMem {
+            ctrl,
+            data,
+            cap,
+            #[cfg(loom)]
+            marks: None,
+        }
+    }
+
+    /// Under loom: takes the mark words from `marks` instead of from the data area.
+    ///
+    /// # Safety
+    ///
+    /// `marks` must point to `cap / RECORD_ALIGN` atomics, valid until every user of this
+    /// `RingMem` is gone.
+    #[cfg(all(test, loom))]
+    pub(crate) unsafe fn with_loom_marks(self, marks: NonNull<AtomicU64>) -> Self {
+        RingMem {
+            marks: Some(marks),
+            ..self
+        }
     }
 
     pub(crate) fn ctrl(&self) -> &RingCtrl {
@@ -154,7 +179,20 @@ impl RingMem {
         self.max_record() - RECORD_HEADER
     }
 
+    /// The mark word of a record starting at `off` (under loom: its slot in the mark table).
+    #[cfg(loom)]
+    fn mark(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off + RECORD_HEADER <= self.cap && off % RECORD_ALIGN == 0);
+        let marks = self
+            .marks
+            .expect("a ring under loom needs RingMem::with_loom_marks");
+        // SAFETY: `off < cap`, so the slot is one of the `cap / 8` atomics the table holds
+        // (contract of `with_loom_marks`).
+        unsafe { &*marks.as_ptr().add(off / RECORD_ALIGN) }
+    }
+
     /// The mark word of a record starting at `off`.
+    #[cfg(not(loom))]
     fn mark(&self, off: usize) -> &AtomicU64 {
         debug_assert!(off + RECORD_HEADER <= self.cap && off % RECORD_ALIGN == 0);
         // SAFETY: `off + 24 <= cap` (callers check) and `off` is 8-aligned in an 8-aligned

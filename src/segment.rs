@@ -69,6 +69,9 @@ pub(crate) struct Segment {
     fd: OwnedFd,
     capacity: usize,
     identity: (u64, u64),
+    /// In-process rendezvous for the channel's socket pair, created lazily: the end left
+    /// here for side `i` is picked up by the port on side `i` of this mapping.
+    sockets: std::sync::Mutex<[Option<OwnedFd>; 2]>,
 }
 
 // SAFETY: the mapping is reached only through raw pointers and atomics; the segment's
@@ -120,6 +123,7 @@ impl Segment {
             fd,
             capacity,
             identity,
+            sockets: Default::default(),
         })
     }
 
@@ -160,6 +164,7 @@ impl Segment {
             fd,
             capacity: capacity as usize,
             identity,
+            sockets: Default::default(),
         })
     }
 
@@ -170,6 +175,30 @@ impl Segment {
     /// The descriptor of the shared-memory object, for handing to another process.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// The socket end left for side `side` by its peer, or a new pair: one end for `side`,
+    /// the other left for the peer.
+    pub(crate) fn take_or_create_socket(&self, side: usize) -> std::io::Result<OwnedFd> {
+        let mut slots = self
+            .sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(mine) = slots[side & 1].take() {
+            return Ok(mine);
+        }
+        let (mine, theirs) = platform::socket_pair()?;
+        slots[(side & 1) ^ 1] = Some(theirs);
+        Ok(mine)
+    }
+
+    /// The socket end left for side `side`, if its peer created the pair.
+    pub(crate) fn take_deposited_socket(&self, side: usize) -> Option<OwnedFd> {
+        let mut slots = self
+            .sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots[side & 1].take()
     }
 
     /// Which shared-memory object this is: equal for every mapping of the same channel.
@@ -358,7 +387,8 @@ mod tests {
         let seg = segment_from_bytes(&img).unwrap();
         let (s, _peer) = platform::socket_pair().unwrap();
         assert!(
-            crate::MessagePort::attach(std::sync::Arc::new(seg), 1, s, Default::default()).is_err()
+            crate::MessagePort::attach(std::sync::Arc::new(seg), 1, Some(s), Default::default())
+                .is_err()
         );
     }
 }

@@ -351,3 +351,148 @@ fn spawning_a_missing_program_is_an_error() {
         Err(shmport::RecvTimeoutError::Disconnected)
     ));
 }
+
+// ----- transfers between processes (S9–S13 across process boundaries) -----
+
+#[test]
+fn a_port_transferred_to_a_child_that_never_saw_its_channel_works() {
+    as_child(|port| {
+        let mut ev = port.recv::<u8>().unwrap();
+        let moved = ev.ports.pop().unwrap();
+        let got = moved.recv::<String>().unwrap().data;
+        moved.post_message(&format!("{got}, answered"), []).unwrap();
+    });
+    let carrier = MessageChannel::new().unwrap();
+    let x = MessageChannel::new().unwrap();
+    let child = spawn_test_child(
+        "a_port_transferred_to_a_child_that_never_saw_its_channel_works",
+        carrier.port2,
+    );
+    x.port1
+        .post_message(&String::from("queued before the move"), [])
+        .unwrap();
+    carrier.port1.post_message(&0u8, [x.port2.into()]).unwrap();
+    assert_eq!(
+        x.port1.recv::<String>().unwrap().data,
+        "queued before the move, answered"
+    );
+    assert!(child.wait().success());
+}
+
+#[test]
+fn a_buffer_goes_to_a_child_and_back_by_transfer() {
+    as_child(|port| {
+        let mut ev = port.recv::<u64>().unwrap();
+        let mut buf = ev.buffers.pop().unwrap();
+        assert_eq!(buf.len() as u64, ev.data);
+        assert!(buf.iter().all(|&b| b == 7));
+        buf[0] = 42;
+        port.post_message(&(), [buf.into()]).unwrap();
+    });
+    let ch = MessageChannel::new().unwrap();
+    let child = spawn_test_child("a_buffer_goes_to_a_child_and_back_by_transfer", ch.port2);
+    let mut buf = shmport::ArrayBuffer::new(8 << 20).unwrap();
+    buf.fill(7);
+    ch.port1.post_message(&(8u64 << 20), [buf.into()]).unwrap();
+    let back = ch.port1.recv::<()>().unwrap().buffers.pop().unwrap();
+    assert_eq!((back[0], back[1], back.len()), (42, 7, 8 << 20));
+    assert!(child.wait().success());
+}
+
+const HOP_ROLE: &str = "SHMPORT_TEST_HOP_ROLE";
+
+#[test]
+fn order_holds_while_a_port_moves_along_three_processes() {
+    // parent --X.port2--> child A --X.port2--> grandchild B, while the parent keeps posting
+    // on X.port1. A and B report what they received; together it must be 0..N in order.
+    const N: u32 = 20_000;
+    let name = "order_holds_while_a_port_moves_along_three_processes";
+    if std::env::var_os(shmport::BOOTSTRAP_ENV).is_some() {
+        let port = shmport::parent_port().unwrap();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if std::env::var_os(HOP_ROLE).is_some() {
+                // Grandchild B: gets X.port2 from A, reads the rest, reports to A.
+                let mut ev = port.recv::<u32>().unwrap();
+                let x = ev.ports.pop().unwrap();
+                let mut next = ev.data;
+                while next < N {
+                    assert_eq!(x.recv::<u32>().unwrap().data, next);
+                    next += 1;
+                }
+                port.post_message(&next, []).unwrap();
+            } else {
+                // Child A: reads part of the stream, then hands the port on to B.
+                let mut ev = port.recv::<u8>().unwrap();
+                let x = ev.ports.pop().unwrap();
+                let mut next = 0u32;
+                while next < N / 3 {
+                    assert_eq!(x.recv::<u32>().unwrap().data, next);
+                    next += 1;
+                }
+                let to_b = MessageChannel::new().unwrap();
+                let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+                cmd.args([name, "--exact", "--nocapture"])
+                    .env(HOP_ROLE, "B");
+                cmd.stdout(std::process::Stdio::null());
+                let mut b = shmport::spawn(&mut cmd, to_b.port2).unwrap();
+                to_b.port1.post_message(&next, [x.into()]).unwrap();
+                let b_end = to_b.port1.recv::<u32>().unwrap().data;
+                assert!(b.wait().unwrap().success());
+                port.post_message(&b_end, []).unwrap();
+            }
+        }));
+        std::process::exit(if outcome.is_ok() { 0 } else { 101 });
+    }
+    let to_a = MessageChannel::new().unwrap();
+    let x = MessageChannel::builder()
+        .capacity(16 * 4096)
+        .build()
+        .unwrap();
+    let a = spawn_test_child(name, to_a.port2);
+    to_a.port1.post_message(&0u8, [x.port2.into()]).unwrap();
+    for i in 0..N {
+        x.port1.post_message(&i, []).unwrap();
+    }
+    assert_eq!(to_a.port1.recv::<u32>().unwrap().data, N);
+    assert!(a.wait().success());
+}
+
+#[test]
+fn a_port_in_flight_to_a_killed_process_disconnects_its_peer() {
+    as_child(|port| {
+        port.post_message(&0u8, []).unwrap();
+        let _ = port.recv::<bool>(); // never answered: we are killed with a port queued
+    });
+    let carrier = MessageChannel::new().unwrap();
+    let x = MessageChannel::new().unwrap();
+    let child = spawn_test_child(
+        "a_port_in_flight_to_a_killed_process_disconnects_its_peer",
+        carrier.port2,
+    );
+    carrier.port1.recv::<u8>().unwrap();
+    // Queued for the child but never received: the port is inside the child's socket.
+    carrier.port1.post_message(&1u8, [x.port2.into()]).unwrap();
+    child.kill();
+    drop(carrier.port1);
+    assert!(matches!(x.port1.recv::<u8>(), Err(RecvError::Disconnected)));
+}
+
+#[test]
+fn a_child_killed_while_holding_a_transferred_port_disconnects_its_peer() {
+    as_child(|port| {
+        let ev = port.recv::<u8>().unwrap();
+        port.post_message(&ev.ports.len(), []).unwrap();
+        let _keep = ev.ports;
+        let _ = port.recv::<bool>();
+    });
+    let carrier = MessageChannel::new().unwrap();
+    let x = MessageChannel::new().unwrap();
+    let child = spawn_test_child(
+        "a_child_killed_while_holding_a_transferred_port_disconnects_its_peer",
+        carrier.port2,
+    );
+    carrier.port1.post_message(&0u8, [x.port2.into()]).unwrap();
+    assert_eq!(carrier.port1.recv::<usize>().unwrap().data, 1);
+    child.kill();
+    assert!(matches!(x.port1.recv::<u8>(), Err(RecvError::Disconnected)));
+}

@@ -456,3 +456,43 @@ fn error_types_are_send_sync_and_static() {
     check::<RecvTimeoutError>();
     check::<MessageError>();
 }
+
+#[test]
+fn recv_archived_reads_the_message_without_deserializing_it() {
+    let ch = MessageChannel::new().unwrap();
+    let r = Reading {
+        sensor: "t7".into(),
+        values: vec![1.0, 2.5],
+    };
+    ch.port1.post_message(&r, []).unwrap();
+    let ev = ch
+        .port2
+        .recv_archived::<Reading, _>(|a| (a.sensor.as_str().to_owned(), a.values.len()))
+        .unwrap();
+    assert_eq!(ev.data, ("t7".to_owned(), 2));
+}
+
+#[test]
+fn recv_archived_as_the_wrong_type_is_a_message_error() {
+    let ch = MessageChannel::new().unwrap();
+    ch.port1.post_message(&1u64, []).unwrap();
+    assert!(matches!(
+        ch.port2.try_recv_archived::<String, _>(|s| s.len()),
+        Err(TryRecvError::MessageError(
+            MessageError::TypeMismatch { .. }
+        ))
+    ));
+}
+
+#[test]
+fn ten_thousand_channels_can_be_open_in_one_process() {
+    common::isolated("ten_thousand_channels_can_be_open_in_one_process", || {
+        let channels: Vec<MessageChannel> = (0..10_000)
+            .map(|i| MessageChannel::new().unwrap_or_else(|e| panic!("channel {i}: {e}")))
+            .collect();
+        for (i, ch) in channels.iter().enumerate().step_by(97) {
+            ch.port1.post_message(&(i as u32), []).unwrap();
+            assert_eq!(ch.port2.recv::<u32>().unwrap().data, i as u32);
+        }
+    });
+}

@@ -291,6 +291,11 @@ fn repeated_large_buffer_transfers_leave_shared_memory_where_it_started() {
                     .parse::<i64>()
                     .unwrap()
             };
+            // Warm up: the channel's socket pair is created by its first transfer.
+            ch.port1
+                .post_message(&0u32, [ArrayBuffer::new(1).unwrap().into()])
+                .unwrap();
+            ch.port2.recv::<u32>().unwrap();
             let (fds, maps, before) = (common::open_fds(), common::shmport_mappings(), shmem());
             for i in 0..200u32 {
                 let mut buf = ArrayBuffer::new(16 << 20).unwrap();

@@ -241,3 +241,21 @@ pub(crate) fn is_sealed_against_shrinking(fd: BorrowedFd<'_>) -> bool {
 pub(crate) fn is_socket(fd: BorrowedFd<'_>) -> bool {
     fstat(fd).is_ok_and(|st| st.st_mode & S_IFMT == S_IFSOCK)
 }
+
+/// Raises this process's soft limit on open descriptors to its hard limit, once.
+///
+/// Each port holds two descriptors (its segment and its socket end), so 10,000 channels
+/// need about 30,000: far above the usual soft limit of 1,024, usually far below the hard
+/// limit. Go's runtime does the same at startup, for the same reason. Failure is ignored:
+/// creating a channel then reports `EMFILE` as it would have.
+pub(crate) fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            limit.current = limit.maximum;
+            let _ = setrlimit(Resource::Nofile, limit);
+        }
+    });
+}
