@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! cargo run --release --example transfer_buffer
+//! cargo run --release --example transfer_buffer -- --busy-poll   # needs two idle cores
 //! ```
 //!
 //! Shared machines are noisy: read the ratios, not the absolute times.
@@ -94,6 +95,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os(shmport::BOOTSTRAP_ENV).is_some() {
         return child();
     }
+    let busy = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--busy-poll") => true,
+        Some(a) => return Err(format!("unknown argument {a}; use --busy-poll").into()),
+    };
     let dir = std::env::temp_dir().join(format!("shmport-transfer-buffer-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let sock_path = dir.join("copy.sock");
@@ -104,10 +110,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     cmd.env(SOCKET_ENV, &sock_path);
     let mut child = shmport::spawn(&mut cmd, port2)?;
     println!(
-        "transfer_buffer: parent pid {} <-> child pid {}, one {} MiB ArrayBuffer",
+        "transfer_buffer: parent pid {} <-> child pid {}, one {} MiB ArrayBuffer, {} ports",
         std::process::id(),
         child.id(),
-        FRAME_LEN >> 20
+        FRAME_LEN >> 20,
+        if busy { "busy-polling" } else { "adaptive" }
     );
 
     let t = Instant::now();
@@ -120,7 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms(t.elapsed())
     );
 
-    let (frame, hops) = transfer_rounds(&port1, frame)?;
+    let (frame, hops) = transfer_rounds(&port1, frame, busy)?;
     println!(
         "{ROUNDS} round trips by transfer: every probe matched on both sides, every mark came back"
     );
@@ -211,10 +218,15 @@ struct Hops {
 fn transfer_rounds(
     port: &MessagePort,
     mut frame: ArrayBuffer,
+    busy: bool,
 ) -> Result<(ArrayBuffer, Vec<Hops>), Box<dyn std::error::Error>> {
-    // Busy-poll on both sides: the hops should measure the transfer, not how long a
-    // sleeping process takes to be woken.
-    busy_poll(port, true)?;
+    // Adaptive by default: it spins long enough (up to 100 us) to catch a hop, then yields
+    // the core. Busy-polling on both sides takes the futex wake-up out of a hop, but only
+    // helps with a free core for each side: with other work on the cores, a spinning
+    // receiver waits for the scheduler's next tick (4 ms here) instead.
+    if busy {
+        busy_poll(port, true)?;
+    }
     let mut hops = Vec::new();
     for round in 0..ROUNDS {
         let start = Instant::now();
@@ -244,8 +256,10 @@ fn transfer_rounds(
             round_trip,
         });
     }
-    // Stop spinning: the copies below need the CPU.
-    busy_poll(port, false)?;
+    if busy {
+        // Stop spinning: the copies below need the CPU.
+        busy_poll(port, false)?;
+    }
     Ok((frame, hops))
 }
 
@@ -386,7 +400,7 @@ fn ms(d: Duration) -> f64 {
 
 fn fmt(d: Duration) -> String {
     let ns = d.as_nanos() as f64;
-    if ns >= 1e7 {
+    if ns >= 1e6 {
         format!("{:.1} ms", ns / 1e6)
     } else if ns >= 1e4 {
         format!("{:.1} us", ns / 1e3)

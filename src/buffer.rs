@@ -7,7 +7,10 @@ use std::ptr::NonNull;
 
 use memmap2::MmapRaw;
 
+use std::sync::Arc;
+
 use crate::Error;
+use crate::heap::{self, Heap};
 use crate::platform;
 
 /// A fixed-length byte buffer in shared memory: the web's `ArrayBuffer`.
@@ -23,8 +26,34 @@ use crate::platform;
 /// # Ok::<(), shmport::Error>(())
 /// ```
 pub struct ArrayBuffer {
-    region: Option<(MmapRaw, OwnedFd)>,
+    region: Region,
     len: usize,
+    /// Set when the buffer moved to another port: dropping the handle then frees nothing.
+    sent: bool,
+}
+
+enum Region {
+    /// A zero-length buffer.
+    Empty,
+    /// A slot of a pooled heap (buffers up to 64 KiB).
+    Slot {
+        heap: Arc<Heap>,
+        slot: u32,
+        generation: u32,
+    },
+    /// A region of its own (larger buffers).
+    Own(MmapRaw, OwnedFd),
+}
+
+/// How a buffer travels: what the receiver needs besides the descriptor.
+pub(crate) enum Wire<'a> {
+    Empty,
+    Slot {
+        heap_fd: BorrowedFd<'a>,
+        slot: u32,
+        generation: u32,
+    },
+    Own(BorrowedFd<'a>),
 }
 
 // SAFETY: the buffer owns its mapping; the handle is unique (not Clone), so moving it to
@@ -41,15 +70,41 @@ impl ArrayBuffer {
     /// [`Error::Os`] when the operating system cannot provide the memory (for example a
     /// full `/dev/shm` or a memory limit).
     pub fn new(len: usize) -> Result<ArrayBuffer, Error> {
-        if len == 0 {
-            return Ok(ArrayBuffer { region: None, len });
-        }
-        let fd = platform::create_shared_memory("shmport-buffer", len as u64)
-            .map_err(|e| Error::os("memfd_create", e))?;
-        let map = platform::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
+        Self::allocate(len, true)
+    }
+
+    /// A buffer with a region of its own (never a pooled slot), holding a copy of `bytes`:
+    /// the out-of-ring body of a large message.
+    pub(crate) fn unpooled_copy(bytes: &[u8]) -> Result<ArrayBuffer, Error> {
+        let mut buf = Self::allocate(bytes.len(), false)?;
+        buf.copy_from_slice(bytes);
+        Ok(buf)
+    }
+
+    fn allocate(len: usize, pooled: bool) -> Result<ArrayBuffer, Error> {
+        let class = heap::class_for(len).filter(|_| pooled);
+        let region = if len == 0 {
+            Region::Empty
+        } else if let Some(class) = class {
+            // Pooled: no system call once this process has a heap with a free slot.
+            let (heap, slot, generation) =
+                heap::allocate(class).map_err(|e| Error::os("creating a shared heap", e))?;
+            heap::zero(heap.slot_ptr(slot), len);
+            Region::Slot {
+                heap,
+                slot,
+                generation,
+            }
+        } else {
+            let fd = platform::create_shared_memory("shmport-buffer", len as u64)
+                .map_err(|e| Error::os("memfd_create", e))?;
+            let map = platform::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
+            Region::Own(map, fd)
+        };
         Ok(ArrayBuffer {
-            region: Some((map, fd)),
+            region,
             len,
+            sent: false,
         })
     }
 
@@ -69,7 +124,11 @@ impl ArrayBuffer {
     pub(crate) fn from_received(fd: OwnedFd, len: u64) -> Result<ArrayBuffer, &'static str> {
         let len = usize::try_from(len).map_err(|_| "buffer length does not fit in memory")?;
         if len == 0 {
-            return Ok(ArrayBuffer { region: None, len });
+            return Ok(ArrayBuffer {
+                region: Region::Empty,
+                len,
+                sent: false,
+            });
         }
         let size =
             platform::object_len(fd.as_fd()).map_err(|_| "buffer region cannot be inspected")?;
@@ -82,14 +141,79 @@ impl ArrayBuffer {
         let map =
             platform::map_shared(fd.as_fd(), len).map_err(|_| "buffer region cannot be mapped")?;
         Ok(ArrayBuffer {
-            region: Some((map, fd)),
+            region: Region::Own(map, fd),
             len,
+            sent: false,
         })
     }
 
-    /// The descriptor of the region, for handing it to another process.
-    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.region.as_ref().map(|(_, fd)| fd.as_fd())
+    /// Adopts a pooled buffer received from another process: the heap's mapping (cached)
+    /// and the slot's ownership, which fails for a forged, stale or replayed descriptor.
+    pub(crate) fn from_received_slot(
+        heap_fd: OwnedFd,
+        slot: u32,
+        generation: u32,
+        len: u64,
+    ) -> Result<ArrayBuffer, &'static str> {
+        let heap = heap::adopt(heap_fd)?;
+        heap.receive(slot, generation, len)?;
+        Ok(ArrayBuffer {
+            region: Region::Slot {
+                heap,
+                slot,
+                generation,
+            },
+            len: len as usize,
+            sent: false,
+        })
+    }
+
+    /// What the receiver needs to rebuild this buffer.
+    pub(crate) fn wire(&self) -> Wire<'_> {
+        match &self.region {
+            Region::Empty => Wire::Empty,
+            Region::Own(_, fd) => Wire::Own(fd.as_fd()),
+            Region::Slot {
+                heap,
+                slot,
+                generation,
+            } => Wire::Slot {
+                heap_fd: heap.fd(),
+                slot: *slot,
+                generation: *generation,
+            },
+        }
+    }
+
+    /// Marks a pooled buffer's slot as in transit, just before its descriptor is sent.
+    /// False when the slot's state was rewritten by another process.
+    pub(crate) fn begin_send(&self) -> bool {
+        match &self.region {
+            Region::Slot {
+                heap,
+                slot,
+                generation,
+            } => heap.send(*slot, *generation),
+            _ => true,
+        }
+    }
+
+    /// Undoes [`begin_send`](Self::begin_send) after a failed post.
+    pub(crate) fn unsend(&self) {
+        if let Region::Slot {
+            heap,
+            slot,
+            generation,
+        } = &self.region
+        {
+            heap.unsend(*slot, *generation);
+        }
+    }
+
+    /// Drops the handle of a buffer that moved to another port: its memory now belongs to
+    /// the receiver, so nothing is freed here.
+    pub(crate) fn into_sent(mut self) {
+        self.sent = true;
     }
 
     /// The buffer's length in bytes.
@@ -105,8 +229,9 @@ impl ArrayBuffer {
     fn ptr(&self) -> NonNull<u8> {
         match &self.region {
             // SAFETY: a successful mapping is never null.
-            Some((map, _)) => unsafe { NonNull::new_unchecked(map.as_mut_ptr()) },
-            None => NonNull::dangling(),
+            Region::Own(map, _) => unsafe { NonNull::new_unchecked(map.as_mut_ptr()) },
+            Region::Slot { heap, slot, .. } => heap.slot_ptr(*slot),
+            Region::Empty => NonNull::dangling(),
         }
     }
 }
@@ -114,9 +239,10 @@ impl ArrayBuffer {
 impl Deref for ArrayBuffer {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: the mapping holds `len` bytes (or len is 0 and the pointer dangling, which
-        // is valid for an empty slice). This handle is the only owner of the region in this
-        // process; see docs/safety.md for what a hostile process that maps it can do.
+        // SAFETY: the region holds `len` bytes (its own mapping, or a slot of at least `len`
+        // bytes; or len is 0 and the pointer dangling, which is valid for an empty slice).
+        // This handle is the region's only owner (the slot protocol in heap.rs); see
+        // docs/safety.md for what a hostile process that maps it can do.
         unsafe { std::slice::from_raw_parts(self.ptr().as_ptr(), self.len) }
     }
 }
@@ -125,6 +251,22 @@ impl DerefMut for ArrayBuffer {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `deref`, and `&mut self` makes this the only live slice.
         unsafe { std::slice::from_raw_parts_mut(self.ptr().as_ptr(), self.len) }
+    }
+}
+
+impl Drop for ArrayBuffer {
+    fn drop(&mut self) {
+        if let (
+            false,
+            Region::Slot {
+                heap,
+                slot,
+                generation,
+            },
+        ) = (self.sent, &self.region)
+        {
+            heap.release(*slot, *generation);
+        }
     }
 }
 

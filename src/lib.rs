@@ -50,6 +50,7 @@ mod buffer;
 mod channel;
 mod codec;
 mod error;
+mod heap;
 #[cfg(all(test, loom))]
 mod loom_tests;
 mod platform;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rkyv::ser::allocator::Arena;
 use rkyv::util::AlignedVec;
 
+use crate::buffer::Wire;
 use crate::codec::{self, FingerprintCache, KIND_MESSAGE, Message};
 use crate::error::{
     MessageError, PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError,
@@ -19,7 +20,7 @@ use crate::ring::{Consumer, Corrupt, Producer};
 use crate::segment::Segment;
 use crate::sync::Ordering;
 use crate::transfer::{
-    self, ITEM_BODY, ITEM_BUFFER, ITEM_PORT, Item, KIND_TRANSFER, MAX_TRANSFER_LIST,
+    self, ITEM_BODY, ITEM_BUFFER, ITEM_PORT, ITEM_SLOT, Item, KIND_TRANSFER, MAX_TRANSFER_LIST,
     SOCKET_MESSAGE, TransferHeader, Transferable,
 };
 use crate::wake::{WaitStrategy, Waiter, wake};
@@ -347,12 +348,12 @@ impl MessagePort {
         let body = if inline {
             None
         } else {
-            match ArrayBuffer::from_slice(archive) {
+            match ArrayBuffer::unpooled_copy(archive) {
                 Ok(b) => Some(b),
                 Err(Error::Os { source, .. }) => {
                     return Err(PostError::new(PostErrorKind::Os(source), list));
                 }
-                Err(_) => unreachable!("ArrayBuffer::from_slice only fails in the OS"),
+                Err(_) => unreachable!("ArrayBuffer::unpooled_copy only fails in the OS"),
             }
         };
         // Moving ports need their sockets (created now if they never had one).
@@ -380,15 +381,36 @@ impl MessagePort {
                     fds.push(seg.fd());
                     fds.push(sock);
                 }
-                Transferable::Buffer(b) => {
-                    items.push(Item {
+                Transferable::Buffer(b) => match b.wire() {
+                    Wire::Empty => items.push(Item {
                         kind: ITEM_BUFFER,
                         side: 0,
-                        len: b.len() as u64,
+                        len: 0,
                         reserved: 0,
-                    });
-                    fds.extend(b.fd());
-                }
+                    }),
+                    Wire::Own(fd) => {
+                        items.push(Item {
+                            kind: ITEM_BUFFER,
+                            side: 0,
+                            len: b.len() as u64,
+                            reserved: 0,
+                        });
+                        fds.push(fd);
+                    }
+                    Wire::Slot {
+                        heap_fd,
+                        slot,
+                        generation,
+                    } => {
+                        items.push(Item {
+                            kind: ITEM_SLOT,
+                            side: slot,
+                            len: b.len() as u64,
+                            reserved: u64::from(generation),
+                        });
+                        fds.push(heap_fd);
+                    }
+                },
             }
         }
         if let Some(b) = &body {
@@ -398,7 +420,9 @@ impl MessagePort {
                 len: b.len() as u64,
                 reserved: 0,
             });
-            fds.extend(b.fd());
+            if let Wire::Own(fd) = b.wire() {
+                fds.push(fd);
+            }
         }
         let seq = next_transfer_seq();
         let header = TransferHeader {
@@ -443,10 +467,29 @@ impl MessagePort {
             Some(Err(kind)) => return Err(PostError::new(kind, list)),
             None => return Err(PostError::new(PostErrorKind::Full, list)),
         }
-        // Moving ports publish their state before anyone else can attach to it.
-        for t in &list {
-            if let Transferable::Port(p) = t {
-                p.prepare_move();
+        // Moving buffers' slots go in transit; moving ports publish their state before
+        // anyone else can attach to it. Undone if the send fails.
+        let undo = |list: &[Transferable], upto: usize| {
+            for t in &list[..upto] {
+                match t {
+                    Transferable::Port(p) => p.unmark_moved(),
+                    Transferable::Buffer(b) => b.unsend(),
+                }
+            }
+        };
+        for (i, t) in list.iter().enumerate() {
+            let ok = match t {
+                Transferable::Port(p) => {
+                    p.prepare_move();
+                    true
+                }
+                Transferable::Buffer(b) => b.begin_send(),
+            };
+            if !ok {
+                undo(&list, i);
+                let kind =
+                    PostErrorKind::DataClone("a buffer's slot was rewritten by another process");
+                return Err(PostError::new(kind, list));
             }
         }
         let mut note = [0u8; SOCKET_MESSAGE];
@@ -456,11 +499,7 @@ impl MessagePort {
             .socket()
             .and_then(|sock| platform::send_with_fds(sock, &note, &fds, block));
         if let Err(e) = sent {
-            for t in &list {
-                if let Transferable::Port(p) = t {
-                    p.unmark_moved();
-                }
-            }
+            undo(&list, list.len());
             let kind = match e.kind() {
                 std::io::ErrorKind::WouldBlock => PostErrorKind::Full,
                 std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
@@ -479,8 +518,12 @@ impl MessagePort {
         }
         wake(&tx.mem().ctrl().reader_sleeping);
         // The moved ports and buffers now live on the other side: drop our handles (the
-        // ports are marked moved, so this closes nothing).
-        drop(list);
+        // ports are marked moved, so this closes nothing; the buffers free nothing).
+        for t in list {
+            if let Transferable::Buffer(b) = t {
+                b.into_sent();
+            }
+        }
         drop(body);
         Ok(())
     }
@@ -555,6 +598,17 @@ impl MessagePort {
                 ITEM_BUFFER => {
                     let fd = fds.next().ok_or(bad("a buffer without its descriptor"))?;
                     buffers.push(ArrayBuffer::from_received(fd, item.len).map_err(bad)?);
+                }
+                ITEM_SLOT => {
+                    let fd = fds
+                        .next()
+                        .ok_or(bad("a buffer without its heap descriptor"))?;
+                    let generation =
+                        u32::try_from(item.reserved).map_err(|_| bad("bad generation"))?;
+                    buffers.push(
+                        ArrayBuffer::from_received_slot(fd, item.side, generation, item.len)
+                            .map_err(bad)?,
+                    );
                 }
                 ITEM_BODY if i + 1 == n && header.inline_len == 0 => {
                     let fd = fds
@@ -1019,5 +1073,154 @@ mod tests {
             .store(1 << 40, Ordering::Relaxed);
         let err = ch.port1.post_message(&[0u8; 64], []).unwrap_err();
         assert!(err.is_disconnected(), "{err}");
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod forged_transfer_tests {
+    //! Transfer records as a buggy or hostile peer could write them.
+
+    use super::*;
+    use crate::MessageChannel;
+    use crate::codec::fingerprint_of;
+
+    /// Posts a transfer record with these items and descriptors, and an archive of `0u8`.
+    fn post_raw(port: &MessagePort, items: &[Item], fds: &[BorrowedFd<'_>], with_note: bool) {
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&0u8).unwrap();
+        let seq = next_transfer_seq();
+        let header = TransferHeader {
+            seq,
+            items: items.len() as u32,
+            fds: fds.len() as u32,
+            inline_len: archive.len() as u32,
+            reserved: 0,
+        };
+        let mut payload = AlignedVec::<16>::new();
+        payload.extend_from_slice(bytemuck::bytes_of(&header));
+        payload.extend_from_slice(bytemuck::cast_slice(items));
+        payload.resize(transfer::archive_offset(items.len()), 0);
+        payload.extend_from_slice(&archive);
+        if with_note {
+            let mut note = [0u8; SOCKET_MESSAGE];
+            note[..8].copy_from_slice(&seq.to_le_bytes());
+            platform::send_with_fds(port.socket().unwrap(), &note, fds, true).unwrap();
+        }
+        assert!(
+            port.tx
+                .borrow_mut()
+                .try_write(&payload, KIND_TRANSFER, fingerprint_of::<u8>())
+        );
+    }
+
+    fn item(kind: u32, side: u32, len: u64, reserved: u64) -> Item {
+        Item {
+            kind,
+            side,
+            len,
+            reserved,
+        }
+    }
+
+    fn transfer_error(r: Result<MessageEvent<u8>, RecvError>) -> bool {
+        matches!(r, Err(RecvError::MessageError(MessageError::Transfer(_))))
+    }
+
+    #[test]
+    fn a_replayed_pooled_buffer_descriptor_is_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        let buf = ArrayBuffer::new(100).unwrap();
+        let Wire::Slot {
+            slot, generation, ..
+        } = buf.wire()
+        else {
+            panic!("pooled")
+        };
+        ch.port1.post_message(&0u8, [buf.into()]).unwrap();
+        let first = ch.port2.recv::<u8>().unwrap();
+        // Replay the same descriptor: the slot is owned by the receiver now, not in transit.
+        let (heap, ..) = crate::heap::allocate(0).unwrap();
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_SLOT, slot, 100, generation.into())],
+            &[heap.fd()],
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+        drop(first);
+        ch.port1.post_message(&7u8, []).unwrap();
+        assert_eq!(ch.port2.recv::<u8>().unwrap().data, 7);
+    }
+
+    #[test]
+    fn a_pooled_buffer_descriptor_out_of_the_heap_is_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        let (heap, slot, generation) = crate::heap::allocate(0).unwrap();
+        heap.send(slot, generation);
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_SLOT, 1 << 20, 16, generation.into())],
+            &[heap.fd()],
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_SLOT, slot, 1 << 40, generation.into())],
+            &[heap.fd()],
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+    }
+
+    #[test]
+    fn a_buffer_descriptor_longer_than_its_region_is_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        let region = ArrayBuffer::new(1 << 20).unwrap();
+        let Wire::Own(fd) = region.wire() else {
+            panic!("own region")
+        };
+        post_raw(&ch.port1, &[item(ITEM_BUFFER, 0, 2 << 20, 0)], &[fd], true);
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+    }
+
+    #[test]
+    fn a_port_descriptor_that_is_not_a_segment_is_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        let region = ArrayBuffer::new(1 << 20).unwrap();
+        let Wire::Own(fd) = region.wire() else {
+            panic!("own region")
+        };
+        let (a, _b) = platform::socket_pair().unwrap();
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_PORT, 0, 0, 0)],
+            &[fd, a.as_fd()],
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+    }
+
+    #[test]
+    fn fewer_descriptors_than_items_is_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        post_raw(&ch.port1, &[item(ITEM_BUFFER, 0, 10, 0)], &[], true);
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+        ch.port1.post_message(&1u8, []).unwrap();
+        assert_eq!(ch.port2.recv::<u8>().unwrap().data, 1);
+    }
+
+    #[test]
+    fn a_transfer_record_without_its_descriptors_poisons_the_channel() {
+        let ch = MessageChannel::new().unwrap();
+        ch.port2.socket().unwrap(); // the pair exists, but nothing is sent on it
+        post_raw(&ch.port1, &[item(ITEM_BUFFER, 0, 0, 0)], &[], false);
+        assert!(matches!(
+            ch.port2.recv::<u8>(),
+            Err(RecvError::MessageError(MessageError::Corrupt(_)))
+        ));
+        assert!(matches!(
+            ch.port2.recv::<u8>(),
+            Err(RecvError::Disconnected)
+        ));
     }
 }

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Descriptors are consumed in item order: a port takes two (segment, socket), a buffer
-//! one, a body one.
+//! one (none when empty), a pooled buffer one (its heap), a body one.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -34,6 +34,9 @@ pub(crate) const ITEM_PORT: u32 = 1;
 pub(crate) const ITEM_BUFFER: u32 = 2;
 /// Item kind: the body of a message too large for the ring (at most one, last).
 pub(crate) const ITEM_BODY: u32 = 3;
+/// Item kind: a pooled `ArrayBuffer`: a slot (`side`) of a shared heap, under a generation
+/// (`reserved`); the descriptor is the heap's.
+pub(crate) const ITEM_SLOT: u32 = 4;
 
 /// Fixed header of a transfer record's payload.
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]

@@ -496,3 +496,55 @@ fn a_child_killed_while_holding_a_transferred_port_disconnects_its_peer() {
     child.kill();
     assert!(matches!(x.port1.recv::<u8>(), Err(RecvError::Disconnected)));
 }
+
+#[test]
+fn small_buffers_freed_in_the_receiving_process_are_reused_by_the_sender() {
+    const N: u32 = 3000;
+    as_child(|port| {
+        let heaps_mapped = || {
+            std::fs::read_to_string("/proc/self/maps")
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains("memfd:shmport-heap"))
+                .count()
+        };
+        for i in 0..N {
+            let ev = port.recv::<u32>().unwrap();
+            assert_eq!(ev.data, i);
+            assert!(ev.buffers[0].iter().all(|&b| b == i as u8));
+            drop(ev); // frees the slot, here, for the sender to reuse
+            if i % 100 == 99 {
+                port.post_message(&heaps_mapped(), []).unwrap();
+            }
+        }
+    });
+    let ch = MessageChannel::new().unwrap();
+    let child = spawn_test_child(
+        "small_buffers_freed_in_the_receiving_process_are_reused_by_the_sender",
+        ch.port2,
+    );
+    let own_heaps = || {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("memfd:shmport-heap"))
+            .count()
+    };
+    let mut child_heaps = Vec::new();
+    for i in 0..N {
+        let mut b = shmport::ArrayBuffer::new(4096).unwrap();
+        b.fill(i as u8);
+        ch.port1.post_message(&i, [b.into()]).unwrap();
+        if i % 100 == 99 {
+            child_heaps.push(ch.port1.recv::<usize>().unwrap().data);
+        }
+    }
+    assert!(child.wait().success());
+    // The child acknowledges every 100 buffers, so at most ~100 are out at once: a few
+    // heaps of 256 slots serve all 3,000, on both sides, each mapped once.
+    assert!(own_heaps() <= 2, "sender heaps: {}", own_heaps());
+    assert!(
+        child_heaps.iter().all(|&h| h <= 2),
+        "receiver heaps: {child_heaps:?}"
+    );
+}

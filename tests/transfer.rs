@@ -311,3 +311,49 @@ fn repeated_large_buffer_transfers_leave_shared_memory_where_it_started() {
         },
     );
 }
+
+#[test]
+fn small_buffers_are_recycled_without_new_mappings_or_descriptors() {
+    common::isolated(
+        "small_buffers_are_recycled_without_new_mappings_or_descriptors",
+        || {
+            drop(ArrayBuffer::new(4096).unwrap()); // the first heap of the class
+            let (fds, maps) = (common::open_fds(), common::shmport_mappings());
+            for i in 0..10_000u32 {
+                let mut b = ArrayBuffer::new(4096).unwrap();
+                assert!(b.iter().all(|&x| x == 0), "recycled slots are zeroed");
+                b.fill(i as u8);
+            }
+            assert_eq!(
+                (common::open_fds(), common::shmport_mappings()),
+                (fds, maps)
+            );
+        },
+    );
+}
+
+#[test]
+fn pooled_buffers_posted_and_dropped_go_back_to_the_pool() {
+    common::isolated(
+        "pooled_buffers_posted_and_dropped_go_back_to_the_pool",
+        || {
+            let ch = MessageChannel::new().unwrap();
+            let round = |i: u32| {
+                let mut b = ArrayBuffer::new(16 << 10).unwrap();
+                b[0] = i as u8;
+                ch.port1.post_message(&i, [b.into()]).unwrap();
+                let ev = ch.port2.recv::<u32>().unwrap();
+                assert_eq!(ev.buffers[0][0], i as u8);
+            };
+            round(0);
+            let (fds, maps) = (common::open_fds(), common::shmport_mappings());
+            for i in 1..5000 {
+                round(i);
+            }
+            assert_eq!(
+                (common::open_fds(), common::shmport_mappings()),
+                (fds, maps)
+            );
+        },
+    );
+}

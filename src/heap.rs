@@ -1,0 +1,309 @@
+//! Pooled shared heaps for small `ArrayBuffer`s.
+//!
+//! A heap is one sealed memfd cut into equal slots, with one state word per slot:
+//!
+//! ```text
+//! offset 0     HeapHeader (64 bytes): magic b"SHMHEAP\0", version, slot_size, slots, data_offset
+//! offset 64    slot states: AtomicU32 x slots   (state in bits 0..2, generation in bits 2..32)
+//! data_offset  slots x slot_size bytes (page aligned)
+//! ```
+//!
+//! A slot is `FREE`, `OWNED` (some process holds a buffer on it) or `IN_TRANSIT` (posted,
+//! not yet received). The allocating process takes a free slot with a compare-and-swap
+//! (bumping the generation); whoever drops the buffer last, in whichever process, sets it
+//! free again, so the allocator reuses it without a system call. A transfer moves the
+//! state from `OWNED(g)` to `IN_TRANSIT(g)` at the sender and back to `OWNED(g)` at the
+//! receiver with a compare-and-swap: a stale or replayed descriptor (wrong generation, or a
+//! slot not in transit) fails that swap and is a `messageerror`, never a second owner.
+//!
+//! Receivers map a heap once and cache the mapping by the object's identity, so a stream
+//! of buffers from one heap costs one `mmap`.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::{self, NonNull};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use memmap2::MmapRaw;
+
+use crate::platform;
+use crate::sync::{AtomicU32, Ordering};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"SHMHEAP\0");
+const VERSION: u32 = 1;
+const HEADER: usize = 64;
+const PAGE: usize = 4096;
+
+/// Slot sizes of the pooled classes; larger buffers get a region of their own.
+pub(crate) const CLASSES: [usize; 3] = [4 << 10, 16 << 10, 64 << 10];
+/// Slots per heap of each class.
+const SLOTS: [u32; 3] = [256, 128, 64];
+
+const FREE: u32 = 0;
+const OWNED: u32 = 1;
+const IN_TRANSIT: u32 = 2;
+const STATE_MASK: u32 = 3;
+
+fn word(state: u32, generation: u32) -> u32 {
+    (generation << 2) | state
+}
+
+/// A mapped heap, in the process that created it or in one that received a buffer of it.
+pub(crate) struct Heap {
+    map: MmapRaw,
+    fd: OwnedFd,
+    slot_size: usize,
+    slots: u32,
+    identity: (u64, u64),
+}
+
+// SAFETY: the mapping is reached through atomics (slot states) and through slot byte
+// ranges owned by exactly one `ArrayBuffer` at a time (the slot protocol above).
+unsafe impl Send for Heap {}
+// SAFETY: as above.
+unsafe impl Sync for Heap {}
+
+impl Heap {
+    fn data_offset(slots: u32) -> usize {
+        (HEADER + 4 * slots as usize).next_multiple_of(PAGE)
+    }
+
+    fn create(class: usize) -> std::io::Result<Heap> {
+        let (slot_size, slots) = (CLASSES[class], SLOTS[class]);
+        let len = Self::data_offset(slots) + slots as usize * slot_size;
+        let fd = platform::create_shared_memory("shmport-heap", len as u64)?;
+        let map = platform::map_shared(fd.as_fd(), len)?;
+        let base = map.as_mut_ptr();
+        // SAFETY: the mapping is `len >= HEADER` bytes, page aligned, zero-filled and not yet
+        // shared: plain writes of the immutable header fields.
+        unsafe {
+            base.cast::<u64>().write(MAGIC);
+            base.add(8).cast::<u32>().write(VERSION);
+            base.add(12).cast::<u32>().write(slot_size as u32);
+            base.add(16).cast::<u32>().write(slots);
+            base.add(20)
+                .cast::<u32>()
+                .write(Self::data_offset(slots) as u32);
+        }
+        let identity = platform::file_identity(fd.as_fd())?;
+        Ok(Heap {
+            map,
+            fd,
+            slot_size,
+            slots,
+            identity,
+        })
+    }
+
+    /// Maps a heap received from another process after checking its header against the
+    /// object's real size and seals.
+    fn open(fd: OwnedFd) -> Result<Heap, &'static str> {
+        let len = platform::object_len(fd.as_fd()).map_err(|_| "heap cannot be inspected")?;
+        let len = usize::try_from(len).map_err(|_| "heap too large")?;
+        if len < PAGE || !platform::is_sealed_against_shrinking(fd.as_fd()) {
+            return Err("heap too short or not sealed");
+        }
+        let map = platform::map_shared(fd.as_fd(), len).map_err(|_| "heap cannot be mapped")?;
+        let base = map.as_ptr();
+        // SAFETY: the mapping holds at least one page (checked), so the 24 header bytes are
+        // in bounds; volatile copies, checked below.
+        let (magic, version, slot_size, slots, data) = unsafe {
+            (
+                base.cast::<u64>().read_volatile(),
+                base.add(8).cast::<u32>().read_volatile(),
+                base.add(12).cast::<u32>().read_volatile(),
+                base.add(16).cast::<u32>().read_volatile(),
+                base.add(20).cast::<u32>().read_volatile(),
+            )
+        };
+        let class = CLASSES.iter().position(|&c| c == slot_size as usize);
+        let ok = magic == MAGIC
+            && version == VERSION
+            && class.is_some_and(|c| SLOTS[c] == slots)
+            && data as usize == Self::data_offset(slots)
+            && len == Self::data_offset(slots) + slots as usize * slot_size as usize;
+        if !ok {
+            return Err("heap header does not match its object");
+        }
+        let identity =
+            platform::file_identity(fd.as_fd()).map_err(|_| "heap cannot be inspected")?;
+        Ok(Heap {
+            map,
+            fd,
+            slot_size: slot_size as usize,
+            slots,
+            identity,
+        })
+    }
+
+    fn state(&self, slot: u32) -> &AtomicU32 {
+        debug_assert!(slot < self.slots);
+        // SAFETY: `slot < slots` (callers check), so the word at HEADER + 4 * slot lies in
+        // the state table inside the mapping, 4-aligned; slot states are only ever
+        // accessed atomically.
+        unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(HEADER + 4 * slot as usize)
+                .cast::<AtomicU32>()
+        }
+    }
+
+    /// The first byte of slot `slot`.
+    pub(crate) fn slot_ptr(&self, slot: u32) -> NonNull<u8> {
+        debug_assert!(slot < self.slots);
+        let off = Self::data_offset(self.slots) + slot as usize * self.slot_size;
+        // SAFETY: `slot < slots`, so the slot lies inside the mapping, whose base is not null.
+        unsafe { NonNull::new_unchecked(self.map.as_mut_ptr().add(off)) }
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Takes a free slot: `(slot, generation)`.
+    fn try_take(&self, start: u32) -> Option<(u32, u32)> {
+        for i in 0..self.slots {
+            let slot = (start + i) % self.slots;
+            let cur = self.state(slot).load(Ordering::Relaxed);
+            if cur & STATE_MASK != FREE {
+                continue;
+            }
+            let generation = (cur >> 2).wrapping_add(1) & (u32::MAX >> 2);
+            // Acquire: pairs with the Release in `release`, so the previous owner's writes
+            // to the slot's bytes happen before ours.
+            if self
+                .state(slot)
+                .compare_exchange(
+                    cur,
+                    word(OWNED, generation),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return Some((slot, generation));
+            }
+        }
+        None
+    }
+
+    /// Frees a slot owned under `generation`. A state that does not match (rewritten by a
+    /// buggy peer) is left alone: the slot leaks rather than gaining two owners.
+    pub(crate) fn release(&self, slot: u32, generation: u32) {
+        // Release: pairs with the Acquire in `try_take`.
+        let _ = self.state(slot).compare_exchange(
+            word(OWNED, generation),
+            word(FREE, generation),
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Marks an owned slot as posted. False if it was not owned under `generation`.
+    pub(crate) fn send(&self, slot: u32, generation: u32) -> bool {
+        // Release: pairs with the receiver's Acquire in `receive`: our writes to the bytes
+        // happen before its reads.
+        self.state(slot)
+            .compare_exchange(
+                word(OWNED, generation),
+                word(IN_TRANSIT, generation),
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// Undoes [`send`](Self::send) after a failed post.
+    pub(crate) fn unsend(&self, slot: u32, generation: u32) {
+        let _ = self.state(slot).compare_exchange(
+            word(IN_TRANSIT, generation),
+            word(OWNED, generation),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Takes ownership of a slot that arrived in a message; `Err` for a forged, stale or
+    /// replayed descriptor.
+    pub(crate) fn receive(&self, slot: u32, generation: u32, len: u64) -> Result<(), &'static str> {
+        if slot >= self.slots || len > self.slot_size as u64 || generation > u32::MAX >> 2 {
+            return Err("buffer descriptor out of the heap's bounds");
+        }
+        // Acquire: pairs with the sender's Release in `send`.
+        self.state(slot)
+            .compare_exchange(
+                word(IN_TRANSIT, generation),
+                word(OWNED, generation),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .map(|_| ())
+            .map_err(|_| "stale or replayed buffer descriptor")
+    }
+}
+
+/// This process's heaps, per class, for allocation; and every heap it has mapped, by
+/// identity, so a received heap is mapped once.
+struct Pools {
+    own: [Vec<Arc<Heap>>; 3],
+    next: [u32; 3],
+    mapped: HashMap<(u64, u64), Arc<Heap>>,
+}
+
+static POOLS: Mutex<Option<Pools>> = Mutex::new(None);
+
+fn pools<R>(f: impl FnOnce(&mut Pools) -> R) -> R {
+    let mut guard = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    let pools = guard.get_or_insert_with(|| Pools {
+        own: Default::default(),
+        next: [0; 3],
+        mapped: HashMap::new(),
+    });
+    f(pools)
+}
+
+/// The class that holds `len` bytes, if it is pooled.
+pub(crate) fn class_for(len: usize) -> Option<usize> {
+    CLASSES.iter().position(|&c| len <= c)
+}
+
+/// Allocates a slot of class `class`: from a heap with a free slot, or a new heap.
+pub(crate) fn allocate(class: usize) -> std::io::Result<(Arc<Heap>, u32, u32)> {
+    pools(|p| {
+        let start = p.next[class];
+        for heap in &p.own[class] {
+            if let Some((slot, generation)) = heap.try_take(start) {
+                p.next[class] = slot.wrapping_add(1);
+                return Ok((Arc::clone(heap), slot, generation));
+            }
+        }
+        let heap = Arc::new(Heap::create(class)?);
+        let (slot, generation) = heap
+            .try_take(0)
+            .ok_or_else(|| std::io::Error::other("new heap full"))?;
+        p.mapped.insert(heap.identity, Arc::clone(&heap));
+        p.own[class].push(Arc::clone(&heap));
+        p.next[class] = slot + 1;
+        Ok((heap, slot, generation))
+    })
+}
+
+/// The mapping of a received heap: cached, or mapped now (and cached).
+pub(crate) fn adopt(fd: OwnedFd) -> Result<Arc<Heap>, &'static str> {
+    let identity = platform::file_identity(fd.as_fd()).map_err(|_| "heap cannot be inspected")?;
+    if let Some(h) = pools(|p| p.mapped.get(&identity).cloned()) {
+        return Ok(h); // `fd` closes here: the cached mapping is enough
+    }
+    let heap = Arc::new(Heap::open(fd)?);
+    Ok(pools(|p| {
+        Arc::clone(p.mapped.entry(identity).or_insert(heap))
+    }))
+}
+
+/// Zeroes `len` bytes of a freshly taken slot (it may hold an earlier owner's data).
+pub(crate) fn zero(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: callers pass a slot they own, of at least `len` bytes.
+    unsafe { ptr::write_bytes(ptr.as_ptr(), 0, len) };
+}
