@@ -132,8 +132,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{ROUNDS} round trips by transfer: every probe matched on both sides, every mark came back"
     );
 
-    let memcpy = memcpy_copies(&frame);
-    let socket = socket_copies(&port1, &listener, &frame)?;
+    let memcpy = median(memcpy_copies(&frame));
+    let socket = median(socket_copies(&port1, &listener, &frame)?);
     println!(
         "{COPIES} copies each by memcpy and through a Unix socket: the child's probes matched\n"
     );
@@ -151,7 +151,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let first = &hops[0];
     println!(
         "{:<44} {:>12} {:>14}",
-        "256 MiB, median of the runs", "median", "first run"
+        format!("256 MiB ({ROUNDS} transfer runs, {COPIES} copies)"),
+        "median",
+        "first run"
     );
     let row = |name: &str, med: Duration, first: Option<Duration>| {
         println!(
@@ -176,33 +178,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         round_trip,
         Some(first.round_trip),
     );
-    row(
-        "copy, memcpy inside the parent",
-        median(memcpy.clone()),
-        None,
-    );
-    row(
-        "copy, Unix socket parent -> child (+ ack)",
-        median(socket.clone()),
-        None,
-    );
+    row("copy, memcpy inside the parent", memcpy, None);
+    row("copy, Unix socket parent -> child (+ ack)", socket, None);
     println!();
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!(
         "memcpy of 256 MiB / one transfer hop        = {:>8.0}x",
-        ratio(median(memcpy.clone()), to_child)
+        ratio(memcpy, to_child)
     );
     println!(
         "Unix-socket copy of 256 MiB / one hop       = {:>8.0}x",
-        ratio(median(socket.clone()), to_child)
+        ratio(socket, to_child)
     );
     println!(
         "Unix-socket copy of 256 MiB / round trip    = {:>8.0}x",
-        ratio(median(socket), round_trip)
+        ratio(socket, round_trip)
     );
     println!(
-        "(the first run also unmaps the parent's fully resident mapping of the frame; later runs \
-         touch only the probed pages)"
+        "(first run: the parent filled the frame, so posting it also unmaps a fully resident \
+         256 MiB mapping before the parent can receive; later runs touch only the probed pages)"
     );
     Ok(())
 }

@@ -48,7 +48,7 @@ pub fn spawn(cmd: &mut Command, port: MessagePort) -> Result<Child, Error> {
         BOOTSTRAP_ENV,
         format!("v1:{}:{sock_fd}:{seg_fd}:{side}", std::process::id()),
     );
-    platform::inherit_in_child(cmd, vec![sock_fd, seg_fd]);
+    platform::inherit_in_child(cmd, &[sock, seg.fd()]).map_err(|e| Error::os("fstat", e))?;
     // Publish what this handle has received so far: the child starts where we stopped.
     port.prepare_move();
     match cmd.spawn() {

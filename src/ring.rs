@@ -495,17 +495,21 @@ impl Consumer {
     pub(crate) fn peek(&mut self) -> Result<Option<Record>, Corrupt> {
         loop {
             let to_end = self.mem.cap - self.head_off;
-            if to_end < RECORD_HEADER {
-                self.head += to_end as u64;
-                self.head_off = 0;
-                continue;
-            }
+            // A remainder too short for a header is skipped only once a record is found
+            // after it: until then the producer's tail may still stand before it.
+            let (head, off) = if to_end < RECORD_HEADER {
+                (self.head + to_end as u64, 0)
+            } else {
+                (self.head, self.head_off)
+            };
             // Acquire: pairs with the producer's Release store of the mark in
             // `RingMem::publish`: the record's bytes are visible once its mark is.
-            let mark = self.mem.mark(self.head_off).load(Ordering::Acquire);
-            if mark != self.head + 1 {
+            let mark = self.mem.mark(off).load(Ordering::Acquire);
+            if mark != head + 1 {
                 return Ok(None);
             }
+            let to_end = self.mem.cap - off;
+            (self.head, self.head_off) = (head, off);
             let header = self.mem.read_fields(self.head_off);
             if header.kind == KIND_PAD {
                 if header.len as usize != to_end - RECORD_HEADER {
@@ -754,6 +758,28 @@ mod tests {
         assert!(p.try_write(&[2; 10], 2, 99));
         let mut c2 = Consumer::attach(ring.mem()).unwrap();
         assert_eq!(pop(&mut c2).unwrap().unwrap().0.tag, 99);
+    }
+
+    #[test]
+    fn a_remainder_left_by_the_producer_is_not_released_ahead_of_its_tail() {
+        // Found by the loom model of the remainder rule.
+        let ring = HeapRing::new(96);
+        let mut p = Producer::attach(ring.mem()).unwrap();
+        let mut c = Consumer::attach(ring.mem()).unwrap();
+        assert!(p.try_write(&[1; 8], 2, 0)); // 0..32
+        assert!(p.try_write(&[1; 24], 2, 1)); // 32..80; 16 left, free: skipped, tail 96
+        pop(&mut c).unwrap().unwrap();
+        pop(&mut c).unwrap().unwrap(); // head 80, published
+        p.refresh().unwrap();
+        assert!(p.try_write(&[1; 24], 2, 2)); // 96..144
+        assert!(p.try_write(&[1; 8], 2, 3)); // 144..176; 16 left, not free: tail stays
+        pop(&mut c).unwrap().unwrap();
+        pop(&mut c).unwrap().unwrap(); // head 176
+        assert_eq!(pop(&mut c).unwrap(), None);
+        c.flush(); // as try_recv does when it finds the ring empty
+        p.refresh().unwrap();
+        assert!(p.try_write(&[1; 8], 2, 4));
+        assert_eq!(pop(&mut c).unwrap().unwrap().0.tag, 4);
     }
 
     #[test]

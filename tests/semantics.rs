@@ -496,3 +496,21 @@ fn ten_thousand_channels_can_be_open_in_one_process() {
         }
     });
 }
+
+#[test]
+fn a_full_ring_ending_in_a_short_remainder_does_not_poison_the_channel() {
+    // Found by the loom model of the remainder rule: 24-byte header + 2016-byte archive =
+    // 2040-byte records, two per 4096-byte lap, leaving 16 bytes.
+    let ch = MessageChannel::builder().capacity(4096).build().unwrap();
+    let (a, b) = (&ch.port1, &ch.port2);
+    let msg = [7u8; 2016];
+    for _ in 0..3 {
+        a.post_message(&msg, []).unwrap();
+        a.post_message(&msg, []).unwrap();
+        b.recv::<[u8; 2016]>().unwrap();
+        b.recv::<[u8; 2016]>().unwrap();
+        assert!(matches!(b.try_recv::<u8>(), Err(TryRecvError::Empty)));
+    }
+    a.post_message(&1u8, []).unwrap();
+    assert_eq!(b.recv::<u8>().unwrap().data, 1);
+}

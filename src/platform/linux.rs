@@ -99,21 +99,30 @@ pub(crate) fn futex_wake(word: &AtomicU32) {
 /// Arranges for `fds` to survive `exec` in the child `cmd` starts, and only there.
 ///
 /// The parent's descriptors stay close-on-exec, so a child spawned concurrently by another
-/// thread inherits nothing by accident; the flag is cleared after `fork`, in the child.
-pub(crate) fn inherit_in_child(cmd: &mut Command, fds: Vec<RawFd>) {
+/// thread inherits nothing by accident; the flag is cleared after `fork`, in the child, and
+/// only on a descriptor that is still the same open file (so a `Command` spawned again
+/// later, when those numbers may name other files, hands nothing over by mistake).
+pub(crate) fn inherit_in_child(cmd: &mut Command, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut wanted = Vec::with_capacity(fds.len());
+    for fd in fds {
+        wanted.push((fd.as_raw_fd(), file_identity(*fd)?));
+    }
     let clear = move || -> io::Result<()> {
-        for &fd in &fds {
-            // SAFETY: `fd` was open in the parent when `spawn` forked (the caller holds it
-            // until `spawn` returns), so it is open in the child; fcntl is async-signal-safe
-            // and this closure allocates nothing.
+        for &(fd, identity) in &wanted {
+            // SAFETY: only used for fstat and fcntl, which fail harmlessly with EBADF if
+            // the number is not open in the child.
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            fcntl_setfd(fd, FdFlags::empty())?;
+            // fstat and fcntl are async-signal-safe system calls; nothing here allocates.
+            if file_identity(fd).is_ok_and(|id| id == identity) {
+                fcntl_setfd(fd, FdFlags::empty())?;
+            }
         }
         Ok(())
     };
-    // SAFETY: the closure only calls fcntl, which is async-signal-safe, and touches no
+    // SAFETY: the closure only calls fstat and fcntl (async-signal-safe) and touches no
     // locks or allocator state, as `pre_exec` requires.
     unsafe { cmd.pre_exec(clear) };
+    Ok(())
 }
 
 /// Takes ownership of a descriptor this process inherited, after checking it is open and

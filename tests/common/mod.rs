@@ -9,6 +9,10 @@ use shmport::MessagePort;
 pub struct ChildGuard(Option<Child>);
 
 impl ChildGuard {
+    pub fn from_child(child: Child) -> ChildGuard {
+        ChildGuard(Some(child))
+    }
+
     pub fn pid(&self) -> i32 {
         self.0.as_ref().unwrap().id() as i32
     }
