@@ -40,6 +40,8 @@ enum Region {
         heap: Arc<Heap>,
         slot: u32,
         generation: u32,
+        /// Received from another port: this process's hold on the slot is recorded.
+        received: bool,
     },
     /// A region of its own (larger buffers).
     Own(MmapRaw, OwnedFd),
@@ -94,6 +96,7 @@ impl ArrayBuffer {
                 heap,
                 slot,
                 generation,
+                received: false,
             }
         } else {
             let fd = platform::create_shared_memory("shmport-buffer", len as u64)
@@ -162,6 +165,7 @@ impl ArrayBuffer {
                 heap,
                 slot,
                 generation,
+                received: true,
             },
             len: len as usize,
             sent: false,
@@ -177,6 +181,7 @@ impl ArrayBuffer {
                 heap,
                 slot,
                 generation,
+                ..
             } => Wire::Slot {
                 heap_fd: heap.fd(),
                 slot: *slot,
@@ -193,7 +198,14 @@ impl ArrayBuffer {
                 heap,
                 slot,
                 generation,
-            } => heap.send(*slot, *generation),
+                received,
+            } => {
+                let sent = heap.send(*slot, *generation);
+                if sent && *received {
+                    heap.forget_held(*slot);
+                }
+                sent
+            }
             _ => true,
         }
     }
@@ -204,9 +216,13 @@ impl ArrayBuffer {
             heap,
             slot,
             generation,
+            received,
         } = &self.region
         {
             heap.unsend(*slot, *generation);
+            if *received {
+                heap.hold_again(*slot);
+            }
         }
     }
 
@@ -262,9 +278,13 @@ impl Drop for ArrayBuffer {
                 heap,
                 slot,
                 generation,
+                received,
             },
         ) = (self.sent, &self.region)
         {
+            if *received {
+                heap.forget_held(*slot);
+            }
             heap.release(*slot, *generation);
         }
     }

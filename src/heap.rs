@@ -150,6 +150,11 @@ impl Heap {
         }
     }
 
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn state_for_tests(&self, slot: u32) -> &AtomicU32 {
+        self.state(slot)
+    }
+
     /// The first byte of slot `slot`.
     pub(crate) fn slot_ptr(&self, slot: u32) -> NonNull<u8> {
         debug_assert!(slot < self.slots);
@@ -231,6 +236,9 @@ impl Heap {
         if slot >= self.slots || len > self.slot_size as u64 || generation > u32::MAX >> 2 {
             return Err("buffer descriptor out of the heap's bounds");
         }
+        if !pools(|p| p.held.insert((self.identity, slot))) {
+            return Err("buffer descriptor names a slot this process already holds");
+        }
         // Acquire: pairs with the sender's Release in `send`.
         self.state(slot)
             .compare_exchange(
@@ -240,7 +248,20 @@ impl Heap {
                 Ordering::Relaxed,
             )
             .map(|_| ())
-            .map_err(|_| "stale or replayed buffer descriptor")
+            .map_err(|_| {
+                self.forget_held(slot);
+                "stale or replayed buffer descriptor"
+            })
+    }
+
+    /// Ends this process's hold on a received slot (it was freed or sent on).
+    pub(crate) fn forget_held(&self, slot: u32) {
+        pools(|p| p.held.remove(&(self.identity, slot)));
+    }
+
+    /// Restores the hold on a received slot whose sending failed.
+    pub(crate) fn hold_again(&self, slot: u32) {
+        pools(|p| p.held.insert((self.identity, slot)));
     }
 }
 
@@ -250,6 +271,9 @@ struct Pools {
     own: [Vec<Arc<Heap>>; 3],
     next: [u32; 3],
     mapped: HashMap<(u64, u64), Arc<Heap>>,
+    /// Slots this process received and still holds, by heap identity: a peer that rewrites
+    /// a slot's state to "in transit" again cannot make us hold a second buffer on it.
+    held: std::collections::HashSet<((u64, u64), u32)>,
 }
 
 static POOLS: Mutex<Option<Pools>> = Mutex::new(None);
@@ -260,6 +284,7 @@ fn pools<R>(f: impl FnOnce(&mut Pools) -> R) -> R {
         own: Default::default(),
         next: [0; 3],
         mapped: HashMap::new(),
+        held: Default::default(),
     });
     f(pools)
 }

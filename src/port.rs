@@ -1152,6 +1152,35 @@ mod forged_transfer_tests {
     }
 
     #[test]
+    fn a_slot_rewritten_to_in_transit_cannot_give_this_process_a_second_buffer_on_it() {
+        let ch = MessageChannel::new().unwrap();
+        let buf = ArrayBuffer::new(100).unwrap();
+        let Wire::Slot {
+            slot, generation, ..
+        } = buf.wire()
+        else {
+            panic!("pooled")
+        };
+        ch.port1.post_message(&0u8, [buf.into()]).unwrap();
+        let _held = ch.port2.recv::<u8>().unwrap();
+        // A hostile peer flips the slot back to "in transit" and replays the descriptor.
+        let (heap, ..) = crate::heap::allocate(0).unwrap();
+        let state = heap_state_word(&heap, slot);
+        state.store((generation << 2) | 2, std::sync::atomic::Ordering::Relaxed);
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_SLOT, slot, 100, generation.into())],
+            &[heap.fd()],
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+    }
+
+    fn heap_state_word(heap: &crate::heap::Heap, slot: u32) -> &std::sync::atomic::AtomicU32 {
+        heap.state_for_tests(slot)
+    }
+
+    #[test]
     fn a_pooled_buffer_descriptor_out_of_the_heap_is_a_message_error() {
         let ch = MessageChannel::new().unwrap();
         let (heap, slot, generation) = crate::heap::allocate(0).unwrap();
