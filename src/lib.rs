@@ -75,3 +75,8 @@ pub use wake::WaitStrategy;
 
 /// The rkyv version shmport speaks; derive your messages' traits from here.
 pub use rkyv;
+
+/// The README's code blocks, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

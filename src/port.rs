@@ -1121,6 +1121,19 @@ mod forged_transfer_tests {
         }
     }
 
+    /// Posts a pooled buffer from port1 to port2: its slot, generation, and the event.
+    fn deliver_a_pooled_buffer(ch: &MessageChannel) -> (u32, u32, MessageEvent<u8>) {
+        let buf = ArrayBuffer::new(100).unwrap();
+        let Wire::Slot {
+            slot, generation, ..
+        } = buf.wire()
+        else {
+            panic!("a 100-byte buffer is pooled")
+        };
+        ch.port1.post_message(&0u8, [buf.into()]).unwrap();
+        (slot, generation, ch.port2.recv::<u8>().unwrap())
+    }
+
     fn transfer_error(r: Result<MessageEvent<u8>, RecvError>) -> bool {
         matches!(r, Err(RecvError::MessageError(MessageError::Transfer(_))))
     }
@@ -1128,15 +1141,7 @@ mod forged_transfer_tests {
     #[test]
     fn a_replayed_pooled_buffer_descriptor_is_a_message_error() {
         let ch = MessageChannel::new().unwrap();
-        let buf = ArrayBuffer::new(100).unwrap();
-        let Wire::Slot {
-            slot, generation, ..
-        } = buf.wire()
-        else {
-            panic!("pooled")
-        };
-        ch.port1.post_message(&0u8, [buf.into()]).unwrap();
-        let first = ch.port2.recv::<u8>().unwrap();
+        let (slot, generation, first) = deliver_a_pooled_buffer(&ch);
         // Replay the same descriptor: the slot is owned by the receiver now, not in transit.
         let (heap, ..) = crate::heap::allocate(0).unwrap();
         post_raw(
@@ -1154,15 +1159,7 @@ mod forged_transfer_tests {
     #[test]
     fn a_slot_rewritten_to_in_transit_cannot_give_this_process_a_second_buffer_on_it() {
         let ch = MessageChannel::new().unwrap();
-        let buf = ArrayBuffer::new(100).unwrap();
-        let Wire::Slot {
-            slot, generation, ..
-        } = buf.wire()
-        else {
-            panic!("pooled")
-        };
-        ch.port1.post_message(&0u8, [buf.into()]).unwrap();
-        let _held = ch.port2.recv::<u8>().unwrap();
+        let (slot, generation, _held) = deliver_a_pooled_buffer(&ch);
         // A hostile peer flips the slot back to "in transit" and replays the descriptor.
         let (heap, ..) = crate::heap::allocate(0).unwrap();
         let state = heap_state_word(&heap, slot);

@@ -357,3 +357,9 @@ fn pooled_buffers_posted_and_dropped_go_back_to_the_pool() {
         },
     );
 }
+
+#[test]
+fn an_allocation_the_system_cannot_satisfy_is_an_error_not_a_panic() {
+    let err = ArrayBuffer::new(1 << 62).unwrap_err();
+    assert!(matches!(err, shmport::Error::Os { .. }), "{err}");
+}

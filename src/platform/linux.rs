@@ -26,6 +26,8 @@ use crate::sync::AtomicU32;
 /// against resizing so no holder can turn the others' accesses into `SIGBUS`.
 pub(crate) fn create_shared_memory(debug_name: &str, len: u64) -> io::Result<OwnedFd> {
     let fd = memfd_create(debug_name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    // Owner-only, like a named object would be: reopening it through /proc needs this too.
+    rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o600))?;
     ftruncate(&fd, len)?;
     fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
     Ok(fd)
