@@ -40,8 +40,6 @@ enum Region {
         heap: Arc<Heap>,
         slot: u32,
         generation: u32,
-        /// Received from another port: this process's hold on the slot is recorded.
-        received: bool,
     },
     /// A region of its own (larger buffers).
     Own(MmapRaw, OwnedFd),
@@ -96,7 +94,6 @@ impl ArrayBuffer {
                 heap,
                 slot,
                 generation,
-                received: false,
             }
         } else {
             let fd = platform::create_shared_memory("shmport-buffer", len as u64)
@@ -165,7 +162,6 @@ impl ArrayBuffer {
                 heap,
                 slot,
                 generation,
-                received: true,
             },
             len: len as usize,
             sent: false,
@@ -181,7 +177,6 @@ impl ArrayBuffer {
                 heap,
                 slot,
                 generation,
-                ..
             } => Wire::Slot {
                 heap_fd: heap.fd(),
                 slot: *slot,
@@ -198,10 +193,9 @@ impl ArrayBuffer {
                 heap,
                 slot,
                 generation,
-                received,
             } => {
                 let sent = heap.send(*slot, *generation);
-                if sent && *received {
+                if sent {
                     heap.forget_held(*slot);
                 }
                 sent
@@ -216,13 +210,10 @@ impl ArrayBuffer {
             heap,
             slot,
             generation,
-            received,
         } = &self.region
         {
             heap.unsend(*slot, *generation);
-            if *received {
-                heap.hold_again(*slot);
-            }
+            heap.hold_again(*slot);
         }
     }
 
@@ -278,13 +269,10 @@ impl Drop for ArrayBuffer {
                 heap,
                 slot,
                 generation,
-                received,
             },
         ) = (self.sent, &self.region)
         {
-            if *received {
-                heap.forget_held(*slot);
-            }
+            heap.forget_held(*slot);
             heap.release(*slot, *generation);
         }
     }

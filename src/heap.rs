@@ -271,8 +271,9 @@ struct Pools {
     own: [Vec<Arc<Heap>>; 3],
     next: [u32; 3],
     mapped: HashMap<(u64, u64), Arc<Heap>>,
-    /// Slots this process received and still holds, by heap identity: a peer that rewrites
-    /// a slot's state to "in transit" again cannot make us hold a second buffer on it.
+    /// Slots this process holds (allocated or received), by heap identity: a peer that
+    /// rewrites a slot's state (to "free", or to "in transit" and sends it back) cannot make
+    /// us hold a second buffer on it.
     held: std::collections::HashSet<((u64, u64), u32)>,
 }
 
@@ -299,15 +300,20 @@ pub(crate) fn allocate(class: usize) -> std::io::Result<(Arc<Heap>, u32, u32)> {
     pools(|p| {
         let start = p.next[class];
         for heap in &p.own[class] {
-            if let Some((slot, generation)) = heap.try_take(start) {
-                p.next[class] = slot.wrapping_add(1);
-                return Ok((Arc::clone(heap), slot, generation));
+            while let Some((slot, generation)) = heap.try_take(start) {
+                // A slot we hold that a peer marked free is not free: skip it (it stays
+                // taken; the peer only made it leak).
+                if p.held.insert((heap.identity, slot)) {
+                    p.next[class] = slot.wrapping_add(1);
+                    return Ok((Arc::clone(heap), slot, generation));
+                }
             }
         }
         let heap = Arc::new(Heap::create(class)?);
         let (slot, generation) = heap
             .try_take(0)
             .ok_or_else(|| std::io::Error::other("new heap full"))?;
+        p.held.insert((heap.identity, slot));
         p.mapped.insert(heap.identity, Arc::clone(&heap));
         p.own[class].push(Arc::clone(&heap));
         p.next[class] = slot + 1;

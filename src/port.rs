@@ -1173,6 +1173,18 @@ mod forged_transfer_tests {
         assert!(transfer_error(ch.port2.recv::<u8>()));
     }
 
+    #[test]
+    fn a_slot_we_hold_that_a_peer_marks_free_is_never_allocated_again() {
+        let a = ArrayBuffer::new(100).unwrap();
+        let Wire::Slot { slot, .. } = a.wire() else {
+            panic!("pooled")
+        };
+        let (heap, ..) = crate::heap::allocate(0).unwrap();
+        heap_state_word(&heap, slot).store(0, std::sync::atomic::Ordering::Relaxed);
+        let others: Vec<ArrayBuffer> = (0..600).map(|_| ArrayBuffer::new(100).unwrap()).collect();
+        assert!(others.iter().all(|b| b.as_ptr() != a.as_ptr()));
+    }
+
     fn heap_state_word(heap: &crate::heap::Heap, slot: u32) -> &std::sync::atomic::AtomicU32 {
         heap.state_for_tests(slot)
     }

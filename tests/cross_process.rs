@@ -518,33 +518,160 @@ fn small_buffers_freed_in_the_receiving_process_are_reused_by_the_sender() {
             }
         }
     });
-    let ch = MessageChannel::new().unwrap();
-    let child = spawn_test_child(
+    // Alone in its process: other tests allocate small buffers too.
+    common::isolated(
         "small_buffers_freed_in_the_receiving_process_are_reused_by_the_sender",
+        || {
+            let ch = MessageChannel::new().unwrap();
+            let child = spawn_test_child(
+                "small_buffers_freed_in_the_receiving_process_are_reused_by_the_sender",
+                ch.port2,
+            );
+            let own_heaps = || {
+                std::fs::read_to_string("/proc/self/maps")
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.contains("memfd:shmport-heap"))
+                    .count()
+            };
+            let mut child_heaps = Vec::new();
+            for i in 0..N {
+                let mut b = shmport::ArrayBuffer::new(4096).unwrap();
+                b.fill(i as u8);
+                ch.port1.post_message(&i, [b.into()]).unwrap();
+                if i % 100 == 99 {
+                    child_heaps.push(ch.port1.recv::<usize>().unwrap().data);
+                }
+            }
+            assert!(child.wait().success());
+            // The child acknowledges every 100 buffers, so at most ~100 are out at once: a few
+            // heaps of 256 slots serve all 3,000, on both sides, each mapped once.
+            assert!(own_heaps() <= 2, "sender heaps: {}", own_heaps());
+            assert!(
+                child_heaps.iter().all(|&h| h <= 2),
+                "receiver heaps: {child_heaps:?}"
+            );
+        },
+    );
+}
+
+// ----- the rest of the crash matrix: killed mid-receive, during bootstrap, holding buffers -----
+
+/// A message whose deserialization kills the receiving process: death mid-receive.
+struct DieMidReceive;
+
+/// What a `DieMidReceive` archives as.
+#[derive(Archive, Serialize, Deserialize)]
+struct Marker {
+    x: u32,
+}
+
+impl Archive for DieMidReceive {
+    type Archived = ArchivedMarker;
+    type Resolver = MarkerResolver;
+    fn resolve(&self, r: MarkerResolver, out: shmport::rkyv::Place<Self::Archived>) {
+        Marker { x: 1 }.resolve(r, out);
+    }
+}
+
+impl<S: shmport::rkyv::rancor::Fallible + shmport::rkyv::ser::Writer + ?Sized> Serialize<S>
+    for DieMidReceive
+{
+    fn serialize(&self, s: &mut S) -> Result<MarkerResolver, S::Error> {
+        Marker { x: 1 }.serialize(s)
+    }
+}
+
+impl<D: shmport::rkyv::rancor::Fallible + ?Sized> Deserialize<DieMidReceive, D> for ArchivedMarker {
+    fn deserialize(&self, _: &mut D) -> Result<DieMidReceive, D::Error> {
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
+            .unwrap();
+        unreachable!("SIGKILL cannot be caught");
+    }
+}
+
+#[test]
+fn a_receiver_killed_mid_receive_disconnects_its_peer_and_spares_other_channels() {
+    as_child(|port| {
+        port.post_message(&0u8, []).unwrap();
+        let _ = port.recv::<DieMidReceive>();
+    });
+    let ch = MessageChannel::new().unwrap();
+    let other = MessageChannel::new().unwrap();
+    let child = spawn_test_child(
+        "a_receiver_killed_mid_receive_disconnects_its_peer_and_spares_other_channels",
         ch.port2,
     );
-    let own_heaps = || {
-        std::fs::read_to_string("/proc/self/maps")
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("memfd:shmport-heap"))
-            .count()
-    };
-    let mut child_heaps = Vec::new();
-    for i in 0..N {
-        let mut b = shmport::ArrayBuffer::new(4096).unwrap();
-        b.fill(i as u8);
-        ch.port1.post_message(&i, [b.into()]).unwrap();
-        if i % 100 == 99 {
-            child_heaps.push(ch.port1.recv::<usize>().unwrap().data);
-        }
+    ch.port1.recv::<u8>().unwrap();
+    ch.port1.post_message(&DieMidReceive, []).unwrap();
+    assert!(matches!(
+        ch.port1.recv::<u8>(),
+        Err(RecvError::Disconnected)
+    ));
+    assert!(!child.wait().success());
+    other.port1.post_message(&3u8, []).unwrap();
+    assert_eq!(other.port2.recv::<u8>().unwrap().data, 3);
+}
+
+const DIE_AT_BOOT: &str = "SHMPORT_TEST_DIE_AT_BOOT";
+
+#[test]
+fn a_child_killed_during_bootstrap_disconnects_its_parent() {
+    if std::env::var_os(DIE_AT_BOOT).is_some() {
+        // Killed before it ever takes its port.
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
+            .unwrap();
     }
-    assert!(child.wait().success());
-    // The child acknowledges every 100 buffers, so at most ~100 are out at once: a few
-    // heaps of 256 slots serve all 3,000, on both sides, each mapped once.
-    assert!(own_heaps() <= 2, "sender heaps: {}", own_heaps());
-    assert!(
-        child_heaps.iter().all(|&h| h <= 2),
-        "receiver heaps: {child_heaps:?}"
+    let ch = MessageChannel::new().unwrap();
+    ch.port1
+        .post_message(&String::from("never read"), [])
+        .unwrap();
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "a_child_killed_during_bootstrap_disconnects_its_parent",
+        "--exact",
+    ])
+    .env(DIE_AT_BOOT, "1")
+    .stdout(std::process::Stdio::null());
+    let mut child = shmport::spawn(&mut cmd, ch.port2).unwrap();
+    assert!(matches!(
+        ch.port1.recv::<u8>(),
+        Err(RecvError::Disconnected)
+    ));
+    assert!(!child.wait().unwrap().success());
+}
+
+#[test]
+fn a_child_killed_while_holding_buffers_leaves_the_sender_able_to_allocate() {
+    as_child(|port| {
+        let mut held = Vec::new();
+        for _ in 0..300 {
+            held.push(port.recv::<u8>().unwrap());
+        }
+        port.post_message(&held.len(), []).unwrap();
+        let _ = port.recv::<u8>(); // killed while holding 300 buffers
+    });
+    let ch = MessageChannel::new().unwrap();
+    let child = spawn_test_child(
+        "a_child_killed_while_holding_buffers_leaves_the_sender_able_to_allocate",
+        ch.port2,
     );
+    for i in 0..300usize {
+        // Pooled (4 KiB) and own-region (1 MiB) buffers.
+        let len = if i % 10 == 0 { 1 << 20 } else { 4096 };
+        let buf = shmport::ArrayBuffer::new(len).unwrap();
+        ch.port1.post_message(&0u8, [buf.into()]).unwrap();
+    }
+    assert_eq!(ch.port1.recv::<usize>().unwrap().data, 300);
+    child.kill();
+    assert!(matches!(
+        ch.port1.recv::<u8>(),
+        Err(RecvError::Disconnected)
+    ));
+    // The dead child's pooled slots stay taken until their heap goes (see docs/safety.md);
+    // the sender allocates from new slots meanwhile.
+    let again: Vec<_> = (0..300)
+        .map(|_| shmport::ArrayBuffer::new(4096).unwrap())
+        .collect();
+    assert_eq!(again.len(), 300);
 }
