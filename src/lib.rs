@@ -50,6 +50,9 @@ mod buffer;
 mod channel;
 mod codec;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod heap;
 #[cfg(all(test, loom))]
 mod loom_tests;

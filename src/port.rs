@@ -541,17 +541,8 @@ impl MessagePort {
             self.poison(Corrupt(why));
             TryRecvError::MessageError(MessageError::Corrupt(why))
         };
-        if scratch.len() < 24 {
-            return Err(corrupt("transfer record too short"));
-        }
-        let header: TransferHeader = bytemuck::pod_read_unaligned(&scratch[..24]);
-        let n = header.items as usize;
-        if n > MAX_TRANSFER_LIST + 1
-            || header.fds as usize > platform::MAX_FDS_PER_MESSAGE
-            || transfer::archive_offset(n) + header.inline_len as usize > scratch.len()
-        {
-            return Err(corrupt("transfer record header out of range"));
-        }
+        let (header, items) = transfer::parse(scratch).map_err(corrupt)?;
+        let n = items.len();
         let mut note = [0u8; SOCKET_MESSAGE];
         let received = self
             .socket()
@@ -563,10 +554,6 @@ impl MessagePort {
         if note[..8] != header.seq.to_le_bytes() || fds.len() != header.fds as usize {
             return Err(corrupt("transfer record and descriptors out of step"));
         }
-        let items: Vec<Item> = scratch[24..24 + 24 * n]
-            .chunks_exact(24)
-            .map(bytemuck::pod_read_unaligned)
-            .collect();
         let bad = |why| TryRecvError::MessageError(MessageError::Transfer(why));
         let mut fds = fds.into_iter();
         let mut ports = Vec::new();

@@ -81,8 +81,8 @@ const _: () = {
 };
 
 impl RingCtrl {
-    /// A control block for an empty ring (for rings over heap memory in tests).
-    #[cfg(any(test, loom))]
+    /// A control block for an empty ring (for rings over heap memory in tests and fuzzing).
+    #[cfg(any(test, loom, feature = "fuzzing"))]
     pub(crate) fn new() -> Self {
         RingCtrl {
             tail: AtomicU64::new(0),

@@ -77,6 +77,27 @@ pub(crate) fn archive_offset(items: usize) -> usize {
     (24 + 24 * items).next_multiple_of(16)
 }
 
+/// Reads and checks the header and items of a transfer record's payload (copied out of the
+/// ring). An error means the framing is impossible: the channel must be poisoned.
+pub(crate) fn parse(payload: &[u8]) -> Result<(TransferHeader, Vec<Item>), &'static str> {
+    if payload.len() < 24 {
+        return Err("transfer record too short");
+    }
+    let header: TransferHeader = bytemuck::pod_read_unaligned(&payload[..24]);
+    let n = header.items as usize;
+    if n > MAX_TRANSFER_LIST + 1
+        || header.fds as usize > crate::platform::MAX_FDS_PER_MESSAGE
+        || archive_offset(n) + header.inline_len as usize > payload.len()
+    {
+        return Err("transfer record header out of range");
+    }
+    let items = payload[24..24 + 24 * n]
+        .chunks_exact(24)
+        .map(bytemuck::pod_read_unaligned)
+        .collect();
+    Ok((header, items))
+}
+
 /// Something that can be moved, not copied, with a message: the web's transferable objects.
 ///
 /// Build one with `.into()` from a [`MessagePort`] or an [`ArrayBuffer`].

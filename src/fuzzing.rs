@@ -1,0 +1,140 @@
+//! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`; not a public API).
+//!
+//! Each takes arbitrary bytes and runs the code that reads memory a peer controls. None may
+//! panic, loop forever or touch memory out of bounds, whatever the bytes.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+
+use rkyv::util::AlignedVec;
+
+use crate::codec::{self, FingerprintCache, KIND_MESSAGE};
+use crate::ring::{Consumer, RingCtrl, RingMem};
+use crate::transfer::{self, ITEM_SLOT};
+
+const CAP: usize = 4096;
+
+/// Record decoding: a ring whose data area holds `data` (repeated to fill it) and whose
+/// consumer starts at an offset taken from the first bytes. Up to 64 records are read and
+/// their payloads decoded as `Vec<u64>` and `String`.
+pub fn ring_records(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let start = (u16::from_le_bytes([data[0], data[1]]) as usize % CAP) / 8 * 8;
+    let mut words = vec![0u128; CAP / 16];
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+    let fill = &data[2..];
+    if !fill.is_empty() {
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = fill[i % fill.len()];
+        }
+    }
+    let ctrl = Box::new(RingCtrl::new());
+    ctrl.head
+        .store(start as u64, crate::sync::Ordering::Relaxed);
+    ctrl.tail
+        .store(start as u64, crate::sync::Ordering::Relaxed);
+    // SAFETY: both allocations outlive every use of `mem` below (end of this function);
+    // the data area is 16-aligned (u128) and CAP bytes long.
+    let mem = unsafe {
+        RingMem::new(
+            NonNull::from(&*ctrl),
+            NonNull::new(words.as_mut_ptr().cast()).expect("vec pointer"),
+            CAP,
+        )
+    };
+    let Ok(mut consumer) = Consumer::attach(mem) else {
+        return;
+    };
+    let fingerprints = FingerprintCache::new();
+    let mut scratch = AlignedVec::<16>::new();
+    for _ in 0..64 {
+        let Ok(Some(record)) = consumer.peek() else {
+            return;
+        };
+        consumer.copy_payload(&record, &mut scratch);
+        consumer.release(record);
+        if record.header.kind == KIND_MESSAGE {
+            let _ = codec::decode::<Vec<u64>>(&scratch, record.header.tag, &fingerprints);
+            let _ = codec::decode::<String>(&scratch, record.header.tag, &fingerprints);
+            let _ = codec::decode::<Vec<u64>>(
+                &scratch,
+                codec::fingerprint_of::<Vec<u64>>(),
+                &fingerprints,
+            );
+            let _ =
+                codec::decode::<String>(&scratch, codec::fingerprint_of::<String>(), &fingerprints);
+        }
+    }
+}
+
+/// The segment header: `data` becomes a sealed shared-memory object that is opened (and
+/// validated) as a received channel segment, then attached on both sides.
+pub fn segment_header(data: &[u8]) {
+    let Ok(fd) = rustix::fs::memfd_create(
+        "shmport-fuzz",
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    ) else {
+        return;
+    };
+    let mut file = std::fs::File::from(fd);
+    // Lengths around the valid ones: the header's claims must match the real size.
+    let len = match data.first().map(|b| b % 4) {
+        Some(0) => crate::segment::Segment::len_for(4096),
+        Some(1) => crate::segment::Segment::len_for(8192),
+        _ => data.len(),
+    };
+    let mut image = data.to_vec();
+    image.resize(len, 0);
+    if file.write_all(&image).is_err() {
+        return;
+    }
+    let _ = rustix::fs::fcntl_add_seals(
+        &file,
+        rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW,
+    );
+    if let Ok(seg) = crate::segment::Segment::open(OwnedFd::from(file)) {
+        let seg = std::sync::Arc::new(seg);
+        for side in 0..2 {
+            if let Ok(port) =
+                crate::MessagePort::attach(seg.clone(), side, None, Default::default())
+            {
+                let _ = port.try_recv::<Vec<u64>>();
+                port.prepare_move(); // do not mark the fuzzed segment closed
+            }
+        }
+    }
+}
+
+/// Descriptor validation: `data` is a transfer record's payload. Its framing is parsed as
+/// the receiver does; pooled-buffer items are then checked against a real heap (slot,
+/// generation and length), and the inline archive decoded.
+pub fn transfer_record(data: &[u8]) {
+    let mut payload = AlignedVec::<16>::new();
+    payload.extend_from_slice(data);
+    let Ok((header, items)) = transfer::parse(&payload) else {
+        return;
+    };
+    let Ok((heap, slot, generation)) = crate::heap::allocate(0) else {
+        return;
+    };
+    heap.send(slot, generation);
+    for item in &items {
+        if item.kind == ITEM_SLOT {
+            if let Ok(generation) = u32::try_from(item.reserved) {
+                if heap.receive(item.side, generation, item.len).is_ok() {
+                    heap.send(item.side, generation);
+                }
+            }
+        }
+    }
+    heap.unsend(slot, generation);
+    heap.forget_held(slot);
+    heap.release(slot, generation);
+    let at = transfer::archive_offset(items.len());
+    let archive = &payload[at..at + header.inline_len as usize];
+    let fingerprints = FingerprintCache::new();
+    let _ = codec::decode::<Vec<u64>>(archive, codec::fingerprint_of::<Vec<u64>>(), &fingerprints);
+}
