@@ -125,7 +125,8 @@ pub fn transfer_record(data: &[u8]) {
         if item.kind == ITEM_SLOT {
             if let Ok(generation) = u32::try_from(item.reserved) {
                 if heap.receive(item.side, generation, item.len).is_ok() {
-                    heap.send(item.side, generation);
+                    heap.forget_held(item.side);
+                    heap.release(item.side, generation);
                 }
             }
         }
