@@ -33,6 +33,13 @@ pub enum Error {
     BadBootstrap(&'static str),
     /// A shared-memory segment failed validation (wrong magic, version or sizes).
     InvalidSegment(&'static str),
+    /// An endpoint name is empty, longer than 64 bytes, or has characters other than ASCII
+    /// letters, digits, `.`, `_` and `-`.
+    InvalidName(String),
+    /// A live process of this user already serves this endpoint name.
+    NameInUse(String),
+    /// No process of this user serves this endpoint name.
+    NoSuchEndpoint(String),
 }
 
 impl Error {
@@ -64,6 +71,12 @@ impl fmt::Display for Error {
             }
             Error::BadBootstrap(why) => write!(f, "malformed bootstrap information: {why}"),
             Error::InvalidSegment(why) => write!(f, "invalid shared-memory segment: {why}"),
+            Error::InvalidName(name) => write!(
+                f,
+                "invalid endpoint name {name:?}: use 1 to 64 ASCII letters, digits, '.', '_' or '-'"
+            ),
+            Error::NameInUse(name) => write!(f, "endpoint {name:?} is already served"),
+            Error::NoSuchEndpoint(name) => write!(f, "no process serves endpoint {name:?}"),
         }
     }
 }

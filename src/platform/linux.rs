@@ -270,3 +270,65 @@ pub(crate) fn raise_descriptor_limit() {
         }
     });
 }
+
+/// The abstract-namespace address of endpoint `name` for this user: no file, so nothing to
+/// clean up; the kernel frees the name with the last descriptor of its listener.
+fn endpoint_address(name: &str) -> io::Result<rustix::net::SocketAddrUnix> {
+    let uid = rustix::process::geteuid().as_raw();
+    let addr = format!("shmport/{uid}/{name}");
+    rustix::net::SocketAddrUnix::new_abstract_name(addr.as_bytes()).map_err(io::Error::from)
+}
+
+/// Binds and listens on endpoint `name`. `AddrInUse` if another listener holds it.
+pub(crate) fn endpoint_listen(name: &str) -> io::Result<OwnedFd> {
+    use rustix::net::{bind, listen, socket_with};
+    let sock = socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    bind(&sock, &endpoint_address(name)?)?;
+    listen(&sock, 128)?;
+    Ok(sock)
+}
+
+/// Waits for the next connection to a listener.
+pub(crate) fn endpoint_accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    loop {
+        match rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
+            Err(Errno::INTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Connects to endpoint `name`. `ConnectionRefused` or `NotFound` when nobody serves it.
+pub(crate) fn endpoint_connect(name: &str) -> io::Result<OwnedFd> {
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&sock, &endpoint_address(name)?)?;
+    Ok(sock)
+}
+
+/// True when the process at the other end of a connected socket runs as our user.
+pub(crate) fn peer_is_same_user(sock: BorrowedFd<'_>) -> bool {
+    rustix::net::sockopt::socket_peercred(sock)
+        .is_ok_and(|cred| cred.uid == rustix::process::geteuid())
+}
+
+/// Waits until `sock` has a message to read (or hung up).
+pub(crate) fn wait_readable(sock: BorrowedFd<'_>) -> io::Result<()> {
+    let mut fds = [PollFd::new(&sock, PollFlags::IN)];
+    loop {
+        match poll(&mut fds, None) {
+            Err(Errno::INTR) => continue,
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

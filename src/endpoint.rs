@@ -1,0 +1,154 @@
+//! Named endpoints: how processes that were not spawned together get a channel — the
+//! native analogue of posting a port to another window.
+//!
+//! A server binds a name; each client that connects gets a fresh channel, one port on
+//! each side. The name lives in Linux's abstract socket namespace, scoped by user id
+//! (`shmport/<uid>/<name>`): there is no file to leave behind, and the kernel releases the
+//! name when the server's process exits, however it exits, so a stale name never blocks a
+//! restart. Both sides check with the kernel that the other runs as the same user.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::segment::Segment;
+use crate::wake::WaitStrategy;
+use crate::{Error, MessageChannel, MessagePort, platform};
+
+/// Longest endpoint name accepted, in bytes.
+pub const MAX_ENDPOINT_NAME: usize = 64;
+
+const HELLO: &[u8; 8] = b"shmport1";
+
+/// A bound name that hands out connected ports: the server side of a named endpoint.
+///
+/// ```
+/// use shmport::Endpoint;
+///
+/// let server = Endpoint::bind("doc-example-echo")?;
+/// let client = std::thread::spawn(|| -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+///     let port = Endpoint::connect("doc-example-echo")?;
+///     port.post_message(&String::from("ping"), [])?;
+///     Ok(port.recv::<String>()?.data)
+/// });
+/// let port = server.accept()?;
+/// let got = port.recv::<String>()?.data;
+/// port.post_message(&format!("{got}, pong"), [])?;
+/// assert_eq!(client.join().unwrap().unwrap(), "ping, pong");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Endpoint {
+    name: String,
+    listener: OwnedFd,
+}
+
+impl Endpoint {
+    /// Binds `name` for this user.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] for an empty or too long name, or one with characters other
+    /// than ASCII letters, digits, `.`, `_` and `-`; [`Error::NameInUse`] when a live
+    /// process of this user already serves it; [`Error::Os`] otherwise.
+    pub fn bind(name: &str) -> Result<Endpoint, Error> {
+        check_name(name)?;
+        let listener = platform::endpoint_listen(name).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => Error::NameInUse(name.to_owned()),
+            _ => Error::os("binding an endpoint", e),
+        })?;
+        Ok(Endpoint {
+            name: name.to_owned(),
+            listener,
+        })
+    }
+
+    /// The name this endpoint serves.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits for the next client and returns this side's port of a new channel with it.
+    /// Connections from another user are refused and skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] when the operating system refuses the connection or the channel.
+    pub fn accept(&self) -> Result<MessagePort, Error> {
+        loop {
+            let conn = platform::endpoint_accept(self.listener.as_fd())
+                .map_err(|e| Error::os("accepting on an endpoint", e))?;
+            if !platform::peer_is_same_user(conn.as_fd()) {
+                continue;
+            }
+            let MessageChannel { port1, port2, .. } = MessageChannel::new()?;
+            let (seg, side, sock) = port2.parts().map_err(|e| Error::os("socketpair", e))?;
+            let mut hello = [0u8; 9];
+            hello[..8].copy_from_slice(HELLO);
+            hello[8] = side as u8;
+            port2.prepare_move();
+            match platform::send_with_fds(conn.as_fd(), &hello, &[seg.fd(), sock], true) {
+                Ok(()) => return Ok(port1),
+                // The client left before we answered: wait for the next one.
+                Err(_) => port2.unmark_moved(),
+            }
+        }
+    }
+
+    /// Connects to the endpoint `name` of this user and returns this side's port of a new
+    /// channel with its server. Waits until the server accepts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] as for [`bind`](Self::bind); [`Error::NoSuchEndpoint`] when
+    /// no process of this user serves `name`; [`Error::BadBootstrap`] when what answered
+    /// is not a shmport endpoint of this user; [`Error::Os`] otherwise.
+    pub fn connect(name: &str) -> Result<MessagePort, Error> {
+        check_name(name)?;
+        let conn = platform::endpoint_connect(name).map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
+                Error::NoSuchEndpoint(name.to_owned())
+            }
+            _ => Error::os("connecting to an endpoint", e),
+        })?;
+        if !platform::peer_is_same_user(conn.as_fd()) {
+            return Err(Error::BadBootstrap(
+                "the endpoint is served by another user",
+            ));
+        }
+        platform::wait_readable(conn.as_fd()).map_err(|e| Error::os("poll", e))?;
+        let mut hello = [0u8; 9];
+        let (n, fds) = platform::recv_with_fds(conn.as_fd(), &mut hello)
+            .map_err(|e| Error::os("receiving from an endpoint", e))?;
+        let mut fds = fds.into_iter();
+        let (Some(seg_fd), Some(sock), None) = (fds.next(), fds.next(), fds.next()) else {
+            return Err(Error::BadBootstrap("the endpoint did not hand over a port"));
+        };
+        if n != hello.len()
+            || &hello[..8] != HELLO
+            || hello[8] > 1
+            || !platform::is_socket(sock.as_fd())
+        {
+            return Err(Error::BadBootstrap("the endpoint's answer is malformed"));
+        }
+        let seg = Segment::open(seg_fd)?;
+        MessagePort::attach(
+            Arc::new(seg),
+            usize::from(hello[8]),
+            Some(sock),
+            WaitStrategy::default(),
+        )
+    }
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_ENDPOINT_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_owned()))
+    }
+}
