@@ -49,6 +49,7 @@
 mod buffer;
 mod channel;
 mod codec;
+mod dispatch;
 mod endpoint;
 mod error;
 #[cfg(feature = "fuzzing")]
@@ -69,6 +70,7 @@ mod wake;
 pub use buffer::ArrayBuffer;
 pub use channel::{ChannelBuilder, MessageChannel};
 pub use codec::Message;
+pub use dispatch::{HandlerPanicked, MessageHandler};
 pub use endpoint::{Endpoint, MAX_ENDPOINT_NAME};
 pub use error::{
     Error, MessageError, PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError,

@@ -1,0 +1,137 @@
+//! `onmessage`: a handler that receives a port's messages on a thread of its own.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::{Error, Message, MessageError, MessageEvent, MessagePort, RecvTimeoutError};
+
+/// How often a dispatch thread waiting for a message looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(20);
+
+/// A running `onmessage` dispatch; from [`MessagePort::on_message`].
+///
+/// Dropping it stops the dispatch and closes the port; [`stop`](Self::stop) stops it and
+/// hands the port back, with every message not yet dispatched still queued.
+#[derive(Debug)]
+pub struct MessageHandler {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<MessagePort, HandlerPanicked>>>,
+}
+
+/// A handler panicked: dispatch stopped at that message (which was consumed); the port
+/// was closed.
+#[derive(Debug)]
+pub struct HandlerPanicked;
+
+impl std::fmt::Display for HandlerPanicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an onmessage handler panicked; dispatch stopped and the port was closed")
+    }
+}
+
+impl std::error::Error for HandlerPanicked {}
+
+impl MessagePort {
+    /// Starts dispatching this port's messages to `on_message` (and undecodable ones to
+    /// `on_error`, the web's `messageerror`) on a thread of its own, named
+    /// `shmport-onmessage`, in order. Messages queued before the call are dispatched first
+    /// (S3: setting the handler is the web's implicit `start()`); dispatch ends when the
+    /// peer is gone and the queue drained, or at [`MessageHandler::stop`].
+    ///
+    /// The port moves into the dispatch, so a second handler cannot be set on it: stop the
+    /// first to get the port back.
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    /// use std::sync::mpsc;
+    ///
+    /// let ch = MessageChannel::new()?;
+    /// ch.port1.post_message(&1u32, [])?; // queued before the handler exists
+    /// let (tx, rx) = mpsc::channel();
+    /// let handler = ch.port2.on_message(move |ev: shmport::MessageEvent<u32>| tx.send(ev.data).unwrap(), |_| {})?;
+    /// ch.port1.post_message(&2u32, [])?;
+    /// assert_eq!((rx.recv()?, rx.recv()?), (1, 2));
+    /// let port2 = handler.stop()?; // the port comes back
+    /// # drop(port2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] when the thread cannot be started (the port is then closed).
+    pub fn on_message<T, F, E>(
+        self,
+        mut on_message: F,
+        mut on_error: E,
+    ) -> Result<MessageHandler, Error>
+    where
+        T: Message,
+        F: FnMut(MessageEvent<T>) + Send + 'static,
+        E: FnMut(MessageError) + Send + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("shmport-onmessage".into())
+            .spawn(move || {
+                let port = self;
+                let run = std::panic::AssertUnwindSafe(|| {
+                    while !flag.load(Ordering::Acquire) {
+                        match port.recv_timeout::<T>(STOP_CHECK) {
+                            Ok(ev) => on_message(ev),
+                            Err(RecvTimeoutError::MessageError(e)) => on_error(e),
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(_) => break,
+                        }
+                    }
+                });
+                match std::panic::catch_unwind(run) {
+                    Ok(()) => Ok(port),
+                    Err(_) => Err(HandlerPanicked),
+                }
+            })
+            .map_err(|e| Error::os("spawning the onmessage thread", e))?;
+        Ok(MessageHandler {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl MessageHandler {
+    /// Stops dispatching (after the handler call in progress, if any) and returns the
+    /// port. Messages not yet dispatched stay queued on it.
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerPanicked`] when a handler panicked; the port is then closed.
+    pub fn stop(mut self) -> Result<MessagePort, HandlerPanicked> {
+        self.request_stop();
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or(Err(HandlerPanicked)),
+            None => Err(HandlerPanicked),
+        }
+    }
+
+    /// Asks the dispatch to stop before its next message, without waiting for it; then
+    /// [`stop`](Self::stop) collects the port.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// True once dispatch has ended on its own (the peer is gone, or a handler panicked).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+impl Drop for MessageHandler {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.stop.store(true, Ordering::Release);
+            let _ = thread.join();
+        }
+    }
+}
