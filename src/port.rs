@@ -258,6 +258,26 @@ impl MessagePort {
             return self.send_encoded(&mut tx, &scratch, fp, Vec::new(), block);
         }
         self.size_hint.set(len);
+        match self.when_room(&mut tx, block, |tx| {
+            tx.try_write(&scratch, KIND_MESSAGE, fp)
+        }) {
+            Ok(()) => {
+                wake(&tx.mem().ctrl().reader_sleeping);
+                Ok(())
+            }
+            Err(kind) => fail(kind),
+        }
+    }
+
+    /// Waits (or, with `block == false`, looks once) until `step` succeeds in writing to
+    /// `tx`: each attempt first checks the peer and refreshes the consumer's index.
+    /// `Err` when the peer is gone, or when not blocking and the ring is full.
+    fn when_room(
+        &self,
+        tx: &mut Producer,
+        block: bool,
+        mut step: impl FnMut(&mut Producer) -> bool,
+    ) -> Result<(), PostErrorKind> {
         let mut attempt = || -> Option<Result<(), PostErrorKind>> {
             if self.peer_gone_cheap() {
                 return Some(Err(PostErrorKind::Disconnected));
@@ -266,29 +286,20 @@ impl MessagePort {
                 self.poison(c);
                 return Some(Err(PostErrorKind::Disconnected));
             }
-            tx.try_write(&scratch, KIND_MESSAGE, fp).then_some(Ok(()))
+            step(tx).then_some(Ok(()))
+        };
+        let gone = || {
+            self.check_liveness_now()
+                .then_some(Err(PostErrorKind::Disconnected))
         };
         let outcome = if block {
             let word = &self.seg.ring_ctrl(self.side).writer_sleeping;
-            self.send_wait.wait(word, None, &mut attempt, || {
-                self.check_liveness_now()
-                    .then_some(Err(PostErrorKind::Disconnected))
-            })
+            self.send_wait.wait(word, None, &mut attempt, gone)
         } else {
-            attempt().or_else(|| {
-                // Full: a reader that died never drains it, so say so instead of `Full`.
-                self.check_liveness_now()
-                    .then_some(Err(PostErrorKind::Disconnected))
-            })
+            // Full: a reader that died never drains it, so say so instead of `Full`.
+            attempt().or_else(gone)
         };
-        match outcome {
-            Some(Ok(())) => {
-                wake(&tx.mem().ctrl().reader_sleeping);
-                Ok(())
-            }
-            Some(Err(kind)) => fail(kind),
-            None => fail(PostErrorKind::Full),
-        }
+        outcome.unwrap_or(Err(PostErrorKind::Full))
     }
 
     /// Posts a message with a transfer list: validates the list, encodes, then sends.
@@ -440,32 +451,8 @@ impl MessagePort {
             payload.extend_from_slice(archive);
         }
         // Room first: once the descriptors are on the socket, the record must follow.
-        let mut attempt = || -> Option<Result<(), PostErrorKind>> {
-            if self.peer_gone_cheap() {
-                return Some(Err(PostErrorKind::Disconnected));
-            }
-            if let Err(c) = tx.refresh() {
-                self.poison(c);
-                return Some(Err(PostErrorKind::Disconnected));
-            }
-            tx.fits(payload.len()).map(|_| Ok(()))
-        };
-        let room = if block {
-            let word = &self.seg.ring_ctrl(self.side).writer_sleeping;
-            self.send_wait.wait(word, None, &mut attempt, || {
-                self.check_liveness_now()
-                    .then_some(Err(PostErrorKind::Disconnected))
-            })
-        } else {
-            attempt().or_else(|| {
-                self.check_liveness_now()
-                    .then_some(Err(PostErrorKind::Disconnected))
-            })
-        };
-        match room {
-            Some(Ok(())) => {}
-            Some(Err(kind)) => return Err(PostError::new(kind, list)),
-            None => return Err(PostError::new(PostErrorKind::Full, list)),
+        if let Err(kind) = self.when_room(tx, block, |tx| tx.fits(payload.len()).is_some()) {
+            return Err(PostError::new(kind, list));
         }
         // Moving buffers' slots go in transit; moving ports publish their state before
         // anyone else can attach to it. Undone if the send fails.
