@@ -78,38 +78,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("done");
     rows.push(Row::rtt("cache-line ping-pong, 2 threads", cacheline));
 
-    eprint!("measuring shmport busy-poll... ");
-    set_strategy(&port1, WaitStrategy::BusyPoll)?;
-    let busy = shm_round_trips(&port1, plan.rtt_busy)?;
-    let busy_tput = shm_throughput(&port1, plan.throughput)?;
-    eprintln!("done");
-    rows.push(Row {
-        name: "shmport, busy-poll",
-        rtt: Some(busy),
-        tput: Some(busy_tput),
-    });
-
-    eprint!("measuring shmport adaptive (default)... ");
-    set_strategy(&port1, WaitStrategy::Adaptive)?;
-    let adaptive = shm_round_trips(&port1, plan.rtt_busy)?;
-    let adaptive_tput = shm_throughput(&port1, plan.throughput)?;
-    eprintln!("done");
-    rows.push(Row {
-        name: "shmport, adaptive (default)",
-        rtt: Some(adaptive),
-        tput: Some(adaptive_tput),
-    });
-
-    eprint!("measuring shmport blocking... ");
-    set_strategy(&port1, WaitStrategy::Block)?;
-    let blocking = shm_round_trips(&port1, plan.rtt_blocking)?;
-    let blocking_tput = shm_throughput(&port1, plan.throughput / 4)?;
-    eprintln!("done");
-    rows.push(Row {
-        name: "shmport, blocking (futex)",
-        rtt: Some(blocking),
-        tput: Some(blocking_tput),
-    });
+    let (busy, busy_tput) = measure_shmport(
+        &port1,
+        &mut rows,
+        ("shmport, busy-poll", WaitStrategy::BusyPoll),
+        plan.rtt_busy,
+        plan.throughput,
+    )?;
+    let (adaptive, _) = measure_shmport(
+        &port1,
+        &mut rows,
+        ("shmport, adaptive (default)", WaitStrategy::Adaptive),
+        plan.rtt_busy,
+        plan.throughput,
+    )?;
+    let (blocking, _) = measure_shmport(
+        &port1,
+        &mut rows,
+        ("shmport, blocking (futex)", WaitStrategy::Block),
+        plan.rtt_blocking,
+        plan.throughput / 4,
+    )?;
 
     eprint!("measuring Unix domain socket... ");
     let mut cmd_msg = [0u8; 64];
@@ -165,6 +154,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ratio(blocking.p50, unix.p50)
     );
     Ok(())
+}
+
+/// Round trips and one-way throughput of shmport with both ends waiting as `strategy`;
+/// adds a row to the table.
+fn measure_shmport(
+    port: &MessagePort,
+    rows: &mut Vec<Row>,
+    (name, strategy): (&'static str, WaitStrategy),
+    round_trips: usize,
+    messages: u64,
+) -> Result<(Stats, f64), Box<dyn std::error::Error>> {
+    eprint!("measuring {name}... ");
+    set_strategy(port, strategy)?;
+    let rtt = shm_round_trips(port, round_trips)?;
+    let tput = shm_throughput(port, messages)?;
+    eprintln!("done");
+    rows.push(Row {
+        name,
+        rtt: Some(rtt),
+        tput: Some(tput),
+    });
+    Ok((rtt, tput))
 }
 
 #[derive(Clone, Copy)]

@@ -1108,6 +1108,18 @@ mod forged_transfer_tests {
         (slot, generation, ch.port2.recv::<u8>().unwrap())
     }
 
+    /// A 1 MiB buffer: large enough to have a region (and descriptor) of its own.
+    fn own_region() -> ArrayBuffer {
+        ArrayBuffer::new(1 << 20).unwrap()
+    }
+
+    fn own_fd(region: &ArrayBuffer) -> BorrowedFd<'_> {
+        let Wire::Own(fd) = region.wire() else {
+            panic!("a 1 MiB buffer has a region of its own")
+        };
+        fd
+    }
+
     fn transfer_error(r: Result<MessageEvent<u8>, RecvError>) -> bool {
         matches!(r, Err(RecvError::MessageError(MessageError::Transfer(_))))
     }
@@ -1187,21 +1199,21 @@ mod forged_transfer_tests {
     #[test]
     fn a_buffer_descriptor_longer_than_its_region_is_a_message_error() {
         let ch = MessageChannel::new().unwrap();
-        let region = ArrayBuffer::new(1 << 20).unwrap();
-        let Wire::Own(fd) = region.wire() else {
-            panic!("own region")
-        };
-        post_raw(&ch.port1, &[item(ITEM_BUFFER, 0, 2 << 20, 0)], &[fd], true);
+        let region = own_region();
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_BUFFER, 0, 2 << 20, 0)],
+            &[own_fd(&region)],
+            true,
+        );
         assert!(transfer_error(ch.port2.recv::<u8>()));
     }
 
     #[test]
     fn a_port_descriptor_that_is_not_a_segment_is_a_message_error() {
         let ch = MessageChannel::new().unwrap();
-        let region = ArrayBuffer::new(1 << 20).unwrap();
-        let Wire::Own(fd) = region.wire() else {
-            panic!("own region")
-        };
+        let region = own_region();
+        let fd = own_fd(&region);
         let (a, _b) = platform::socket_pair().unwrap();
         post_raw(
             &ch.port1,
