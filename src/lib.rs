@@ -60,6 +60,7 @@ mod heap;
 mod loom_tests;
 mod platform;
 mod port;
+mod portset;
 mod process;
 mod ring;
 mod segment;
@@ -76,6 +77,7 @@ pub use error::{
     Error, MessageError, PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError,
 };
 pub use port::{MessageEvent, MessagePort};
+pub use portset::{InsertError, PortKey, PortSet};
 pub use process::{BOOTSTRAP_ENV, parent_port, spawn};
 pub use transfer::Transferable;
 pub use wake::WaitStrategy;

@@ -23,7 +23,7 @@ use crate::transfer::{
     self, ITEM_BODY, ITEM_BUFFER, ITEM_PORT, ITEM_SLOT, Item, KIND_TRANSFER, MAX_TRANSFER_LIST,
     SOCKET_MESSAGE, TransferHeader, Transferable,
 };
-use crate::wake::{WaitStrategy, Waiter, wake};
+use crate::wake::{WANTS_DOORBELL, WaitStrategy, Waiter, wake};
 use crate::{ArrayBuffer, Error};
 
 /// A received message: the web's `MessageEvent`.
@@ -235,7 +235,7 @@ impl MessagePort {
         let fp = self.send_fp.get::<T>();
         match self.write_in_place(&mut tx, msg, fp, arena) {
             Ok(true) => {
-                wake(&tx.mem().ctrl().reader_sleeping);
+                self.wake_reader(&tx.mem().ctrl().reader_sleeping);
                 return Ok(());
             }
             Ok(false) => {}
@@ -262,7 +262,7 @@ impl MessagePort {
             tx.try_write(&scratch, KIND_MESSAGE, fp)
         }) {
             Ok(()) => {
-                wake(&tx.mem().ctrl().reader_sleeping);
+                self.wake_reader(&tx.mem().ctrl().reader_sleeping);
                 Ok(())
             }
             Err(kind) => fail(kind),
@@ -503,7 +503,7 @@ impl MessagePort {
             self.poison(Corrupt("ring lost reserved room"));
             return Err(PostError::new(PostErrorKind::Disconnected, Vec::new()));
         }
-        wake(&tx.mem().ctrl().reader_sleeping);
+        self.wake_reader(&tx.mem().ctrl().reader_sleeping);
         // The moved ports and buffers now live on the other side: drop our handles (the
         // ports are marked moved, so this closes nothing; the buffers free nothing).
         for t in list {
@@ -531,9 +531,15 @@ impl MessagePort {
         let (header, items) = transfer::parse(scratch).map_err(corrupt)?;
         let n = items.len();
         let mut note = [0u8; SOCKET_MESSAGE];
-        let received = self
-            .socket()
-            .and_then(|sock| platform::recv_with_fds(sock, &mut note));
+        let received = self.socket().and_then(|sock| {
+            loop {
+                // Doorbells (one byte, no descriptors) queued before the note are stale news.
+                match platform::recv_with_fds(sock, &mut note) {
+                    Ok((n, fds)) if platform::is_doorbell(&note[..n], &fds) => continue,
+                    other => break other,
+                }
+            }
+        });
         let fds = match received {
             Ok((SOCKET_MESSAGE, fds)) => fds,
             _ => return Err(corrupt("transfer record without its descriptors")),
@@ -928,8 +934,77 @@ impl MessagePort {
         // Release: pairs with the peer's Acquire load in `peer_gone_cheap`.
         self.seg.closed_flag(self.side).store(1, Ordering::Release);
         // The peer may sleep waiting for data from us or for room in the ring it fills.
-        wake(&self.seg.ring_ctrl(self.side).reader_sleeping);
+        self.wake_reader(&self.seg.ring_ctrl(self.side).reader_sleeping);
         wake(&self.seg.ring_ctrl(1 - self.side).writer_sleeping);
+    }
+
+    /// Wakes the peer waiting for data in the ring we write: a futex wake if it sleeps, a
+    /// doorbell on its socket if it waits in a [`PortSet`](crate::PortSet) or a future.
+    #[inline]
+    fn wake_reader(&self, word: &crate::sync::AtomicU32) {
+        if wake(word) & WANTS_DOORBELL != 0 {
+            self.ring_doorbell();
+        }
+    }
+
+    #[cold]
+    fn ring_doorbell(&self) {
+        if let Ok(sock) = self.socket() {
+            platform::ring_doorbell(sock);
+        }
+    }
+
+    // ----- waiting outside the port: PortSet and async ------------------------------------
+
+    /// The descriptor that becomes readable when this port has news: the socket a peer
+    /// rings (created on first need, see [`socket`](Self::socket)).
+    pub(crate) fn news_fd(&self) -> std::io::Result<BorrowedFd<'_>> {
+        self.socket()
+    }
+
+    /// Consumes the doorbells queued on this port's socket (descriptor-passing notes stay).
+    pub(crate) fn drain_doorbells(&self) {
+        if let Some(sock) = self.sock.get() {
+            platform::drain_doorbells(sock.as_fd());
+        }
+    }
+
+    /// True when a receive would not find the queue empty now: a record is queued, the
+    /// peer is gone (a receive says `Disconnected`) or the channel is poisoned. `hung_up`:
+    /// the socket reported a hang-up, so ask the kernel whether the peer process is gone.
+    pub(crate) fn readable_now(&self, hung_up: bool) -> bool {
+        if self.peer.get() != PeerState::Alive || (hung_up && self.check_liveness_now()) {
+            return true;
+        }
+        let Ok(mut rx) = self.rx.try_borrow_mut() else {
+            return false;
+        };
+        match rx.peek() {
+            Ok(Some(_)) | Err(_) => true,
+            Ok(None) => self.peer_gone_cheap(),
+        }
+    }
+
+    /// [`readable_now`](Self::readable_now), and when not: asks the peer to ring our
+    /// socket at its next post or close, then looks once more (the doorbell request and the
+    /// peer's publication are ordered by the same fences as a futex sleep, see `wake`).
+    /// `false` means the socket will become readable when news arrives.
+    pub(crate) fn ready_or_arm(&self, hung_up: bool) -> bool {
+        if self.readable_now(hung_up) {
+            return true;
+        }
+        if let Ok(mut rx) = self.rx.try_borrow_mut() {
+            // Publish what we consumed, so a writer waiting for room is not left waiting.
+            if rx.flush() {
+                wake(&rx.mem().ctrl().writer_sleeping);
+            }
+        }
+        let word = &self.seg.ring_ctrl(1 - self.side).reader_sleeping;
+        word.fetch_or(WANTS_DOORBELL, Ordering::Relaxed);
+        // SeqCst fence: pairs with the writer's fence in `wake`: either it sees our bit and
+        // rings, or we see its record below.
+        crate::sync::fence(Ordering::SeqCst);
+        self.readable_now(false)
     }
 
     /// What carries this end elsewhere: the segment, the side and the socket.

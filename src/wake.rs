@@ -176,7 +176,7 @@ impl Waiter {
                 }
                 nap = nap.min(d - now);
             }
-            word.store(1, Ordering::Relaxed);
+            word.store(SLEEPING, Ordering::Relaxed);
             // SeqCst fence: pairs with the waker's fence in `wake`: our flag store is
             // ordered before the re-check below, its state store before its flag load.
             fence(Ordering::SeqCst);
@@ -184,7 +184,7 @@ impl Waiter {
                 word.store(0, Ordering::Relaxed);
                 return Some(r);
             }
-            futex_wait(word, 1, nap);
+            futex_wait(word, SLEEPING, nap);
             word.store(0, Ordering::Relaxed);
             if let Some(r) = attempt() {
                 return Some(r);
@@ -196,13 +196,28 @@ impl Waiter {
     }
 }
 
-/// Wakes the peer sleeping on `word`, if it announced it sleeps. Call after the state
-/// change it waits for is stored. Costs a fence and one load when nobody sleeps.
+/// Bit of a sleeping word: the waiter sleeps (or is about to) in `futex_wait` on it.
+pub(crate) const SLEEPING: u32 = 1;
+/// Bit of a sleeping word: the waiter watches its socket (a [`PortSet`](crate::PortSet) or
+/// an async receive) and wants a doorbell message there instead of a futex wake.
+pub(crate) const WANTS_DOORBELL: u32 = 2;
+
+/// Wakes the peer waiting on `word`, if it announced it waits. Call after the state change
+/// it waits for is stored. Costs a fence and one load when nobody waits.
+///
+/// Returns the bits that were set: the caller rings the doorbell when
+/// [`WANTS_DOORBELL`] is among them (only the caller knows the socket).
 #[inline]
-pub(crate) fn wake(word: &AtomicU32) {
-    // SeqCst fence: pairs with the sleeper's fence in `Waiter::wait`.
+pub(crate) fn wake(word: &AtomicU32) -> u32 {
+    // SeqCst fence: pairs with the sleeper's fence in `Waiter::wait` (and in
+    // `MessagePort::ready_or_arm` for doorbell waiters).
     fence(Ordering::SeqCst);
-    if word.load(Ordering::Relaxed) != 0 && word.swap(0, Ordering::Relaxed) != 0 {
+    if word.load(Ordering::Relaxed) == 0 {
+        return 0;
+    }
+    let was = word.swap(0, Ordering::Relaxed);
+    if was & SLEEPING != 0 {
         futex_wake(word);
     }
+    was
 }

@@ -332,3 +332,102 @@ pub(crate) fn wait_readable(sock: BorrowedFd<'_>) -> io::Result<()> {
         }
     }
 }
+
+// ----- doorbells and epoll: waiting on many ports ----------------------------------------
+
+/// The one byte of a doorbell message: "the ring you read has news". A descriptor-passing
+/// note is [`SOCKET_MESSAGE`](crate::transfer::SOCKET_MESSAGE) bytes, so the two never look
+/// alike.
+pub(crate) const DOORBELL: u8 = 0xDB;
+
+/// Rings the doorbell of the port at the other end of `sock`, never waiting: a full socket
+/// buffer already holds a doorbell, and a gone peer needs none.
+pub(crate) fn ring_doorbell(sock: BorrowedFd<'_>) {
+    use rustix::net::{SendFlags, send};
+    let _ = send(sock, &[DOORBELL], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+}
+
+/// Consumes the doorbells at the head of `sock`'s queue, stopping at the first message that
+/// is not one (a descriptor-passing note stays for the receive that expects it).
+pub(crate) fn drain_doorbells(sock: BorrowedFd<'_>) {
+    use rustix::net::{RecvFlags, recv};
+    let mut byte = [0u8; 2];
+    // A doorbell is one byte; anything longer reports its true length with TRUNC.
+    while let Ok((_, 1)) = recv(
+        sock,
+        &mut byte,
+        RecvFlags::DONTWAIT | RecvFlags::PEEK | RecvFlags::TRUNC,
+    ) {
+        if byte[0] != DOORBELL {
+            return;
+        }
+        let _ = recv(sock, &mut byte, RecvFlags::DONTWAIT);
+    }
+}
+
+/// True for a received socket message that is a doorbell rather than a note.
+pub(crate) fn is_doorbell(bytes: &[u8], fds: &[OwnedFd]) -> bool {
+    bytes == [DOORBELL] && fds.is_empty()
+}
+
+/// A new epoll instance, close-on-exec.
+pub(crate) fn epoll_new() -> io::Result<OwnedFd> {
+    Ok(rustix::event::epoll::create(
+        rustix::event::epoll::CreateFlags::CLOEXEC,
+    )?)
+}
+
+/// Watches `fd` for readability and hang-up, edge-triggered, reporting `token`.
+pub(crate) fn epoll_watch(epoll: BorrowedFd<'_>, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+    use rustix::event::epoll::{EventData, EventFlags, add};
+    Ok(add(
+        epoll,
+        fd,
+        EventData::new_u64(token),
+        EventFlags::IN | EventFlags::RDHUP | EventFlags::ET,
+    )?)
+}
+
+/// Stops watching `fd`.
+pub(crate) fn epoll_unwatch(epoll: BorrowedFd<'_>, fd: BorrowedFd<'_>) {
+    let _ = rustix::event::epoll::delete(epoll, fd);
+}
+
+/// One readiness report: the token given to [`epoll_watch`], and whether the far end hung
+/// up.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Readiness {
+    pub token: u64,
+    pub hung_up: bool,
+}
+
+/// Waits up to `timeout` (forever for `None`) for watched descriptors to become ready and
+/// appends their reports to `out` (at most 64 per call). An interrupted wait reports none.
+pub(crate) fn epoll_wait(
+    epoll: BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+    out: &mut Vec<Readiness>,
+) -> io::Result<()> {
+    use rustix::event::epoll::{Event, EventData, EventFlags, wait};
+    let mut events = [Event {
+        flags: EventFlags::empty(),
+        data: EventData::new_u64(0),
+    }; 64];
+    let ts = timeout.map(|t| rustix::event::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    let n = match wait(epoll, &mut events[..], ts.as_ref()) {
+        Ok(n) => n,
+        Err(Errno::INTR) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    out.extend(events[..n].iter().map(|e| {
+        let flags = e.flags;
+        Readiness {
+            token: e.data.u64(),
+            hung_up: flags.intersects(EventFlags::HUP | EventFlags::RDHUP | EventFlags::ERR),
+        }
+    }));
+    Ok(())
+}

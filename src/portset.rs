@@ -1,0 +1,445 @@
+//! `PortSet`: wait until any of many ports has a message, and learn which.
+//!
+//! # How a wake-up stays O(1)
+//!
+//! A port waiting in a set does not sleep on its futex: it sets the
+//! [`WANTS_DOORBELL`](crate::wake::WANTS_DOORBELL) bit of its ring's sleeping word, and a
+//! writer that finds the bit (with the same fence pairing as a futex sleep) sends one byte
+//! on the channel's socket. Each member's socket is registered, edge-triggered, with one
+//! epoll instance owned by the set, so the kernel hands back exactly the ports that got
+//! news: a wake-up costs the same with 1 port or 10,000.
+//!
+//! The set keeps a queue of ports that may be readable. `wait` looks at the front of that
+//! queue; a port found empty is armed (bit set, then looked at once more) and leaves the
+//! queue until epoll reports it again; a port found readable is returned and goes to the
+//! back of the queue, so a busy port cannot starve the others and a port the caller did not
+//! drain is reported again. The work of one `wait` is proportional to the ports that had
+//! news since the last one, never to the number of members.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crate::error::{RecvError, TryRecvError};
+use crate::platform::{self, Readiness};
+use crate::{Error, Message, MessageEvent, MessagePort};
+
+/// Which member of a [`PortSet`] something is about. Keys are not reused for another port
+/// while the set lives (a slot's generation changes when its port is removed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    index: u32,
+    generation: u32,
+}
+
+impl PortKey {
+    fn token(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    fn from_token(token: u64) -> PortKey {
+        PortKey {
+            index: token as u32,
+            generation: (token >> 32) as u32,
+        }
+    }
+}
+
+/// Token of the crate's extra descriptor (a `BroadcastChannel`'s listener): no port slot.
+pub(crate) const EXTRA_TOKEN: u64 = u64::MAX;
+
+struct Member {
+    port: MessagePort,
+    /// In `ready`: may be readable, will be looked at.
+    queued: bool,
+    /// The socket reported a hang-up since the port was last looked at.
+    hung_up: bool,
+    /// The socket reported news (doorbells to consume) since the port was last looked at.
+    news: bool,
+}
+
+struct Slot {
+    generation: u32,
+    member: Option<Member>,
+}
+
+/// Waits on many ports at once: the native answer to the web's abandoned `PortCollection`.
+///
+/// [`wait`](Self::wait) blocks until some member has a message (or its peer is gone) and
+/// says which; [`recv`](Self::recv) also receives it. The cost of a wake-up does not grow
+/// with the number of members (see the module docs), and a waiting set uses no CPU.
+///
+/// A member that stays readable (a message left queued, or a disconnected peer) is
+/// reported again by the next wait, after the other ready members: remove ports whose peer
+/// is gone.
+///
+/// ```
+/// use shmport::{MessageChannel, PortSet};
+///
+/// let mut set = PortSet::new()?;
+/// let mut senders = Vec::new();
+/// let mut keys = Vec::new();
+/// for _ in 0..3 {
+///     let ch = MessageChannel::new()?;
+///     keys.push(set.insert(ch.port2)?);
+///     senders.push(ch.port1);
+/// }
+/// senders[2].post_message(&String::from("from the third"), [])?;
+/// let (key, ev) = set.recv::<String>();
+/// assert_eq!(key, keys[2]);
+/// assert_eq!(ev?.data, "from the third");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct PortSet {
+    epoll: OwnedFd,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    ready: VecDeque<PortKey>,
+    len: usize,
+    events: Vec<Readiness>,
+    /// Whether the extra descriptor reported news since the last `take_extra_news`.
+    extra_news: bool,
+    examined: u64,
+}
+
+impl fmt::Debug for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PortSet")
+            .field("len", &self.len)
+            .field("queued", &self.ready.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A port that could not join a [`PortSet`], handed back with the reason.
+#[derive(Debug)]
+pub struct InsertError {
+    /// Why the port could not join.
+    pub error: Error,
+    /// The port, untouched: nothing queued on it was lost.
+    pub port: MessagePort,
+}
+
+impl fmt::Display for InsertError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the port could not join the set: {}", self.error)
+    }
+}
+
+impl std::error::Error for InsertError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl PortSet {
+    /// An empty set.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] when the kernel refuses an epoll instance (descriptor limit).
+    pub fn new() -> Result<PortSet, Error> {
+        let epoll = platform::epoll_new().map_err(|e| Error::os("epoll_create1", e))?;
+        Ok(PortSet {
+            epoll,
+            slots: Vec::new(),
+            free: Vec::new(),
+            ready: VecDeque::new(),
+            len: 0,
+            events: Vec::with_capacity(64),
+            extra_news: false,
+            examined: 0,
+        })
+    }
+
+    /// Adds `port` and returns its key. Messages already queued on it are reported by the
+    /// next wait.
+    ///
+    /// The port needs its channel's socket to be rung; a channel whose two ports never left
+    /// their process creates it now (two descriptors).
+    ///
+    /// # Errors
+    ///
+    /// [`InsertError`] with the port when the kernel refuses the socket or the epoll
+    /// registration (descriptor or memory limits).
+    pub fn insert(&mut self, port: MessagePort) -> Result<PortKey, InsertError> {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                let Ok(i) = u32::try_from(self.slots.len()) else {
+                    let e = std::io::Error::other("a PortSet holds at most 2^32 ports");
+                    return Err(InsertError {
+                        error: Error::os("PortSet::insert", e),
+                        port,
+                    });
+                };
+                self.slots.push(Slot {
+                    generation: 0,
+                    member: None,
+                });
+                i
+            }
+        };
+        let key = PortKey {
+            index,
+            generation: self.slots[index as usize].generation,
+        };
+        let registered = port.news_fd().and_then(|fd| {
+            platform::epoll_watch(self.epoll.as_fd(), fd, key.token()).map_err(std::io::Error::from)
+        });
+        if let Err(e) = registered {
+            self.free.push(index);
+            return Err(InsertError {
+                error: Error::os("registering a port with epoll", e),
+                port,
+            });
+        }
+        self.slots[index as usize].member = Some(Member {
+            port,
+            queued: true,
+            hung_up: false,
+            news: true,
+        });
+        self.ready.push_back(key);
+        self.len += 1;
+        Ok(key)
+    }
+
+    /// Removes the port of `key` and hands it back, with whatever is still queued on it.
+    /// `None` if `key` is not (or no longer) a member.
+    pub fn remove(&mut self, key: PortKey) -> Option<MessagePort> {
+        let slot = self.slots.get_mut(key.index as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        let member = slot.member.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        if let Ok(fd) = member.port.news_fd() {
+            platform::epoll_unwatch(self.epoll.as_fd(), fd);
+        }
+        self.free.push(key.index);
+        self.len -= 1;
+        // A stale key left in `ready` is skipped by its generation.
+        Some(member.port)
+    }
+
+    /// The port of `key`, to post on it or receive from it directly.
+    pub fn get(&self, key: PortKey) -> Option<&MessagePort> {
+        self.member(key).map(|m| &m.port)
+    }
+
+    /// How many ports are in the set.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the set has no ports.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The keys of all members, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = PortKey> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            s.member.as_ref().map(|_| PortKey {
+                index: i as u32,
+                generation: s.generation,
+            })
+        })
+    }
+
+    /// Blocks until a member has a message queued or its peer is gone, and returns its
+    /// key. The message stays queued: receive it with [`get`](Self::get) or use
+    /// [`recv`](Self::recv).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if `epoll_wait` fails (it does not, short of a kernel bug).
+    /// An empty set waits forever, as a receive on a port nobody posts to would.
+    pub fn wait(&mut self) -> Result<PortKey, Error> {
+        self.wait_deadline(None).map(|k| k.expect("no deadline"))
+    }
+
+    /// As [`wait`](Self::wait), giving up after `timeout`: `Ok(None)` then.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<PortKey>, Error> {
+        self.wait_deadline(Some(Instant::now() + timeout))
+    }
+
+    /// Looks without waiting: the key of a member that has a message or a gone peer now.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait).
+    pub fn try_wait(&mut self) -> Result<Option<PortKey>, Error> {
+        self.wait_deadline(Some(Instant::now()))
+    }
+
+    /// Waits for a message on any member and receives it: the member's key, and what a
+    /// receive on that port returned (a message, a `messageerror`, or `Disconnected` when
+    /// its peer is gone; remove such a port).
+    ///
+    /// # Panics
+    ///
+    /// If `epoll_wait` fails (see [`wait`](Self::wait)), which does not happen short of a
+    /// kernel bug.
+    pub fn recv<T: Message>(&mut self) -> (PortKey, Result<MessageEvent<T>, RecvError>) {
+        loop {
+            let key = self.wait().expect("epoll_wait failed");
+            if let Some(got) = self.receive_from(key) {
+                return got;
+            }
+        }
+    }
+
+    /// Receives from a member `wait` reported. `None` in the one case where it has nothing
+    /// after all: its peer hung up but the kernel's liveness answer said it is alive.
+    #[allow(clippy::type_complexity)]
+    fn receive_from<T: Message>(
+        &self,
+        key: PortKey,
+    ) -> Option<(PortKey, Result<MessageEvent<T>, RecvError>)> {
+        let port = &self.member(key).expect("wait returns members").port;
+        match port.try_recv::<T>() {
+            Ok(ev) => Some((key, Ok(ev))),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some((key, Err(RecvError::Disconnected))),
+            Err(TryRecvError::MessageError(e)) => Some((key, Err(RecvError::MessageError(e)))),
+        }
+    }
+
+    /// As [`recv`](Self::recv), giving up after `timeout` with `None`.
+    ///
+    /// # Panics
+    ///
+    /// As [`recv`](Self::recv).
+    pub fn recv_timeout<T: Message>(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<(PortKey, Result<MessageEvent<T>, RecvError>)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let key = self
+                .wait_deadline(Some(deadline))
+                .expect("epoll_wait failed")?;
+            if let Some(got) = self.receive_from(key) {
+                return Some(got);
+            }
+        }
+    }
+
+    /// How many member ports `wait` has looked at since the set was made: what a wake-up
+    /// costs, counted instead of timed (tests and benches use it).
+    #[doc(hidden)]
+    pub fn ports_examined(&self) -> u64 {
+        self.examined
+    }
+
+    fn member(&self, key: PortKey) -> Option<&Member> {
+        let slot = self.slots.get(key.index as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        slot.member.as_ref()
+    }
+
+    fn member_mut(&mut self, key: PortKey) -> Option<&mut Member> {
+        let slot = self.slots.get_mut(key.index as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        slot.member.as_mut()
+    }
+
+    /// Watches a descriptor that is not a port (the crate's `BroadcastChannel` listener);
+    /// its readiness is reported by [`take_extra_news`](Self::take_extra_news).
+    pub(crate) fn watch_extra(&mut self, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Error> {
+        platform::epoll_watch(self.epoll.as_fd(), fd, EXTRA_TOKEN)
+            .map_err(|e| Error::os("registering with epoll", e))?;
+        self.extra_news = true;
+        Ok(())
+    }
+
+    /// True once after the extra descriptor reported news.
+    pub(crate) fn take_extra_news(&mut self) -> bool {
+        std::mem::take(&mut self.extra_news)
+    }
+
+    /// The next ready member, waiting until `deadline` (`None`: forever). Returns early,
+    /// with `None`, when the extra descriptor has news, so its owner can act on it.
+    pub(crate) fn wait_deadline(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<PortKey>, Error> {
+        loop {
+            if let Some(key) = self.next_ready() {
+                return Ok(Some(key));
+            }
+            if self.extra_news {
+                return Ok(None);
+            }
+            let timeout = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(t) if !t.is_zero() => Some(t),
+                    _ => {
+                        // Deadline passed: one last non-blocking look at the kernel.
+                        self.collect(Some(Duration::ZERO))?;
+                        return Ok(self.next_ready());
+                    }
+                },
+            };
+            self.collect(timeout)?;
+        }
+    }
+
+    /// Moves the kernel's reports into the ready queue.
+    fn collect(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        let r = platform::epoll_wait(self.epoll.as_fd(), timeout, &mut events);
+        for ev in &events {
+            if ev.token == EXTRA_TOKEN {
+                self.extra_news = true;
+                continue;
+            }
+            let key = PortKey::from_token(ev.token);
+            if let Some(m) = self.member_mut(key) {
+                m.hung_up |= ev.hung_up;
+                m.news = true;
+                if !m.queued {
+                    m.queued = true;
+                    self.ready.push_back(key);
+                }
+            }
+        }
+        self.events = events;
+        r.map_err(|e| Error::os("epoll_wait", e))
+    }
+
+    /// Pops queued members until one is readable (requeued at the back, and returned) or
+    /// the queue is empty (each empty member armed on the way).
+    fn next_ready(&mut self) -> Option<PortKey> {
+        while let Some(key) = self.ready.pop_front() {
+            let Some(m) = self.member_mut(key) else {
+                continue; // removed since it was queued
+            };
+            let hung_up = std::mem::take(&mut m.hung_up);
+            if std::mem::take(&mut m.news) {
+                m.port.drain_doorbells();
+            }
+            let readable = m.port.ready_or_arm(hung_up);
+            self.examined += 1;
+            if readable {
+                self.ready.push_back(key);
+                return Some(key);
+            }
+            self.member_mut(key).expect("member").queued = false;
+        }
+        None
+    }
+}
