@@ -139,7 +139,7 @@ impl std::error::Error for MessageError {
 }
 
 macro_rules! recv_error {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)* }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)* } $(+ $(#[$odoc:meta])* $os:ident)?) => {
         $(#[$doc])*
         #[derive(Debug)]
         #[non_exhaustive]
@@ -151,6 +151,7 @@ macro_rules! recv_error {
             /// A message arrived but could not be decoded (the web's `messageerror`); it was
             /// consumed and the port keeps working.
             MessageError(MessageError),
+            $($(#[$odoc])* $os(io::Error),)?
         }
 
         impl fmt::Display for $name {
@@ -159,6 +160,7 @@ macro_rules! recv_error {
                     $($name::$variant => f.write_str($text),)*
                     $name::Disconnected => f.write_str("the peer port is closed and its queue drained"),
                     $name::MessageError(e) => write!(f, "messageerror: {e}"),
+                    $($name::$os(e) => write!(f, "the operating system refused what waiting needs: {e}"),)?
                 }
             }
         }
@@ -167,6 +169,7 @@ macro_rules! recv_error {
             fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
                 match self {
                     $name::MessageError(e) => Some(e),
+                    $($name::$os(e) => Some(e),)?
                     _ => None,
                 }
             }
@@ -181,8 +184,13 @@ macro_rules! recv_error {
 }
 
 recv_error!(
-    /// Why [`MessagePort::recv`](crate::MessagePort::recv) returned no message.
-    RecvError {}
+    /// Why [`MessagePort::recv`](crate::MessagePort::recv) (or `recv_async`, or a
+    /// [`PortSet`](crate::PortSet) receive) returned no message.
+    RecvError {} +
+    /// Only from [`MessagePort::recv_async`](crate::MessagePort::recv_async) and its
+    /// stream: the kernel refused what waiting without polling needs (the reactor thread,
+    /// its epoll registration, or the channel's socket; descriptor or memory limits).
+    Os
 );
 recv_error!(
     /// Why [`MessagePort::try_recv`](crate::MessagePort::try_recv) returned no message.

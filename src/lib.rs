@@ -52,6 +52,7 @@ mod codec;
 mod dispatch;
 mod endpoint;
 mod error;
+mod future;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -62,6 +63,7 @@ mod platform;
 mod port;
 mod portset;
 mod process;
+mod reactor;
 mod ring;
 mod segment;
 mod sync;
@@ -76,6 +78,7 @@ pub use endpoint::{Endpoint, MAX_ENDPOINT_NAME};
 pub use error::{
     Error, MessageError, PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError,
 };
+pub use future::{Messages, RecvFuture};
 pub use port::{MessageEvent, MessagePort};
 pub use portset::{InsertError, PortKey, PortSet};
 pub use process::{BOOTSTRAP_ENV, parent_port, spawn};

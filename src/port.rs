@@ -46,7 +46,7 @@ impl<T> MessageEvent<T> {
 }
 
 /// Turns a validated-size archive and its type tag into what a receive returns.
-type Decoder<'a, R> = dyn FnMut(&[u8], u64) -> Result<R, MessageError> + 'a;
+pub(crate) type Decoder<'a, R> = dyn FnMut(&[u8], u64) -> Result<R, MessageError> + 'a;
 
 /// How many empty `try_recv` calls pass between two kernel liveness checks.
 const LIVENESS_EVERY: u32 = 64;
@@ -97,6 +97,8 @@ pub struct MessagePort {
     arena: RefCell<Option<Arena>>,
     /// Set when the port's end moves elsewhere (spawn, transfer): Drop must not close it.
     moved: Cell<bool>,
+    /// This port's place in the async reactor, made by its first pending `recv_async`.
+    async_reg: std::cell::OnceCell<crate::reactor::Registration>,
 }
 
 impl fmt::Debug for MessagePort {
@@ -138,6 +140,7 @@ impl MessagePort {
             size_hint: Cell::new(0),
             arena: RefCell::new(None),
             moved: Cell::new(false),
+            async_reg: std::cell::OnceCell::new(),
         })
     }
 
@@ -956,6 +959,53 @@ impl MessagePort {
 
     // ----- waiting outside the port: PortSet and async ------------------------------------
 
+    pub(crate) fn recv_fp(&self) -> &FingerprintCache {
+        &self.recv_fp
+    }
+
+    /// One poll of an async receive: a queued message is returned at once; otherwise the
+    /// task's waker is left with the reactor and the doorbell armed. Only a `Ready` result
+    /// takes anything from the ring, so dropping the future between polls loses nothing.
+    pub(crate) fn poll_recv_with<R>(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        decode: &mut Decoder<'_, R>,
+    ) -> std::task::Poll<Result<MessageEvent<R>, RecvError>> {
+        use std::task::Poll;
+        let done = |r: Result<MessageEvent<R>, TryRecvError>| match r {
+            Ok(ev) => Some(Ok(ev)),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(RecvError::Disconnected)),
+            Err(TryRecvError::MessageError(e)) => Some(Err(RecvError::MessageError(e))),
+        };
+        if let Some(r) = done(self.try_recv_with(true, decode)) {
+            return Poll::Ready(r);
+        }
+        let reg = match self.async_reg.get() {
+            Some(reg) => reg,
+            None => {
+                let made = self
+                    .socket()
+                    .and_then(|sock| crate::reactor::Registration::new(sock));
+                match made {
+                    Ok(reg) => self.async_reg.get_or_init(|| reg),
+                    Err(e) => return Poll::Ready(Err(RecvError::Os(e))),
+                }
+            }
+        };
+        let hung_up = reg.set_waker(cx.waker());
+        self.drain_doorbells();
+        if self.ready_or_arm(hung_up) {
+            if let Some(r) = done(self.try_recv_with(false, decode)) {
+                return Poll::Ready(r);
+            }
+            // Readable a moment ago, empty now: cannot happen with one consumer, but if it
+            // did, ask to be polled again rather than sleep through news.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+
     /// The descriptor that becomes readable when this port has news: the socket a peer
     /// rings (created on first need, see [`socket`](Self::socket)).
     pub(crate) fn news_fd(&self) -> std::io::Result<BorrowedFd<'_>> {
@@ -1040,6 +1090,11 @@ fn next_transfer_seq() -> u64 {
 
 impl Drop for MessagePort {
     fn drop(&mut self) {
+        // Before the socket closes, and also when the end moved on: the socket's open file
+        // then lives on elsewhere, and our reactor must stop watching it.
+        if let (Some(reg), Some(sock)) = (self.async_reg.take(), self.sock.get()) {
+            reg.release(sock.as_fd());
+        }
         if !self.moved.get() {
             self.announce_close();
         }

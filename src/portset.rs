@@ -118,7 +118,7 @@ pub struct InsertError {
     /// Why the port could not join.
     pub error: Error,
     /// The port, untouched: nothing queued on it was lost.
-    pub port: MessagePort,
+    pub port: Box<MessagePort>,
 }
 
 impl fmt::Display for InsertError {
@@ -171,7 +171,7 @@ impl PortSet {
                     let e = std::io::Error::other("a PortSet holds at most 2^32 ports");
                     return Err(InsertError {
                         error: Error::os("PortSet::insert", e),
-                        port,
+                        port: Box::new(port),
                     });
                 };
                 self.slots.push(Slot {
@@ -192,7 +192,7 @@ impl PortSet {
             self.free.push(index);
             return Err(InsertError {
                 error: Error::os("registering a port with epoll", e),
-                port,
+                port: Box::new(port),
             });
         }
         self.slots[index as usize].member = Some(Member {

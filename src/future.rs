@@ -1,0 +1,140 @@
+//! Async receive: `recv_async().await` and a `Stream` of messages, for any runtime.
+//!
+//! A pending receive leaves its waker with the process's reactor thread and arms its port's
+//! doorbell; the writer's next post (or close, or death) makes the port's socket readable
+//! and the reactor wakes the task. No thread polls while nothing arrives. See
+//! `docs/design.md`, "Async receive".
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+
+use crate::codec::{self, Message};
+use crate::error::RecvError;
+use crate::{MessageEvent, MessagePort};
+
+impl MessagePort {
+    /// Receives the next message without blocking the thread: the async form of
+    /// [`recv`](Self::recv), for any executor (tokio, async-std, smol, a hand-written
+    /// `block_on`).
+    ///
+    /// It borrows the port mutably, so the future is `Send` and no other receive can run
+    /// on the port meanwhile.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a message is taken from the ring only in the poll that returns it, so
+    /// dropping the future (a losing `select!` branch, a timeout) loses no message; the
+    /// next receive gets it. Dropping it also leaves nothing to clean up: the port's
+    /// registration with the reactor stays for the next receive and ends with the port.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), plus [`RecvError::Os`] if the kernel refuses what waiting
+    /// without polling needs (the reactor thread, an epoll registration, the channel's
+    /// socket).
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     struct Unpark(std::thread::Thread);
+    /// #     impl std::task::Wake for Unpark {
+    /// #         fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
+    /// #     }
+    /// #     let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    /// #     let mut cx = std::task::Context::from_waker(&waker);
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+    /// #         std::thread::park();
+    /// #     }
+    /// # }
+    ///
+    /// let MessageChannel { port1, mut port2, .. } = MessageChannel::new()?;
+    /// let sender = std::thread::spawn(move || port1.post_message(&41u32, []));
+    /// let got = block_on(async { port2.recv_async::<u32>().await })?;
+    /// assert_eq!(got.data + 1, 42);
+    /// # sender.join().unwrap()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_async<T: Message>(&mut self) -> RecvFuture<'_, T> {
+        RecvFuture {
+            port: self,
+            _message: PhantomData,
+        }
+    }
+
+    /// The port's messages as a [`Stream`]: each item is a message, or an error that
+    /// leaves the port working ([`RecvError::MessageError`], the web's `messageerror`);
+    /// the stream ends when the peer is gone and every message it posted was received
+    /// (after [`RecvError::Os`], if the kernel refuses to let it wait, it ends too).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`recv_async`](Self::recv_async): dropping the stream, or a `next()` future of
+    /// it, loses no message.
+    pub fn messages<T: Message>(&mut self) -> Messages<'_, T> {
+        Messages {
+            port: self,
+            done: false,
+            _message: PhantomData,
+        }
+    }
+}
+
+/// The future of [`MessagePort::recv_async`].
+#[must_use = "futures do nothing unless awaited"]
+#[derive(Debug)]
+pub struct RecvFuture<'a, T> {
+    port: &'a mut MessagePort,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T: Message> Future for RecvFuture<'_, T> {
+    type Output = Result<MessageEvent<T>, RecvError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let port = &*self.get_mut().port;
+        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, port.recv_fp());
+        port.poll_recv_with(cx, &mut decode)
+    }
+}
+
+/// The stream of [`MessagePort::messages`].
+#[must_use = "streams do nothing unless polled"]
+#[derive(Debug)]
+pub struct Messages<'a, T> {
+    port: &'a mut MessagePort,
+    done: bool,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T: Message> Stream for Messages<'_, T> {
+    type Item = Result<MessageEvent<T>, RecvError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let port = &*this.port;
+        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, port.recv_fp());
+        match port.poll_recv_with(cx, &mut decode) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(ev)) => Poll::Ready(Some(Ok(ev))),
+            Poll::Ready(Err(RecvError::Disconnected)) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e @ RecvError::MessageError(_))) => Poll::Ready(Some(Err(e))),
+            // The kernel refused to let us wait: say so once, then end.
+            Poll::Ready(Err(e)) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
