@@ -140,7 +140,7 @@ impl Endpoint {
     }
 }
 
-fn check_name(name: &str) -> Result<(), Error> {
+pub(crate) fn check_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= MAX_ENDPOINT_NAME
         && name

@@ -40,6 +40,9 @@ pub enum Error {
     NameInUse(String),
     /// No process of this user serves this endpoint name.
     NoSuchEndpoint(String),
+    /// A `BroadcastChannel` name already has
+    /// [`MAX_BROADCAST_MEMBERS`](crate::MAX_BROADCAST_MEMBERS) open channels.
+    TooManyMembers(String),
 }
 
 impl Error {
@@ -77,6 +80,11 @@ impl fmt::Display for Error {
             ),
             Error::NameInUse(name) => write!(f, "endpoint {name:?} is already served"),
             Error::NoSuchEndpoint(name) => write!(f, "no process serves endpoint {name:?}"),
+            Error::TooManyMembers(name) => write!(
+                f,
+                "BroadcastChannel {name:?} already has {} open channels",
+                crate::MAX_BROADCAST_MEMBERS
+            ),
         }
     }
 }
@@ -225,6 +233,9 @@ pub enum PostErrorKind {
     /// The operating system refused what the post needed (shared memory for a large
     /// message's body, the descriptor-passing socket).
     Os(std::io::Error),
+    /// The object was closed: posting to a closed
+    /// [`BroadcastChannel`](crate::BroadcastChannel) (the web's `InvalidStateError`).
+    Closed,
 }
 
 /// A failed post: why it failed, and every transferable handed back untouched.
@@ -287,6 +298,7 @@ impl fmt::Display for PostError {
             PostErrorKind::Encode(e) => write!(f, "message could not be encoded: {e}"),
             PostErrorKind::DataClone(why) => write!(f, "DataCloneError: {why}"),
             PostErrorKind::Os(e) => write!(f, "the operating system refused: {e}"),
+            PostErrorKind::Closed => f.write_str("InvalidStateError: the channel is closed"),
             PostErrorKind::Reentrant => {
                 f.write_str("post_message re-entered on the same port during serialization")
             }

@@ -46,6 +46,7 @@
 
 #![warn(missing_docs)]
 
+mod broadcast;
 mod buffer;
 mod channel;
 mod codec;
@@ -70,6 +71,7 @@ mod sync;
 mod transfer;
 mod wake;
 
+pub use broadcast::{BroadcastChannel, MAX_BROADCAST_MEMBERS};
 pub use buffer::ArrayBuffer;
 pub use channel::{ChannelBuilder, MessageChannel};
 pub use codec::Message;

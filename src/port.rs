@@ -272,6 +272,28 @@ impl MessagePort {
         }
     }
 
+    /// Posts an archive encoded once for many ports (a `BroadcastChannel`'s fan-out):
+    /// `fp` is the fingerprint of the type it encodes. Waits for room.
+    pub(crate) fn post_encoded(&self, archive: &[u8], fp: u64) -> Result<(), PostError> {
+        let fail = |kind| Err(PostError::new(kind, Vec::new()));
+        if self.peer_gone_cheap() {
+            return fail(PostErrorKind::Disconnected);
+        }
+        let Ok(mut tx) = self.tx.try_borrow_mut() else {
+            return fail(PostErrorKind::Reentrant);
+        };
+        if archive.len() > tx.mem().max_payload() {
+            return self.send_encoded(&mut tx, archive, fp, Vec::new(), true);
+        }
+        match self.when_room(&mut tx, true, |tx| tx.try_write(archive, KIND_MESSAGE, fp)) {
+            Ok(()) => {
+                self.wake_reader(&tx.mem().ctrl().reader_sleeping);
+                Ok(())
+            }
+            Err(kind) => fail(kind),
+        }
+    }
+
     /// Waits (or, with `block == false`, looks once) until `step` succeeds in writing to
     /// `tx`: each attempt first checks the peer and refreshes the consumer's index.
     /// `Err` when the peer is gone, or when not blocking and the ring is full.
@@ -1033,6 +1055,16 @@ impl MessagePort {
             Ok(Some(_)) | Err(_) => true,
             Ok(None) => self.peer_gone_cheap(),
         }
+    }
+
+    /// True when the peer is gone (asking the kernel) and nothing it posted is left.
+    pub(crate) fn peer_gone_and_drained(&self) -> bool {
+        if !self.check_liveness_now() {
+            return false;
+        }
+        self.rx
+            .try_borrow_mut()
+            .is_ok_and(|mut rx| matches!(rx.peek(), Ok(None)))
     }
 
     /// [`readable_now`](Self::readable_now), and when not: asks the peer to ring our

@@ -185,9 +185,9 @@ impl PortSet {
             index,
             generation: self.slots[index as usize].generation,
         };
-        let registered = port.news_fd().and_then(|fd| {
-            platform::epoll_watch(self.epoll.as_fd(), fd, key.token()).map_err(std::io::Error::from)
-        });
+        let registered = port
+            .news_fd()
+            .and_then(|fd| platform::epoll_watch(self.epoll.as_fd(), fd, key.token()));
         if let Err(e) = registered {
             self.free.push(index);
             return Err(InsertError {

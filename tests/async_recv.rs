@@ -7,7 +7,6 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
 
 use common::{as_child, spawn_test_child};
 use futures_util::StreamExt;

@@ -88,7 +88,7 @@ fn every_message_on_every_port_is_received_exactly_once_in_order_per_port() {
         }
         senders // kept open: a drained port whose peer is gone would be reported too
     });
-    let mut last = vec![None::<u32>; 8];
+    let mut last = [None::<u32>; 8];
     for _ in 0..2_000 {
         let (key, ev) = set.recv::<u32>();
         let i = ev.unwrap().data;

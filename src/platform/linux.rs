@@ -431,3 +431,12 @@ pub(crate) fn epoll_wait(
     }));
     Ok(())
 }
+
+/// Makes `fd` non-blocking (a listener whose `accept` must not wait).
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    Ok(rustix::fs::fcntl_setfl(
+        fd,
+        flags | rustix::fs::OFlags::NONBLOCK,
+    )?)
+}

@@ -1,0 +1,390 @@
+//! `BroadcastChannel`: every open channel of a name, in any process of the user, receives
+//! what any other posts (HTML §9.5).
+//!
+//! # Design
+//!
+//! Members form a full mesh of ordinary channels: one SPSC ring per ordered pair, so a
+//! sender's messages reach each receiver in the order it posted them (the web's only
+//! ordering promise), a receiver waits on all its rings with a [`PortSet`], and a message
+//! is encoded once and copied into each receiver's ring.
+//!
+//! Membership lives in the kernel, in Linux's abstract socket namespace, so nothing is
+//! left behind by a crash: each member listens on `shmport/<uid>/bc/<name>/<slot>`, the
+//! first free of [`MAX_BROADCAST_MEMBERS`] slots. A new member connects to every bound slot
+//! and hands each member one port of a fresh channel over the connection (it does not wait
+//! for an answer); members pick such connections up when they next post or receive. Joins
+//! are serialized by a lock that is itself an abstract name (`.../lock`, held while bound),
+//! so two members joining at once still connect exactly once. When a process dies the
+//! kernel frees its names, and the others see its rings disconnect and forget it.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rkyv::ser::allocator::Arena;
+use rkyv::util::AlignedVec;
+
+use crate::codec::{self, Message};
+use crate::endpoint::check_name;
+use crate::error::{PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError};
+use crate::portset::{PortKey, PortSet};
+use crate::segment::Segment;
+use crate::wake::WaitStrategy;
+use crate::{Error, MessageChannel, MessageEvent, MessagePort, platform};
+
+/// Most channels of one name open at once, across all processes of the user.
+pub const MAX_BROADCAST_MEMBERS: usize = 128;
+
+const HELLO: &[u8; 8] = b"shmpbc01";
+
+/// A named channel to every other open `BroadcastChannel` of the same name in any process
+/// of this user: the web's `BroadcastChannel`.
+///
+/// Each message posted reaches every *other* open channel of the name (the poster does not
+/// get its own), in the order that poster posted. A channel opened after a post does not
+/// get it. Messages are copied; nothing is transferred.
+///
+/// A receiver that does not keep up holds its senders back: each pair of members shares a
+/// ring, and posting waits for room in every receiver's ring (no message is dropped).
+///
+/// ```
+/// use shmport::BroadcastChannel;
+///
+/// let mut a = BroadcastChannel::new("doc-example-news")?;
+/// let mut b = BroadcastChannel::new("doc-example-news")?;
+/// let mut c = BroadcastChannel::new("doc-example-news")?;
+/// a.post_message(&String::from("hello from a"))?;
+/// assert_eq!(b.recv::<String>()?.data, "hello from a");
+/// assert_eq!(c.recv::<String>()?.data, "hello from a");
+/// assert!(a.try_recv::<String>().is_err()); // not to itself
+/// a.close();
+/// a.close(); // idempotent
+/// assert!(a.post_message(&1u8).is_err()); // InvalidStateError
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct BroadcastChannel {
+    name: String,
+    /// `None` once closed.
+    open: Option<Open>,
+}
+
+struct Open {
+    /// Bound to this member's slot name; non-blocking.
+    listener: OwnedFd,
+    /// Ports to every other member (the listener is watched too).
+    members: PortSet,
+    scratch: AlignedVec<16>,
+    arena: Arena,
+}
+
+impl std::fmt::Debug for BroadcastChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastChannel")
+            .field("name", &self.name)
+            .field("peers", &self.open.as_ref().map_or(0, |o| o.members.len()))
+            .field("closed", &self.open.is_none())
+            .finish()
+    }
+}
+
+impl BroadcastChannel {
+    /// Opens a channel named `name` and joins every open channel of that name of this
+    /// user.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] for an empty or too long name (over 64 bytes) or one with
+    /// characters other than ASCII letters, digits, `.`, `_` and `-`;
+    /// [`Error::TooManyMembers`] when [`MAX_BROADCAST_MEMBERS`] channels of the name are
+    /// open; [`Error::Os`] when the kernel refuses a socket, epoll instance or channel.
+    pub fn new(name: &str) -> Result<BroadcastChannel, Error> {
+        check_name(name)?;
+        let _lock = JoinLock::acquire(name)?;
+        let mut bound = None;
+        for slot in 0..MAX_BROADCAST_MEMBERS {
+            match platform::endpoint_listen(&slot_name(name, slot)) {
+                Ok(l) => {
+                    bound = Some((slot, l));
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(Error::os("binding a BroadcastChannel name", e)),
+            }
+        }
+        let (slot, listener) = bound.ok_or_else(|| Error::TooManyMembers(name.to_owned()))?;
+        platform::set_nonblocking(listener.as_fd()).map_err(|e| Error::os("fcntl", e))?;
+        let mut members = PortSet::new()?;
+        members.watch_extra(listener.as_fd())?;
+        for other in (0..MAX_BROADCAST_MEMBERS).filter(|&s| s != slot) {
+            if let Some(port) = introduce(&slot_name(name, other))? {
+                members.insert(port).map_err(|e| e.error)?;
+            }
+        }
+        Ok(BroadcastChannel {
+            name: name.to_owned(),
+            open: Some(Open {
+                listener,
+                members,
+                scratch: AlignedVec::new(),
+                arena: Arena::new(),
+            }),
+        })
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many other channels of this name are open now: members that joined are picked
+    /// up, members that closed or died (with nothing left to receive from them) are
+    /// forgotten. Asks the kernel about each member, so it costs a system call per member.
+    /// Zero once closed.
+    pub fn peers(&mut self) -> usize {
+        let Some(open) = &mut self.open else {
+            return 0;
+        };
+        open.accept_joiners();
+        let gone: Vec<PortKey> = open
+            .members
+            .keys()
+            .filter(|&k| {
+                open.members
+                    .get(k)
+                    .is_some_and(|p| p.peer_gone_and_drained())
+            })
+            .collect();
+        for k in gone {
+            open.members.remove(k);
+        }
+        open.members.len()
+    }
+
+    /// Sends a copy of `msg` to every other open channel of this name.
+    ///
+    /// Waits while a receiver's ring is full. Channels that closed are skipped and
+    /// forgotten; a member whose process died is noticed when its ring fills (within one
+    /// liveness interval, 50 ms, of waiting for room) or by [`peers`](Self::peers).
+    ///
+    /// # Errors
+    ///
+    /// [`PostErrorKind::Closed`] after [`close`](Self::close) (the web's
+    /// `InvalidStateError`); [`PostErrorKind::Encode`] when the value cannot be encoded
+    /// (nothing was sent); [`PostErrorKind::Os`] when a message too large for a ring cannot
+    /// get the shared memory for its body.
+    pub fn post_message<T: Message>(&mut self, msg: &T) -> Result<(), PostError> {
+        let Some(open) = &mut self.open else {
+            return Err(PostError::new(PostErrorKind::Closed, Vec::new()));
+        };
+        open.accept_joiners();
+        codec::encode_to_vec(msg, &mut open.scratch, &mut open.arena)
+            .map_err(|e| PostError::new(PostErrorKind::Encode(e), Vec::new()))?;
+        let fp = codec::fingerprint_of::<T>();
+        let keys: Vec<PortKey> = open.members.keys().collect();
+        for key in keys {
+            let port = open.members.get(key).expect("a key from keys()");
+            match port.post_encoded(&open.scratch, fp) {
+                Ok(()) => {}
+                Err(e) if e.is_disconnected() => {
+                    open.members.remove(key);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the next message from any other channel of this name.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Disconnected`] once this channel is closed;
+    /// [`RecvError::MessageError`] when a message cannot be decoded as `T` (it is consumed;
+    /// the channel keeps working).
+    pub fn recv<T: Message>(&mut self) -> Result<MessageEvent<T>, RecvError> {
+        match self.recv_until::<T>(None) {
+            Ok(ev) => Ok(ev),
+            Err(RecvTimeoutError::MessageError(e)) => Err(RecvError::MessageError(e)),
+            Err(_) => Err(RecvError::Disconnected),
+        }
+    }
+
+    /// As [`recv`](Self::recv), giving up after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), plus [`RecvTimeoutError::Timeout`].
+    pub fn recv_timeout<T: Message>(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<MessageEvent<T>, RecvTimeoutError> {
+        self.recv_until(Some(Instant::now() + timeout))
+    }
+
+    /// Receives a message if one is queued; never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] when nothing is queued; otherwise as [`recv`](Self::recv).
+    pub fn try_recv<T: Message>(&mut self) -> Result<MessageEvent<T>, TryRecvError> {
+        match self.recv_until::<T>(Some(Instant::now())) {
+            Ok(ev) => Ok(ev),
+            Err(RecvTimeoutError::Timeout) => Err(TryRecvError::Empty),
+            Err(RecvTimeoutError::MessageError(e)) => Err(TryRecvError::MessageError(e)),
+            Err(_) => Err(TryRecvError::Disconnected),
+        }
+    }
+
+    /// Closes the channel: it leaves the name, receives nothing more, and posting to it is
+    /// an error. Messages it posted before stay queued for their receivers. Idempotent;
+    /// dropping the channel does the same.
+    pub fn close(&mut self) {
+        self.open = None;
+    }
+
+    /// True once [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.open.is_none()
+    }
+
+    fn recv_until<T: Message>(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<MessageEvent<T>, RecvTimeoutError> {
+        let Some(open) = &mut self.open else {
+            return Err(RecvTimeoutError::Disconnected);
+        };
+        loop {
+            open.accept_joiners();
+            let key = match open.members.wait_deadline(deadline) {
+                Ok(Some(key)) => key,
+                // The listener has news: a member joined; pick it up and wait again.
+                Ok(None) if open.members.take_extra_news() => continue,
+                Ok(None) => return Err(RecvTimeoutError::Timeout),
+                Err(e) => panic!("epoll_wait failed: {e}"),
+            };
+            let port = open.members.get(key).expect("wait returns members");
+            match port.try_recv::<T>() {
+                Ok(ev) => return Ok(ev),
+                Err(TryRecvError::Empty) => continue,
+                Err(TryRecvError::Disconnected) => {
+                    open.members.remove(key);
+                }
+                Err(TryRecvError::MessageError(e)) => {
+                    return Err(RecvTimeoutError::MessageError(e));
+                }
+            }
+        }
+    }
+}
+
+impl Open {
+    /// Takes the ports that members who joined since the last look left on our listener.
+    fn accept_joiners(&mut self) {
+        loop {
+            let conn = match platform::endpoint_accept(self.listener.as_fd()) {
+                Ok(conn) => conn,
+                // WouldBlock: nobody is waiting. Anything else (the connection was reset,
+                // a descriptor limit): leave it for the next look.
+                Err(_) => return,
+            };
+            if let Ok(port) = welcome(conn) {
+                // A port that cannot join the set is dropped: that member sees us leave.
+                let _ = self.members.insert(port);
+            }
+        }
+    }
+}
+
+/// `shmport/<uid>/bc/<name>/<slot>` without the prefix the platform adds.
+fn slot_name(name: &str, slot: usize) -> String {
+    format!("bc/{name}/{slot}")
+}
+
+/// Connects to the member at `address`, if one is there, and hands it one port of a new
+/// channel; returns ours. `None` when no member holds the slot.
+fn introduce(address: &str) -> Result<Option<MessagePort>, Error> {
+    let conn = match platform::endpoint_connect(address) {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(Error::os("connecting to a BroadcastChannel member", e)),
+    };
+    if !platform::peer_is_same_user(conn.as_fd()) {
+        return Ok(None);
+    }
+    let MessageChannel { port1, port2, .. } = MessageChannel::new()?;
+    let (seg, side, sock) = port2.parts().map_err(|e| Error::os("socketpair", e))?;
+    let mut hello = [0u8; 9];
+    hello[..8].copy_from_slice(HELLO);
+    hello[8] = side as u8;
+    port2.prepare_move();
+    match platform::send_with_fds(conn.as_fd(), &hello, &[seg.fd(), sock], true) {
+        Ok(()) => Ok(Some(port1)),
+        // The member left between our connect and our send: nobody to talk to.
+        Err(_) => {
+            port2.unmark_moved();
+            Ok(None)
+        }
+    }
+}
+
+/// Reads a joining member's port from a connection accepted on our listener.
+fn welcome(conn: OwnedFd) -> Result<MessagePort, ()> {
+    if !platform::peer_is_same_user(conn.as_fd()) {
+        return Err(());
+    }
+    // The joiner sends right after connecting; it may not have yet. A joiner that dies
+    // first hangs up, which ends the wait too.
+    platform::wait_readable(conn.as_fd()).map_err(|_| ())?;
+    let mut hello = [0u8; 9];
+    let (n, fds) = platform::recv_with_fds(conn.as_fd(), &mut hello).map_err(|_| ())?;
+    let mut fds = fds.into_iter();
+    let (Some(seg_fd), Some(sock), None) = (fds.next(), fds.next(), fds.next()) else {
+        return Err(());
+    };
+    if n != hello.len() || &hello[..8] != HELLO || hello[8] > 1 {
+        return Err(());
+    }
+    if !platform::is_socket(sock.as_fd()) {
+        return Err(());
+    }
+    let seg = Segment::open(seg_fd).map_err(|_| ())?;
+    MessagePort::attach(
+        Arc::new(seg),
+        usize::from(hello[8]),
+        Some(sock),
+        WaitStrategy::default(),
+    )
+    .map_err(|_| ())
+}
+
+/// Held while a member joins: the abstract name `bc/<name>/lock`, bound. The kernel frees
+/// it when this process closes it, or dies.
+struct JoinLock {
+    _bound: OwnedFd,
+}
+
+impl JoinLock {
+    fn acquire(name: &str) -> Result<JoinLock, Error> {
+        let address = format!("bc/{name}/lock");
+        let mut backoff = Duration::from_micros(20);
+        loop {
+            match platform::endpoint_listen(&address) {
+                Ok(bound) => return Ok(JoinLock { _bound: bound }),
+                // Another member is joining (a few hundred microseconds): retry.
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(5));
+                }
+                Err(e) => return Err(Error::os("binding a BroadcastChannel join lock", e)),
+            }
+        }
+    }
+}
