@@ -75,6 +75,8 @@ struct Open {
     members: PortSet,
     scratch: AlignedVec<16>,
     arena: Arena,
+    /// Scratch list of member keys for one post.
+    keys: Vec<PortKey>,
 }
 
 impl std::fmt::Debug for BroadcastChannel {
@@ -127,6 +129,7 @@ impl BroadcastChannel {
                 members,
                 scratch: AlignedVec::new(),
                 arena: Arena::new(),
+                keys: Vec::new(),
             }),
         })
     }
@@ -180,17 +183,23 @@ impl BroadcastChannel {
         codec::encode_to_vec(msg, &mut open.scratch, &mut open.arena)
             .map_err(|e| PostError::new(PostErrorKind::Encode(e), Vec::new()))?;
         let fp = codec::fingerprint_of::<T>();
-        let keys: Vec<PortKey> = open.members.keys().collect();
-        for key in keys {
+        let mut keys = std::mem::take(&mut open.keys);
+        keys.clear();
+        keys.extend(open.members.keys());
+        for &key in &keys {
             let port = open.members.get(key).expect("a key from keys()");
             match port.post_encoded(&open.scratch, fp) {
                 Ok(()) => {}
                 Err(e) if e.is_disconnected() => {
                     open.members.remove(key);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    open.keys = keys;
+                    return Err(e);
+                }
             }
         }
+        open.keys = keys;
         Ok(())
     }
 
@@ -255,11 +264,15 @@ impl BroadcastChannel {
             return Err(RecvTimeoutError::Disconnected);
         };
         loop {
-            open.accept_joiners();
+            // Joiners are picked up when the listener has news (it is watched with the
+            // members), not by a system call per receive.
+            if open.members.take_extra_news() {
+                open.accept_joiners();
+            }
             let key = match open.members.wait_deadline(deadline) {
                 Ok(Some(key)) => key,
                 // The listener has news: a member joined; pick it up and wait again.
-                Ok(None) if open.members.take_extra_news() => continue,
+                Ok(None) if open.members.has_extra_news() => continue,
                 Ok(None) => return Err(RecvTimeoutError::Timeout),
                 Err(e) => panic!("epoll_wait failed: {e}"),
             };
@@ -281,6 +294,9 @@ impl BroadcastChannel {
 impl Open {
     /// Takes the ports that members who joined since the last look left on our listener.
     fn accept_joiners(&mut self) {
+        if !platform::readable_now(self.listener.as_fd()) {
+            return;
+        }
         loop {
             let conn = match platform::endpoint_accept(self.listener.as_fd()) {
                 Ok(conn) => conn,

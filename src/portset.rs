@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{RecvError, TryRecvError};
 use crate::platform::{self, Readiness};
+use crate::wake::{WaitStrategy, Waiter};
 use crate::{Error, Message, MessageEvent, MessagePort};
 
 /// Which member of a [`PortSet`] something is about. Keys are not reused for another port
@@ -101,6 +102,10 @@ pub struct PortSet {
     /// Whether the extra descriptor reported news since the last `take_extra_news`.
     extra_news: bool,
     examined: u64,
+    /// Spin-then-arm policy of `wait` (the ports' own strategies are not used here).
+    strategy: Waiter,
+    /// Scratch list of members looked at in one `wait`.
+    idle: Vec<PortKey>,
 }
 
 impl fmt::Debug for PortSet {
@@ -150,6 +155,8 @@ impl PortSet {
             events: Vec::with_capacity(64),
             extra_news: false,
             examined: 0,
+            strategy: Waiter::new(WaitStrategy::Adaptive),
+            idle: Vec::new(),
         })
     }
 
@@ -332,6 +339,17 @@ impl PortSet {
         }
     }
 
+    /// How `wait` waits when no member is readable: [`WaitStrategy::Adaptive`] (the
+    /// default) spins a few microseconds on the members that were active, if there are at
+    /// most 8 of them, then sleeps in the kernel; [`WaitStrategy::Block`] sleeps at once
+    /// (each post to a waiting member then costs its writer one system call);
+    /// [`WaitStrategy::Spin`] spins for at most the given time; [`WaitStrategy::BusyPoll`]
+    /// never sleeps, spinning on the active members and asking the kernel about the others
+    /// between spins.
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy.set_strategy(strategy);
+    }
+
     /// How many member ports `wait` has looked at since the set was made: what a wake-up
     /// costs, counted instead of timed (tests and benches use it).
     #[doc(hidden)]
@@ -364,6 +382,11 @@ impl PortSet {
         Ok(())
     }
 
+    /// True when the extra descriptor reported news not yet taken.
+    pub(crate) fn has_extra_news(&self) -> bool {
+        self.extra_news
+    }
+
     /// True once after the extra descriptor reported news.
     pub(crate) fn take_extra_news(&mut self) -> bool {
         std::mem::take(&mut self.extra_news)
@@ -376,8 +399,16 @@ impl PortSet {
         deadline: Option<Instant>,
     ) -> Result<Option<PortKey>, Error> {
         loop {
-            if let Some(key) = self.next_ready() {
-                return Ok(Some(key));
+            let now = Instant::now();
+            let may_spin = deadline.is_none_or(|d| d > now);
+            let spin_until = may_spin.then(|| deadline.unwrap_or(now + BUSY_SLICE));
+            match self.next_ready(spin_until) {
+                Next::Ready(key) => return Ok(Some(key)),
+                Next::Busy if !self.extra_news => {
+                    self.collect(Some(Duration::ZERO))?;
+                    continue;
+                }
+                _ => {}
             }
             if self.extra_news {
                 return Ok(None);
@@ -389,7 +420,10 @@ impl PortSet {
                     _ => {
                         // Deadline passed: one last non-blocking look at the kernel.
                         self.collect(Some(Duration::ZERO))?;
-                        return Ok(self.next_ready());
+                        return Ok(match self.next_ready(None) {
+                            Next::Ready(key) => Some(key),
+                            _ => None,
+                        });
                     }
                 },
             };
@@ -421,9 +455,13 @@ impl PortSet {
         r.map_err(|e| Error::os("epoll_wait", e))
     }
 
-    /// Pops queued members until one is readable (requeued at the back, and returned) or
-    /// the queue is empty (each empty member armed on the way).
-    fn next_ready(&mut self) -> Option<PortKey> {
+    /// Looks at the queued members (the ones with news, or returned lately); when none is
+    /// readable, spins on them a while (they are the active ones), then arms them. Returns
+    /// a readable member (requeued at the back), or why there is none.
+    fn next_ready(&mut self, spin_until: Option<Instant>) -> Next {
+        // 1. Look.
+        let mut idle = std::mem::take(&mut self.idle);
+        idle.clear();
         while let Some(key) = self.ready.pop_front() {
             let Some(m) = self.member_mut(key) else {
                 continue; // removed since it was queued
@@ -432,14 +470,76 @@ impl PortSet {
             if std::mem::take(&mut m.news) {
                 m.port.drain_doorbells();
             }
-            let readable = m.port.ready_or_arm(hung_up);
+            let readable = m.port.readable_now(hung_up);
             self.examined += 1;
             if readable {
-                self.ready.push_back(key);
-                return Some(key);
+                return self.found(key, idle);
             }
-            self.member_mut(key).expect("member").queued = false;
+            idle.push(key);
         }
-        None
+        // 2. Spin on the few members that were active (a post then costs the writer no
+        //    system call and us no sleep).
+        let budget = self.strategy.spin_budget();
+        let spin = spin_until.is_some() && !idle.is_empty() && idle.len() <= SPIN_MAX_MEMBERS;
+        if spin && budget != Some(Duration::ZERO) {
+            let start = Instant::now();
+            let limit = budget.map_or(BUSY_SLICE, |b| b.min(BUSY_SLICE));
+            loop {
+                for _ in 0..16 {
+                    for &key in &idle {
+                        if self.member(key).is_some_and(|m| m.port.readable_now(false)) {
+                            self.strategy.adapt(true);
+                            return self.found(key, idle);
+                        }
+                    }
+                    std::hint::spin_loop();
+                }
+                let now = Instant::now();
+                if now - start >= limit || spin_until.is_some_and(|u| now >= u) {
+                    break;
+                }
+            }
+            self.strategy.adapt(false);
+            if budget.is_none() {
+                // Busy-polling: never arm; look at the kernel for the others and go on.
+                for &key in &idle {
+                    self.ready.push_back(key);
+                }
+                self.idle = idle;
+                return Next::Busy;
+            }
+        }
+        // 3. Arm: each member asks its writer for a doorbell, then looks once more.
+        while let Some(key) = idle.pop() {
+            let m = self.member_mut(key).expect("idle members are members");
+            if m.port.ready_or_arm(false) {
+                return self.found(key, idle);
+            }
+            m.queued = false;
+        }
+        self.idle = idle;
+        Next::Armed
+    }
+
+    /// Requeues the members looked at but not armed, then `key` behind them.
+    fn found(&mut self, key: PortKey, mut idle: Vec<PortKey>) -> Next {
+        self.ready.extend(idle.drain(..));
+        self.ready.push_back(key);
+        self.idle = idle;
+        Next::Ready(key)
     }
 }
+
+/// What [`PortSet::next_ready`] found.
+enum Next {
+    Ready(PortKey),
+    /// Every member is armed: wait for the kernel.
+    Armed,
+    /// Busy-polling: nothing yet, nothing armed; look at the kernel without waiting.
+    Busy,
+}
+
+/// Spin only when this few members were active: spinning looks at each of them.
+const SPIN_MAX_MEMBERS: usize = 8;
+/// Longest spin between two looks at the kernel.
+const BUSY_SLICE: Duration = Duration::from_micros(100);

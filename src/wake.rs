@@ -100,7 +100,7 @@ impl Waiter {
         self.strategy.set(strategy);
     }
 
-    fn spin_budget(&self) -> Option<Duration> {
+    pub(crate) fn spin_budget(&self) -> Option<Duration> {
         match self.strategy.get() {
             WaitStrategy::Adaptive => Some(self.budget.get()),
             WaitStrategy::Spin(d) => Some(d),
@@ -109,7 +109,7 @@ impl Waiter {
         }
     }
 
-    fn adapt(&self, satisfied_while_spinning: bool) {
+    pub(crate) fn adapt(&self, satisfied_while_spinning: bool) {
         if self.strategy.get() != WaitStrategy::Adaptive {
             return;
         }

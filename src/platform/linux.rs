@@ -440,3 +440,14 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
         flags | rustix::fs::OFlags::NONBLOCK,
     )?)
 }
+
+/// True when `fd` is readable now (for a listener: a connection is waiting). One `poll`
+/// that never waits; cheaper than a failing `accept`, which allocates a socket first.
+pub(crate) fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+}
