@@ -24,8 +24,8 @@ use loom::sync::Arc;
 use loom::thread;
 
 use crate::ring::RingCtrl;
-use crate::sync::{AtomicU32, Ordering};
-use crate::wake::{WaitStrategy, Waiter, wake};
+use crate::sync::{AtomicU32, Ordering, fence};
+use crate::wake::{WANTS_DOORBELL, WaitStrategy, Waiter, wake};
 
 /// A channel of `slots.len()` values between one producer and one consumer.
 ///
@@ -214,6 +214,37 @@ fn a_consumer_sleeping_for_data_is_woken_when_the_peer_closes() {
         let producer = thread::spawn(move || tx.close());
         assert_eq!(rx.recv(&blocking()), None);
         producer.join().unwrap();
+    });
+}
+
+#[test]
+fn a_reader_armed_for_a_doorbell_sees_the_record_or_gets_the_doorbell() {
+    // The PortSet / async path: instead of sleeping on the futex, the reader sets
+    // WANTS_DOORBELL, fences, looks again (as `MessagePort::ready_or_arm`), then would
+    // wait in epoll; the writer publishes and rings when `wake` reports the bit.
+    check_model(None, || {
+        let (mut tx, mut rx) = channel(1);
+        let rang = Arc::new(AtomicU32::new(0));
+        let rang2 = rang.clone();
+        let producer = thread::spawn(move || {
+            assert!(tx.try_send());
+            if wake(&tx.ch.ctrl.reader_sleeping) & WANTS_DOORBELL != 0 {
+                rang2.store(1, Ordering::Relaxed); // the doorbell message
+            }
+        });
+        let seen = rx.try_take().is_some() || {
+            rx.ch
+                .ctrl
+                .reader_sleeping
+                .fetch_or(WANTS_DOORBELL, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            rx.try_take().is_some()
+        };
+        producer.join().unwrap();
+        assert!(
+            seen || rang.load(Ordering::Relaxed) == 1,
+            "the reader missed the record and got no doorbell"
+        );
     });
 }
 
