@@ -1,5 +1,6 @@
 //! Events (issue 5): async round trip against blocking ones, `PortSet` wake-up with 1 and
-//! 1,000 ports, and `BroadcastChannel` fan-out to 1, 4 and 16 receivers.
+//! 1,000 ports, `BroadcastChannel` fan-out to 1, 4 and 16 receivers, and the cost of
+//! joining a name with 0 and 16 members.
 //!
 //! ```text
 //! cargo bench --bench events
@@ -190,9 +191,32 @@ fn broadcast_fanout(c: &mut Criterion) {
     g.finish();
 }
 
+fn broadcast_join(c: &mut Criterion) {
+    let mut g = c.benchmark_group("broadcast_join");
+    for members in [0usize, 16] {
+        let name = format!("bench-join-{}-{members}", std::process::id());
+        // Members wait in `recv`, as live members do, and accept joiners as they come.
+        let threads: Vec<_> = (0..members)
+            .map(|_| {
+                let mut m = BroadcastChannel::new(&name).unwrap();
+                std::thread::spawn(move || while !matches!(m.recv::<u8>(), Ok(e) if e.data == 1) {})
+            })
+            .collect();
+        g.bench_function(format!("{members}_members"), |b| {
+            b.iter(|| BroadcastChannel::new(&name).unwrap())
+        });
+        let mut stop = BroadcastChannel::new(&name).unwrap();
+        stop.post_message(&1u8).unwrap();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = async_round_trip, portset_wakeup, broadcast_fanout
+    targets = async_round_trip, portset_wakeup, broadcast_fanout, broadcast_join
 }
 criterion_main!(benches);

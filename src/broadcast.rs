@@ -37,6 +37,10 @@ pub const MAX_BROADCAST_MEMBERS: usize = 128;
 
 const HELLO: &[u8; 8] = b"shmpbc01";
 
+/// Joins a member may leave unaccepted (it accepts when it next posts or receives); the
+/// kernel caps it at `net.core.somaxconn` (4096 by default since Linux 5.4).
+const JOIN_BACKLOG: i32 = 4096;
+
 /// A named channel to every other open `BroadcastChannel` of the same name in any process
 /// of this user: the web's `BroadcastChannel`.
 ///
@@ -104,7 +108,7 @@ impl BroadcastChannel {
         let _lock = JoinLock::acquire(name)?;
         let mut bound = None;
         for slot in 0..MAX_BROADCAST_MEMBERS {
-            match platform::endpoint_listen(&slot_name(name, slot)) {
+            match platform::endpoint_listen_with_backlog(&slot_name(name, slot), JOIN_BACKLOG) {
                 Ok(l) => {
                     bound = Some((slot, l));
                     break;
@@ -117,8 +121,9 @@ impl BroadcastChannel {
         platform::set_nonblocking(listener.as_fd()).map_err(|e| Error::os("fcntl", e))?;
         let mut members = PortSet::new()?;
         members.watch_extra(listener.as_fd())?;
+        let mut spare = None;
         for other in (0..MAX_BROADCAST_MEMBERS).filter(|&s| s != slot) {
-            if let Some(port) = introduce(&slot_name(name, other))? {
+            if let Some(port) = introduce(&slot_name(name, other), &mut spare)? {
                 members.insert(port).map_err(|e| e.error)?;
             }
         }
@@ -318,14 +323,18 @@ fn slot_name(name: &str, slot: usize) -> String {
 }
 
 /// Connects to the member at `address`, if one is there, and hands it one port of a new
-/// channel; returns ours. `None` when no member holds the slot.
-fn introduce(address: &str) -> Result<Option<MessagePort>, Error> {
-    let conn = match platform::endpoint_connect(address) {
+/// channel; returns ours. `None` when no member holds the slot, or when the member has
+/// left so many joins unaccepted that its queue is full (it has not posted or received
+/// for that long: waiting for it could be forever).
+fn introduce(address: &str, spare: &mut Option<OwnedFd>) -> Result<Option<MessagePort>, Error> {
+    let conn = match platform::endpoint_connect_nonblocking(address, spare) {
         Ok(c) => c,
         Err(e)
             if matches!(
                 e.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::WouldBlock
             ) =>
         {
             return Ok(None);

@@ -281,6 +281,12 @@ fn endpoint_address(name: &str) -> io::Result<rustix::net::SocketAddrUnix> {
 
 /// Binds and listens on endpoint `name`. `AddrInUse` if another listener holds it.
 pub(crate) fn endpoint_listen(name: &str) -> io::Result<OwnedFd> {
+    endpoint_listen_with_backlog(name, 128)
+}
+
+/// As [`endpoint_listen`], with room for `backlog` connections not yet accepted (the kernel
+/// caps it at `net.core.somaxconn`).
+pub(crate) fn endpoint_listen_with_backlog(name: &str, backlog: i32) -> io::Result<OwnedFd> {
     use rustix::net::{bind, listen, socket_with};
     let sock = socket_with(
         AddressFamily::UNIX,
@@ -289,7 +295,7 @@ pub(crate) fn endpoint_listen(name: &str) -> io::Result<OwnedFd> {
         None,
     )?;
     bind(&sock, &endpoint_address(name)?)?;
-    listen(&sock, 128)?;
+    listen(&sock, backlog)?;
     Ok(sock)
 }
 
@@ -313,6 +319,35 @@ pub(crate) fn endpoint_connect(name: &str) -> io::Result<OwnedFd> {
     )?;
     rustix::net::connect(&sock, &endpoint_address(name)?)?;
     Ok(sock)
+}
+
+/// As [`endpoint_connect`], but never waiting: `WouldBlock` when the listener's queue of
+/// connections not yet accepted is full. The socket stays non-blocking.
+///
+/// `spare` recycles sockets: a connect refused because nobody serves the name leaves the
+/// socket unconnected and reusable, so probing many names costs one system call each.
+pub(crate) fn endpoint_connect_nonblocking(
+    name: &str,
+    spare: &mut Option<OwnedFd>,
+) -> io::Result<OwnedFd> {
+    let sock = match spare.take() {
+        Some(s) => s,
+        None => rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?,
+    };
+    match rustix::net::connect(&sock, &endpoint_address(name)?) {
+        Ok(()) => Ok(sock),
+        Err(e) => {
+            if matches!(e, Errno::CONNREFUSED | Errno::NOENT) {
+                *spare = Some(sock);
+            }
+            Err(e.into())
+        }
+    }
 }
 
 /// True when the process at the other end of a connected socket runs as our user.
