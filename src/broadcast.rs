@@ -18,19 +18,16 @@
 //! kernel frees its names, and the others see its rings disconnect and forget it.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rkyv::ser::allocator::Arena;
 use rkyv::util::AlignedVec;
 
 use crate::codec::{self, Message};
-use crate::endpoint::check_name;
+use crate::endpoint::{check_name, recv_channel_port, send_new_channel};
 use crate::error::{PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError};
 use crate::portset::{PortKey, PortSet};
-use crate::segment::Segment;
-use crate::wake::WaitStrategy;
-use crate::{Error, MessageChannel, MessageEvent, MessagePort, platform};
+use crate::{Error, MessageEvent, MessagePort, platform};
 
 /// Most channels of one name open at once, across all processes of the user.
 pub const MAX_BROADCAST_MEMBERS: usize = 128;
@@ -309,7 +306,7 @@ impl Open {
                 // a descriptor limit): leave it for the next look.
                 Err(_) => return,
             };
-            if let Ok(port) = welcome(conn) {
+            if let Some(port) = welcome(conn) {
                 // A port that cannot join the set is dropped: that member sees us leave.
                 let _ = self.members.insert(port);
             }
@@ -344,50 +341,18 @@ fn introduce(address: &str, spare: &mut Option<OwnedFd>) -> Result<Option<Messag
     if !platform::peer_is_same_user(conn.as_fd()) {
         return Ok(None);
     }
-    let MessageChannel { port1, port2, .. } = MessageChannel::new()?;
-    let (seg, side, sock) = port2.parts().map_err(|e| Error::os("socketpair", e))?;
-    let mut hello = [0u8; 9];
-    hello[..8].copy_from_slice(HELLO);
-    hello[8] = side as u8;
-    port2.prepare_move();
-    match platform::send_with_fds(conn.as_fd(), &hello, &[seg.fd(), sock], true) {
-        Ok(()) => Ok(Some(port1)),
-        // The member left between our connect and our send: nobody to talk to.
-        Err(_) => {
-            port2.unmark_moved();
-            Ok(None)
-        }
-    }
+    // None: the member left between our connect and our send; nobody to talk to.
+    send_new_channel(conn.as_fd(), HELLO)
 }
 
-/// Reads a joining member's port from a connection accepted on our listener.
-fn welcome(conn: OwnedFd) -> Result<MessagePort, ()> {
+/// Reads a joining member's port from a connection accepted on our listener. The joiner
+/// sends right after connecting (it may not have yet); one that dies first hangs up, which
+/// ends the wait too.
+fn welcome(conn: OwnedFd) -> Option<MessagePort> {
     if !platform::peer_is_same_user(conn.as_fd()) {
-        return Err(());
+        return None;
     }
-    // The joiner sends right after connecting; it may not have yet. A joiner that dies
-    // first hangs up, which ends the wait too.
-    platform::wait_readable(conn.as_fd()).map_err(|_| ())?;
-    let mut hello = [0u8; 9];
-    let (n, fds) = platform::recv_with_fds(conn.as_fd(), &mut hello).map_err(|_| ())?;
-    let mut fds = fds.into_iter();
-    let (Some(seg_fd), Some(sock), None) = (fds.next(), fds.next(), fds.next()) else {
-        return Err(());
-    };
-    if n != hello.len() || &hello[..8] != HELLO || hello[8] > 1 {
-        return Err(());
-    }
-    if !platform::is_socket(sock.as_fd()) {
-        return Err(());
-    }
-    let seg = Segment::open(seg_fd).map_err(|_| ())?;
-    MessagePort::attach(
-        Arc::new(seg),
-        usize::from(hello[8]),
-        Some(sock),
-        WaitStrategy::default(),
-    )
-    .map_err(|_| ())
+    recv_channel_port(conn.as_fd(), HELLO).ok()
 }
 
 /// Held while a member joins: the abstract name `bc/<name>/lock`, bound. The kernel frees

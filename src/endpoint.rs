@@ -7,7 +7,7 @@
 //! name when the server's process exits, however it exits, so a stale name never blocks a
 //! restart. Both sides check with the kernel that the other runs as the same user.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::segment::Segment;
@@ -80,16 +80,9 @@ impl Endpoint {
             if !platform::peer_is_same_user(conn.as_fd()) {
                 continue;
             }
-            let MessageChannel { port1, port2, .. } = MessageChannel::new()?;
-            let (seg, side, sock) = port2.parts().map_err(|e| Error::os("socketpair", e))?;
-            let mut hello = [0u8; 9];
-            hello[..8].copy_from_slice(HELLO);
-            hello[8] = side as u8;
-            port2.prepare_move();
-            match platform::send_with_fds(conn.as_fd(), &hello, &[seg.fd(), sock], true) {
-                Ok(()) => return Ok(port1),
-                // The client left before we answered: wait for the next one.
-                Err(_) => port2.unmark_moved(),
+            // None: the client left before we answered; wait for the next one.
+            if let Some(port) = send_new_channel(conn.as_fd(), HELLO)? {
+                return Ok(port);
             }
         }
     }
@@ -115,29 +108,63 @@ impl Endpoint {
                 "the endpoint is served by another user",
             ));
         }
-        platform::wait_readable(conn.as_fd()).map_err(|e| Error::os("poll", e))?;
-        let mut hello = [0u8; 9];
-        let (n, fds) = platform::recv_with_fds(conn.as_fd(), &mut hello)
-            .map_err(|e| Error::os("receiving from an endpoint", e))?;
-        let mut fds = fds.into_iter();
-        let (Some(seg_fd), Some(sock), None) = (fds.next(), fds.next(), fds.next()) else {
-            return Err(Error::BadBootstrap("the endpoint did not hand over a port"));
-        };
-        if n != hello.len()
-            || &hello[..8] != HELLO
-            || hello[8] > 1
-            || !platform::is_socket(sock.as_fd())
-        {
-            return Err(Error::BadBootstrap("the endpoint's answer is malformed"));
-        }
-        let seg = Segment::open(seg_fd)?;
-        MessagePort::attach(
-            Arc::new(seg),
-            usize::from(hello[8]),
-            Some(sock),
-            WaitStrategy::default(),
-        )
+        recv_channel_port(conn.as_fd(), HELLO)
     }
+}
+
+/// Creates a channel and sends one of its ports over the connected socket `conn`, after
+/// `magic` (8 bytes) and the port's side; returns the other port. `None` when the other
+/// side closed the connection before the send.
+pub(crate) fn send_new_channel(
+    conn: BorrowedFd<'_>,
+    magic: &[u8; 8],
+) -> Result<Option<MessagePort>, Error> {
+    let MessageChannel { port1, port2, .. } = MessageChannel::new()?;
+    let (seg, side, sock) = port2.parts().map_err(|e| Error::os("socketpair", e))?;
+    let mut hello = [0u8; 9];
+    hello[..8].copy_from_slice(magic);
+    hello[8] = side as u8;
+    port2.prepare_move();
+    match platform::send_with_fds(conn, &hello, &[seg.fd(), sock], true) {
+        Ok(()) => Ok(Some(port1)),
+        Err(_) => {
+            port2.unmark_moved();
+            Ok(None)
+        }
+    }
+}
+
+/// Receives the port [`send_new_channel`] sends over `conn` with the same `magic`,
+/// waiting for it. [`Error::BadBootstrap`] when what arrives is not one (or the sender
+/// hung up first).
+pub(crate) fn recv_channel_port(
+    conn: BorrowedFd<'_>,
+    magic: &[u8; 8],
+) -> Result<MessagePort, Error> {
+    platform::wait_readable(conn).map_err(|e| Error::os("poll", e))?;
+    let mut hello = [0u8; 9];
+    let (n, fds) = platform::recv_with_fds(conn, &mut hello)
+        .map_err(|e| Error::os("receiving a port over a connection", e))?;
+    let mut fds = fds.into_iter();
+    let (Some(seg_fd), Some(sock), None) = (fds.next(), fds.next(), fds.next()) else {
+        return Err(Error::BadBootstrap(
+            "the other side did not hand over a port",
+        ));
+    };
+    if n != hello.len()
+        || &hello[..8] != magic
+        || hello[8] > 1
+        || !platform::is_socket(sock.as_fd())
+    {
+        return Err(Error::BadBootstrap("the handed-over port is malformed"));
+    }
+    let seg = Segment::open(seg_fd)?;
+    MessagePort::attach(
+        Arc::new(seg),
+        usize::from(hello[8]),
+        Some(sock),
+        WaitStrategy::default(),
+    )
 }
 
 pub(crate) fn check_name(name: &str) -> Result<(), Error> {

@@ -9,10 +9,10 @@
 //!
 //! ```text
 //! sleeper                                  waker
-//! word.store(1)                            state.store(new)          (Release)
+//! v = (word |= 1)                          state.store(new)          (Release)
 //! fence(SeqCst)                            fence(SeqCst)
-//! if state changed { word = 0; return }    if word.load() == 1 {
-//! futex_wait(word, 1, timeout)                 word.swap(0); futex_wake(word)
+//! if state changed { word &= !1; return }  if word.load() != 0 {
+//! futex_wait(word, v, timeout)                 word.swap(0); futex_wake(word)
 //!                                          }
 //! ```
 //!
@@ -21,8 +21,10 @@
 //! least one side sees the other: either the sleeper sees the new state and does not
 //! sleep, or the waker sees the flag and wakes it. If the wake comes between the sleeper's
 //! check and its `futex_wait`, the waker has already reset the word to 0, and
-//! `futex_wait(word, 1)` returns at once because the kernel compares the word with 1
-//! atomically with queueing the sleeper. A waker that sees 0 makes no system call: with
+//! `futex_wait(word, v)` returns at once because the kernel compares the word with `v`
+//! atomically with queueing the sleeper. (Bit 1 is `SLEEPING`; bit 2, `WANTS_DOORBELL`, is
+//! set by a reader that waits in epoll instead, see `MessagePort::ready_or_arm`; the RMWs
+//! keep each side's bit intact.) A waker that sees 0 makes no system call: with
 //! nobody sleeping, posting is syscall-free (P5).
 //!
 //! A full barrier on every post is the price of the store-load order. Moving it to the
@@ -176,16 +178,18 @@ impl Waiter {
                 }
                 nap = nap.min(d - now);
             }
-            word.store(SLEEPING, Ordering::Relaxed);
+            // An RMW, not a store: a reader's WANTS_DOORBELL bit (its port is also watched
+            // by a PortSet or a future) must survive this sleep.
+            let announced = word.fetch_or(SLEEPING, Ordering::Relaxed) | SLEEPING;
             // SeqCst fence: pairs with the waker's fence in `wake`: our flag store is
             // ordered before the re-check below, its state store before its flag load.
             fence(Ordering::SeqCst);
             if let Some(r) = attempt() {
-                word.store(0, Ordering::Relaxed);
+                word.fetch_and(!SLEEPING, Ordering::Relaxed);
                 return Some(r);
             }
-            futex_wait(word, SLEEPING, nap);
-            word.store(0, Ordering::Relaxed);
+            futex_wait(word, announced, nap);
+            word.fetch_and(!SLEEPING, Ordering::Relaxed);
             if let Some(r) = attempt() {
                 return Some(r);
             }

@@ -204,3 +204,19 @@ fn a_peer_process_killed_while_the_set_waits_is_reported_as_disconnected() {
     assert_eq!(got, key);
     assert!(matches!(r, Err(RecvError::Disconnected)));
 }
+
+#[test]
+fn a_timed_out_blocking_receive_on_a_member_does_not_cost_the_set_its_wake_ups() {
+    let (mut set, senders, keys) = set_of(2);
+    assert_eq!(set.try_wait().unwrap(), None); // both members armed for a doorbell
+    // A futex sleep on the armed member that ends with nothing received.
+    let member = set.get(keys[0]).unwrap();
+    member.set_wait_strategy(shmport::WaitStrategy::Block);
+    assert!(member.recv_timeout::<u8>(Duration::from_millis(1)).is_err());
+    // The member's doorbell request survived the sleep: the set hears the next post.
+    senders[0].post_message(&2u8, []).unwrap();
+    let (key, ev) = set
+        .recv_timeout::<u8>(Duration::from_secs(10))
+        .expect("the post rang no doorbell");
+    assert_eq!((key, ev.unwrap().data), (keys[0], 2));
+}
