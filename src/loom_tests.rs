@@ -253,14 +253,12 @@ fn a_stream_with_both_sides_sleeping_never_loses_a_wake_up() {
     // Three values through one slot: the producer sleeps for room and the consumer for
     // data, each woken only by the other, with both flags on the same control block.
     //
-    // Bounded at 3 preemptions. From 4 on, loom 0.7 reports a deadlock that the C++/Rust
-    // memory model forbids: `wake`'s `swap` reads the sleeper's 0 and writes 0, the sleeper
-    // then announces again (`store(1)`), and a later `wake` of the same thread, after its
-    // SeqCst fence, is allowed to read its own old swap instead of that newer 1. An RMW
-    // must read the value just before it in modification order, so the newer 1 is ordered
-    // after the swap, and the fences then oblige one side to see the other; loom keeps
-    // only a partial modification order and misses this (loom issues #254, #389). Written
-    // as `compare_exchange(1, 0)`, which is equivalent here, the model passes at 5.
+    // Bounded at 3 preemptions to keep CI short. While the sleeper announced itself with a
+    // plain `store(1)`, loom 0.7 reported a deadlock from 4 preemptions on that the memory
+    // model forbids (a later `wake` was allowed to read its own old `swap` instead of the
+    // newer store; loom keeps only a partial modification order, issues #254, #389). The
+    // sleeper now announces with `fetch_or` (an RMW, so a doorbell bit in the same word
+    // survives), and the model passes at 4 (224,292 executions) and 5 (1,819,600).
     check_model(Some(3), || {
         let (mut tx, mut rx) = channel(1);
         let producer = thread::spawn(move || {
