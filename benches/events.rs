@@ -140,6 +140,37 @@ fn portset_wakeup(c: &mut Criterion) {
     g.finish();
 }
 
+/// The wake-up path without a thread hop: post to a sleeping (armed) member, whose writer
+/// rings the doorbell; the set's `recv` (epoll reports it, the set looks at it, drains the
+/// doorbell, receives); the member armed again. What a wake-up costs, free of the
+/// scheduler's noise.
+fn portset_wakeup_path(c: &mut Criterion) {
+    let mut g = c.benchmark_group("portset_wakeup_path");
+    g.throughput(Throughput::Elements(1));
+    for n in [1usize, 1000] {
+        let mut set = PortSet::new().unwrap();
+        set.set_wait_strategy(WaitStrategy::Block);
+        let mut senders = Vec::new();
+        for _ in 0..n {
+            let ch = MessageChannel::new().unwrap();
+            set.insert(ch.port2).unwrap();
+            senders.push(ch.port1);
+        }
+        let mut k = 0usize;
+        g.bench_function(format!("{n}_ports"), |b| {
+            b.iter(|| {
+                k = (k * 7 + 13) % n;
+                senders[k].post_message(&(k as u64), []).unwrap();
+                let (_, ev) = set.recv::<u64>();
+                assert_eq!(ev.unwrap().data, k as u64);
+                // Arm the member again, so that the next post finds every member asleep.
+                assert_eq!(set.try_wait().unwrap(), None);
+            })
+        });
+    }
+    g.finish();
+}
+
 fn broadcast_fanout(c: &mut Criterion) {
     const BATCH: u64 = 1_000;
     let mut g = c.benchmark_group("broadcast_fanout");
@@ -217,6 +248,6 @@ fn broadcast_join(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = async_round_trip, portset_wakeup, broadcast_fanout, broadcast_join
+    targets = async_round_trip, portset_wakeup, portset_wakeup_path, broadcast_fanout, broadcast_join
 }
 criterion_main!(benches);

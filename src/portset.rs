@@ -521,9 +521,18 @@ impl PortSet {
         Next::Armed
     }
 
-    /// Requeues the members looked at but not armed, then `key` behind them.
+    /// Arms the members looked at and found empty (requeuing any that turn out readable
+    /// meanwhile), then requeues `key` at the back. Left queued unarmed instead, the empty
+    /// members would be looked at again by every wait while others are busy: O(members).
     fn found(&mut self, key: PortKey, mut idle: Vec<PortKey>) -> Next {
-        self.ready.extend(idle.drain(..));
+        for k in idle.drain(..) {
+            let m = self.member_mut(k).expect("idle members are members");
+            if m.port.ready_or_arm(false) {
+                self.ready.push_back(k);
+            } else {
+                m.queued = false;
+            }
+        }
         self.ready.push_back(key);
         self.idle = idle;
         Next::Ready(key)

@@ -220,3 +220,24 @@ fn a_timed_out_blocking_receive_on_a_member_does_not_cost_the_set_its_wake_ups()
         .expect("the post rang no doorbell");
     assert_eq!((key, ev.unwrap().data), (keys[0], 2));
 }
+
+#[test]
+fn a_busy_set_of_1000_ports_looks_at_a_constant_number_of_them_per_receive() {
+    // Posts land before each wait, so a member is always readable: the members found empty
+    // on the way must be armed, not left queued to be looked at again by every wait.
+    // Each new member is looked at once before it is first armed (1,000 in all); after
+    // that, a receive costs a few looks whatever the set's size.
+    let (mut set, senders, keys) = set_of(1000);
+    let mut k = 0usize;
+    for _ in 0..2_000 {
+        k = (k * 7 + 13) % 1000;
+        senders[k].post_message(&(k as u32), []).unwrap();
+        let (key, ev) = set.recv::<u32>();
+        assert_eq!((key, ev.unwrap().data), (keys[k], k as u32));
+    }
+    let looked = set.ports_examined();
+    assert!(
+        looked <= 1_000 + 3 * 2_000,
+        "looked at {looked} ports for 2,000 receives"
+    );
+}
