@@ -34,6 +34,14 @@ pub const MAX_BROADCAST_MEMBERS: usize = 128;
 
 const HELLO: &[u8; 8] = b"shmpbc01";
 
+/// How long a join waits for another join of the same name before giving up (a joiner
+/// stopped by a debugger, say, holds the lock until it goes on or dies).
+const JOIN_LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Half-open joins kept at once (a joiner sends its port right after connecting, so more
+/// than a few means something connects and sends nothing: the excess is dropped).
+const MAX_PENDING_JOINS: usize = 64;
+
 /// Joins a member may leave unaccepted (it accepts when it next posts or receives); the
 /// kernel caps it at `net.core.somaxconn` (4096 by default since Linux 5.4).
 const JOIN_BACKLOG: i32 = 4096;
@@ -78,6 +86,8 @@ struct Open {
     arena: Arena,
     /// Scratch list of member keys for one post.
     keys: Vec<PortKey>,
+    /// Accepted joins whose joiner has not sent its port yet (watched by `members`).
+    pending: Vec<OwnedFd>,
 }
 
 impl std::fmt::Debug for BroadcastChannel {
@@ -132,6 +142,7 @@ impl BroadcastChannel {
                 scratch: AlignedVec::new(),
                 arena: Arena::new(),
                 keys: Vec::new(),
+                pending: Vec::new(),
             }),
         })
     }
@@ -155,7 +166,7 @@ impl BroadcastChannel {
             .keys()
             .filter(|&k| {
                 open.members
-                    .get(k)
+                    .port(k)
                     .is_some_and(|p| p.peer_gone_and_drained())
             })
             .collect();
@@ -189,11 +200,15 @@ impl BroadcastChannel {
         keys.clear();
         keys.extend(open.members.keys());
         for &key in &keys {
-            let port = open.members.get(key).expect("a key from keys()");
+            let port = open.members.port(key).expect("a key from keys()");
             match port.post_encoded(&open.scratch, fp) {
                 Ok(()) => {}
                 Err(e) if e.is_disconnected() => {
-                    open.members.remove(key);
+                    // Gone, but what it posted before it left is still to be received:
+                    // `recv` forgets it once drained.
+                    if port.peer_gone_and_drained() {
+                        open.members.remove(key);
+                    }
                 }
                 Err(e) => {
                     open.keys = keys;
@@ -229,7 +244,8 @@ impl BroadcastChannel {
         &mut self,
         timeout: Duration,
     ) -> Result<MessageEvent<T>, RecvTimeoutError> {
-        self.recv_until(Some(Instant::now() + timeout))
+        // A timeout too long to represent is no timeout.
+        self.recv_until(Instant::now().checked_add(timeout))
     }
 
     /// Receives a message if one is queued; never waits.
@@ -278,7 +294,7 @@ impl BroadcastChannel {
                 Ok(None) => return Err(RecvTimeoutError::Timeout),
                 Err(e) => panic!("epoll_wait failed: {e}"),
             };
-            let port = open.members.get(key).expect("wait returns members");
+            let port = open.members.port(key).expect("wait returns members");
             match port.try_recv::<T>() {
                 Ok(ev) => return Ok(ev),
                 Err(TryRecvError::Empty) => continue,
@@ -295,21 +311,49 @@ impl BroadcastChannel {
 
 impl Open {
     /// Takes the ports that members who joined since the last look left on our listener.
+    /// Never waits: a connection whose joiner has not sent its port yet is kept, watched,
+    /// and finished at a later look.
     fn accept_joiners(&mut self) {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            for conn in pending {
+                self.finish_join(conn);
+            }
+        }
         if !platform::readable_now(self.listener.as_fd()) {
             return;
         }
-        loop {
-            let conn = match platform::endpoint_accept(self.listener.as_fd()) {
-                Ok(conn) => conn,
-                // WouldBlock: nobody is waiting. Anything else (the connection was reset,
-                // a descriptor limit): leave it for the next look.
-                Err(_) => return,
-            };
-            if let Some(port) = welcome(conn) {
-                // A port that cannot join the set is dropped: that member sees us leave.
-                let _ = self.members.insert(port);
+        // WouldBlock: nobody is waiting. Anything else (the connection was reset, a
+        // descriptor limit): leave it for the next look.
+        while let Ok(conn) = platform::endpoint_accept(self.listener.as_fd()) {
+            if !platform::peer_is_same_user(conn.as_fd()) {
+                continue;
             }
+            if platform::readable_now(conn.as_fd()) {
+                self.take_port(&conn);
+            } else if self.pending.len() < MAX_PENDING_JOINS {
+                let _ = self.members.watch_extra(conn.as_fd());
+                self.pending.push(conn);
+            }
+        }
+    }
+
+    /// Takes a pending joiner's port if it has arrived (or drops the connection if the
+    /// joiner hung up); otherwise keeps it pending.
+    fn finish_join(&mut self, conn: OwnedFd) {
+        if platform::readable_now(conn.as_fd()) {
+            self.members.unwatch_extra(conn.as_fd());
+            self.take_port(&conn);
+        } else {
+            self.pending.push(conn);
+        }
+    }
+
+    /// Reads the port a joiner sent on `conn` (readable: its message or its hang-up).
+    fn take_port(&mut self, conn: &OwnedFd) {
+        if let Ok(port) = recv_channel_port(conn.as_fd(), HELLO) {
+            // A port that cannot join the set is dropped: that member sees us leave.
+            let _ = self.members.insert(port);
         }
     }
 }
@@ -345,16 +389,6 @@ fn introduce(address: &str, spare: &mut Option<OwnedFd>) -> Result<Option<Messag
     send_new_channel(conn.as_fd(), HELLO)
 }
 
-/// Reads a joining member's port from a connection accepted on our listener. The joiner
-/// sends right after connecting (it may not have yet); one that dies first hangs up, which
-/// ends the wait too.
-fn welcome(conn: OwnedFd) -> Option<MessagePort> {
-    if !platform::peer_is_same_user(conn.as_fd()) {
-        return None;
-    }
-    recv_channel_port(conn.as_fd(), HELLO).ok()
-}
-
 /// Held while a member joins: the abstract name `bc/<name>/lock`, bound. The kernel frees
 /// it when this process closes it, or dies.
 struct JoinLock {
@@ -364,12 +398,30 @@ struct JoinLock {
 impl JoinLock {
     fn acquire(name: &str) -> Result<JoinLock, Error> {
         let address = format!("bc/{name}/lock");
+        let give_up = Instant::now() + JOIN_LOCK_PATIENCE;
         let mut backoff = Duration::from_micros(20);
+        let mut holder_checked = false;
         loop {
             match platform::endpoint_listen(&address) {
                 Ok(bound) => return Ok(JoinLock { _bound: bound }),
-                // Another member is joining (a few hundred microseconds): retry.
+                // Another member is joining (well under a millisecond): retry.
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    // The abstract namespace has no permissions: make sure, once, that the
+                    // holder is one of ours, not another user squatting on the name.
+                    if !std::mem::replace(&mut holder_checked, true) {
+                        let probe = platform::endpoint_connect_nonblocking(&address, &mut None);
+                        if probe.is_ok_and(|h| !platform::peer_is_same_user(h.as_fd())) {
+                            return Err(Error::NameInUse(format!(
+                                "{name} (its join lock is held by another user)"
+                            )));
+                        }
+                    }
+                    if Instant::now() >= give_up {
+                        return Err(Error::os(
+                            "waiting for a BroadcastChannel join lock",
+                            std::io::Error::from(std::io::ErrorKind::TimedOut),
+                        ));
+                    }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_millis(5));
                 }

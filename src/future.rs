@@ -103,6 +103,12 @@ impl<T: Message> Future for RecvFuture<'_, T> {
     }
 }
 
+impl<T> Drop for RecvFuture<'_, T> {
+    fn drop(&mut self) {
+        self.port.forget_waker();
+    }
+}
+
 /// The stream of [`MessagePort::messages`].
 #[must_use = "streams do nothing unless polled"]
 #[derive(Debug)]
@@ -136,5 +142,11 @@ impl<T: Message> Stream for Messages<'_, T> {
                 Poll::Ready(Some(Err(e)))
             }
         }
+    }
+}
+
+impl<T> Drop for Messages<'_, T> {
+    fn drop(&mut self) {
+        self.port.forget_waker();
     }
 }

@@ -51,6 +51,10 @@ pub(crate) type Decoder<'a, R> = dyn FnMut(&[u8], u64) -> Result<R, MessageError
 /// How many empty `try_recv` calls pass between two kernel liveness checks.
 const LIVENESS_EVERY: u32 = 64;
 
+/// More doorbells than this queued at once means the writer is not following the
+/// protocol (it rings at most once per request): the channel is poisoned.
+const MAX_DOORBELLS: usize = 64;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PeerState {
     Alive,
@@ -556,11 +560,17 @@ impl MessagePort {
         let (header, items) = transfer::parse(scratch).map_err(corrupt)?;
         let n = items.len();
         let mut note = [0u8; SOCKET_MESSAGE];
+        let mut skipped = 0;
         let received = self.socket().and_then(|sock| {
             loop {
-                // Doorbells (one byte, no descriptors) queued before the note are stale news.
+                // Doorbells (one byte, no descriptors) queued before the note are stale
+                // news; a protocol-following writer leaves a few at most.
                 match platform::recv_with_fds(sock, &mut note) {
-                    Ok((n, fds)) if platform::is_doorbell(&note[..n], &fds) => continue,
+                    Ok((n, fds))
+                        if platform::is_doorbell(&note[..n], &fds) && skipped < MAX_DOORBELLS =>
+                    {
+                        skipped += 1;
+                    }
                     other => break other,
                 }
             }
@@ -985,6 +995,13 @@ impl MessagePort {
         &self.recv_fp
     }
 
+    /// A receive future or stream was dropped: the reactor forgets its task's waker.
+    pub(crate) fn forget_waker(&self) {
+        if let Some(reg) = self.async_reg.get() {
+            reg.clear_waker();
+        }
+    }
+
     /// One poll of an async receive: a queued message is returned at once; otherwise the
     /// task's waker is left with the reactor and the doorbell armed. Only a `Ready` result
     /// takes anything from the ring, so dropping the future between polls loses nothing.
@@ -1035,10 +1052,23 @@ impl MessagePort {
     }
 
     /// Consumes the doorbells queued on this port's socket (descriptor-passing notes stay).
+    /// A writer that follows the protocol rings at most once per request, so a flood of
+    /// them is a hostile or broken peer: the channel is poisoned rather than let it keep
+    /// this thread (and a whole `PortSet`) draining forever.
     pub(crate) fn drain_doorbells(&self) {
         if let Some(sock) = self.sock.get() {
-            platform::drain_doorbells(sock.as_fd());
+            if platform::drain_doorbells(sock.as_fd(), MAX_DOORBELLS) >= MAX_DOORBELLS {
+                self.poison(Corrupt("a flood of doorbells"));
+            }
         }
+    }
+
+    /// Clears this port's doorbell request (it leaves a `PortSet`).
+    pub(crate) fn disarm(&self) {
+        self.seg
+            .ring_ctrl(1 - self.side)
+            .reader_sleeping
+            .fetch_and(!WANTS_DOORBELL, Ordering::Relaxed);
     }
 
     /// True when a receive would not find the queue empty now: a record is queued, the
@@ -1408,5 +1438,35 @@ mod forged_transfer_tests {
             ch.port2.recv::<u8>(),
             Err(RecvError::Disconnected)
         ));
+    }
+
+    #[test]
+    fn a_flood_of_doorbells_poisons_the_channel_instead_of_holding_the_reader() {
+        let ch = MessageChannel::new().unwrap();
+        ch.port2.news_fd().unwrap();
+        let sock = ch.port1.socket().unwrap();
+        for _ in 0..MAX_DOORBELLS + 1 {
+            platform::ring_doorbell(sock);
+        }
+        ch.port2.drain_doorbells();
+        assert!(matches!(
+            ch.port2.try_recv::<u8>(),
+            Err(TryRecvError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn a_few_doorbells_before_a_transfer_note_are_skipped() {
+        let ch = MessageChannel::new().unwrap();
+        ch.port2.news_fd().unwrap();
+        for _ in 0..3 {
+            platform::ring_doorbell(ch.port1.socket().unwrap());
+        }
+        let buf = ArrayBuffer::new(16).unwrap();
+        ch.port1
+            .post_message(&9u8, [Transferable::Buffer(buf)])
+            .unwrap();
+        let ev = ch.port2.recv::<u8>().unwrap();
+        assert_eq!((ev.data, ev.buffers.len()), (9, 1));
     }
 }

@@ -225,6 +225,7 @@ impl PortSet {
         if let Ok(fd) = member.port.news_fd() {
             platform::epoll_unwatch(self.epoll.as_fd(), fd);
         }
+        member.port.disarm();
         self.free.push(key.index);
         self.len -= 1;
         // A stale key left in `ready` is skipped by its generation.
@@ -232,7 +233,16 @@ impl PortSet {
     }
 
     /// The port of `key`, to post on it or receive from it directly.
-    pub fn get(&self, key: PortKey) -> Option<&MessagePort> {
+    ///
+    /// A port handed out is looked at again by the next wait: receiving from it directly
+    /// can consume the news the set was waiting for, so the set does not trust what it
+    /// knew of it.
+    pub fn get(&mut self, key: PortKey) -> Option<&MessagePort> {
+        let m = self.member_mut(key)?;
+        m.news = true;
+        if !std::mem::replace(&mut m.queued, true) {
+            self.ready.push_back(key);
+        }
         self.member(key).map(|m| &m.port)
     }
 
@@ -274,7 +284,8 @@ impl PortSet {
     ///
     /// As [`wait`](Self::wait).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<PortKey>, Error> {
-        self.wait_deadline(Some(Instant::now() + timeout))
+        // A timeout too long to represent is no timeout.
+        self.wait_deadline(Instant::now().checked_add(timeout))
     }
 
     /// Looks without waiting: the key of a member that has a message or a gone peer now.
@@ -328,11 +339,9 @@ impl PortSet {
         &mut self,
         timeout: Duration,
     ) -> Option<(PortKey, Result<MessageEvent<T>, RecvError>)> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
-            let key = self
-                .wait_deadline(Some(deadline))
-                .expect("epoll_wait failed")?;
+            let key = self.wait_deadline(deadline).expect("epoll_wait failed")?;
             if let Some(got) = self.receive_from(key) {
                 return Some(got);
             }
@@ -357,6 +366,12 @@ impl PortSet {
         self.examined
     }
 
+    /// The port of `key`, for the crate's own use (no requeue: the caller keeps the set's
+    /// bookkeeping true itself).
+    pub(crate) fn port(&self, key: PortKey) -> Option<&MessagePort> {
+        self.member(key).map(|m| &m.port)
+    }
+
     fn member(&self, key: PortKey) -> Option<&Member> {
         let slot = self.slots.get(key.index as usize)?;
         if slot.generation != key.generation {
@@ -373,13 +388,19 @@ impl PortSet {
         slot.member.as_mut()
     }
 
-    /// Watches a descriptor that is not a port (the crate's `BroadcastChannel` listener);
-    /// its readiness is reported by [`take_extra_news`](Self::take_extra_news).
+    /// Watches a descriptor that is not a port (a `BroadcastChannel`'s listener and its
+    /// half-open joins); readiness of any is reported by
+    /// [`take_extra_news`](Self::take_extra_news).
     pub(crate) fn watch_extra(&mut self, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Error> {
         platform::epoll_watch(self.epoll.as_fd(), fd, EXTRA_TOKEN)
             .map_err(|e| Error::os("registering with epoll", e))?;
         self.extra_news = true;
         Ok(())
+    }
+
+    /// Stops watching a descriptor given to [`watch_extra`](Self::watch_extra).
+    pub(crate) fn unwatch_extra(&mut self, fd: std::os::fd::BorrowedFd<'_>) {
+        platform::epoll_unwatch(self.epoll.as_fd(), fd);
     }
 
     /// True when the extra descriptor reported news not yet taken.
@@ -518,6 +539,10 @@ impl PortSet {
             m.queued = false;
         }
         self.idle = idle;
+        if budget.is_none() {
+            // Busy-polling never sleeps: poll the kernel instead.
+            return Next::Busy;
+        }
         Next::Armed
     }
 

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::Waker;
 
 use crate::platform::{self, Readiness};
@@ -36,7 +36,7 @@ impl Reactor {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn run(&'static self) {
+    fn run(&self) {
         let mut events: Vec<Readiness> = Vec::with_capacity(64);
         let mut wakers: Vec<Waker> = Vec::with_capacity(64);
         loop {
@@ -59,9 +59,10 @@ impl Reactor {
                     }
                 }
             }
-            // Wake outside the lock: a waker may run the task inline.
+            // Wake outside the lock: a waker may run the task inline. A waker that panics
+            // must not take the reactor (and every other task's wake-ups) down with it.
             for w in wakers.drain(..) {
-                w.wake();
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
             }
         }
     }
@@ -71,9 +72,10 @@ fn split(token: u64) -> (u32, u32) {
     (token as u32, (token >> 32) as u32)
 }
 
-/// The reactor, started on first use.
+/// The reactor, started on first use. (A process forked without exec inherits the epoll
+/// instance but not the thread: async receives there are not supported.)
 fn reactor() -> io::Result<&'static Reactor> {
-    static REACTOR: OnceLock<&'static Reactor> = OnceLock::new();
+    static REACTOR: OnceLock<Arc<Reactor>> = OnceLock::new();
     static STARTING: Mutex<()> = Mutex::new(());
     if let Some(r) = REACTOR.get() {
         return Ok(r);
@@ -82,15 +84,16 @@ fn reactor() -> io::Result<&'static Reactor> {
     if let Some(r) = REACTOR.get() {
         return Ok(r);
     }
-    let r: &'static Reactor = Box::leak(Box::new(Reactor {
+    let r = Arc::new(Reactor {
         epoll: platform::epoll_new()?,
         entries: Mutex::new(Entries::default()),
-    }));
+    });
+    let runner = Arc::clone(&r);
+    // On failure `r` drops here and closes its epoll instance; the next call tries again.
     std::thread::Builder::new()
         .name("shmport-reactor".into())
-        .spawn(move || r.run())?;
-    let _ = REACTOR.set(r);
-    Ok(r)
+        .spawn(move || runner.run())?;
+    Ok(REACTOR.get_or_init(|| r))
 }
 
 /// A port's place in the reactor: its socket is watched, and a task can leave its waker.
@@ -142,6 +145,13 @@ impl Registration {
             slot => *slot = Some(waker.clone()),
         }
         std::mem::take(&mut e.hung_up)
+    }
+
+    /// Forgets the waker left by a receive that was cancelled.
+    pub(crate) fn clear_waker(&self) {
+        let r = registered();
+        let mut entries = r.entries();
+        entries.slots[self.index as usize].waker = None;
     }
 
     /// Stops watching `fd` (the socket given to [`new`](Self::new)) and frees the entry.

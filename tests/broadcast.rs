@@ -285,3 +285,45 @@ fn members_joining_at_once_are_connected_exactly_once() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn a_post_does_not_forget_a_closed_member_before_its_last_messages_are_received() {
+    let name = unique("bye");
+    let mut a = BroadcastChannel::new(&name).unwrap();
+    let mut b = BroadcastChannel::new(&name).unwrap();
+    b.post_message(&String::from("bye")).unwrap();
+    b.close();
+    a.post_message(&String::from("to nobody")).unwrap();
+    assert_eq!(a.recv::<String>().unwrap().data, "bye");
+    assert_eq!(a.peers(), 0);
+}
+
+#[test]
+fn a_connection_that_never_sends_a_port_does_not_block_a_member() {
+    use rustix::net::{
+        AddressFamily, SocketAddrUnix, SocketFlags, SocketType, connect, socket_with,
+    };
+    let name = unique("silent");
+    let mut a = BroadcastChannel::new(&name).unwrap();
+    // Connect to a's slot (the first) like a joiner, and send nothing.
+    let uid = rustix::process::geteuid().as_raw();
+    let addr =
+        SocketAddrUnix::new_abstract_name(format!("shmport/{uid}/bc/{name}/0").as_bytes()).unwrap();
+    let silent = socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    connect(&silent, &addr).unwrap();
+    assert!(matches!(a.try_recv::<u8>(), Err(TryRecvError::Empty)));
+    a.post_message(&1u8).unwrap();
+    assert!(a.recv_timeout::<u8>(Duration::from_millis(1)).is_err());
+    // A real member still joins and hears a.
+    let mut b = BroadcastChannel::new(&name).unwrap();
+    a.post_message(&2u8).unwrap();
+    assert_eq!(b.recv::<u8>().unwrap().data, 2);
+    drop(silent); // its hang-up ends the half-open join
+    assert_eq!(a.peers(), 1);
+}

@@ -241,3 +241,23 @@ fn a_busy_set_of_1000_ports_looks_at_a_constant_number_of_them_per_receive() {
         "looked at {looked} ports for 2,000 receives"
     );
 }
+
+#[test]
+fn receiving_a_transfer_directly_from_a_member_does_not_cost_the_set_its_wake_ups() {
+    // The note reader skips the doorbell queued before it: the set must not rely on it.
+    let (mut set, senders, keys) = set_of(2);
+    assert_eq!(set.try_wait().unwrap(), None); // armed
+    senders[1].post_message(&1u32, []).unwrap(); // rings
+    let buf = ArrayBuffer::new(8).unwrap();
+    senders[1]
+        .post_message(&2u32, [Transferable::Buffer(buf)])
+        .unwrap(); // its note lands behind the doorbell
+    let member = set.get(keys[1]).unwrap();
+    assert_eq!(member.try_recv::<u32>().unwrap().data, 1);
+    assert_eq!(member.try_recv::<u32>().unwrap().data, 2); // doorbell and note consumed
+    senders[1].post_message(&3u32, []).unwrap();
+    let (key, ev) = set
+        .recv_timeout::<u32>(Duration::from_secs(10))
+        .expect("the set missed the member's next message");
+    assert_eq!((key, ev.unwrap().data), (keys[1], 3));
+}

@@ -383,21 +383,26 @@ pub(crate) fn ring_doorbell(sock: BorrowedFd<'_>) {
 }
 
 /// Consumes the doorbells at the head of `sock`'s queue, stopping at the first message that
-/// is not one (a descriptor-passing note stays for the receive that expects it).
-pub(crate) fn drain_doorbells(sock: BorrowedFd<'_>) {
+/// is not one (a descriptor-passing note stays for the receive that expects it), or after
+/// `limit` of them. Returns how many it consumed.
+pub(crate) fn drain_doorbells(sock: BorrowedFd<'_>, limit: usize) -> usize {
     use rustix::net::{RecvFlags, recv};
     let mut byte = [0u8; 2];
+    let mut drained = 0;
     // A doorbell is one byte; anything longer reports its true length with TRUNC.
-    while let Ok((_, 1)) = recv(
-        sock,
-        &mut byte,
-        RecvFlags::DONTWAIT | RecvFlags::PEEK | RecvFlags::TRUNC,
-    ) {
-        if byte[0] != DOORBELL {
-            return;
+    while drained < limit {
+        let peeked = recv(
+            sock,
+            &mut byte,
+            RecvFlags::DONTWAIT | RecvFlags::PEEK | RecvFlags::TRUNC,
+        );
+        if !matches!(peeked, Ok((_, 1))) || byte[0] != DOORBELL {
+            break;
         }
         let _ = recv(sock, &mut byte, RecvFlags::DONTWAIT);
+        drained += 1;
     }
+    drained
 }
 
 /// True for a received socket message that is a doorbell rather than a note.
@@ -448,6 +453,9 @@ pub(crate) fn epoll_wait(
         flags: EventFlags::empty(),
         data: EventData::new_u64(0),
     }; 64];
+    // Capped, so that the kernel never needs `epoll_pwait2` (Linux 5.11) for a long
+    // timeout; callers loop until their own deadline.
+    let timeout = timeout.map(|t| t.min(std::time::Duration::from_secs(3600)));
     let ts = timeout.map(|t| rustix::event::Timespec {
         tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
         tv_nsec: t.subsec_nanos().into(),
