@@ -23,9 +23,13 @@ use std::time::{Duration, Instant};
 use rkyv::ser::allocator::Arena;
 use rkyv::util::AlignedVec;
 
-use crate::codec::{self, Message};
+use std::collections::VecDeque;
+
+use crate::codec::{self, FingerprintCache, Message};
 use crate::endpoint::{check_name, recv_channel_port, send_new_channel};
-use crate::error::{PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError};
+use crate::error::{
+    MessageError, PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError,
+};
 use crate::portset::{PortKey, PortSet};
 use crate::{Error, MessageEvent, MessagePort, platform};
 
@@ -33,6 +37,9 @@ use crate::{Error, MessageEvent, MessagePort, platform};
 pub const MAX_BROADCAST_MEMBERS: usize = 128;
 
 const HELLO: &[u8; 8] = b"shmpbc01";
+
+/// How often a post waiting for room in a member's ring takes in what was sent to us.
+const DRAIN_EVERY: Duration = Duration::from_millis(1);
 
 /// How long a join waits for another join of the same name before giving up (a joiner
 /// stopped by a debugger, say, holds the lock until it goes on or dies).
@@ -88,6 +95,9 @@ struct Open {
     keys: Vec<PortKey>,
     /// Accepted joins whose joiner has not sent its port yet (watched by `members`).
     pending: Vec<OwnedFd>,
+    /// Messages taken in while a post waited for room, oldest first, undecoded.
+    backlog: VecDeque<Result<(AlignedVec<16>, u64), MessageError>>,
+    recv_fp: FingerprintCache,
 }
 
 impl std::fmt::Debug for BroadcastChannel {
@@ -143,6 +153,8 @@ impl BroadcastChannel {
                 arena: Arena::new(),
                 keys: Vec::new(),
                 pending: Vec::new(),
+                backlog: VecDeque::new(),
+                recv_fp: FingerprintCache::new(),
             }),
         })
     }
@@ -178,8 +190,13 @@ impl BroadcastChannel {
 
     /// Sends a copy of `msg` to every other open channel of this name.
     ///
-    /// Waits while a receiver's ring is full. Channels that closed are skipped and
-    /// forgotten; a member whose process died is noticed when its ring fills (within one
+    /// Waits while a receiver's ring is full. While it waits it takes in, every
+    /// millisecond, what the other members sent to this channel (kept, in order, for
+    /// [`recv`](Self::recv)), so members that post to each other faster than they receive
+    /// never wait for each other for good. A member that never receives still holds back
+    /// whoever posts to it: two channels of one name in one thread, one only posting more
+    /// than a ring holds (about 4,000 small messages) to the other, wait forever.
+    /// Channels that closed are skipped and forgotten; a member whose process died is noticed when its ring fills (within one
     /// liveness interval, 50 ms, of waiting for room) or by [`peers`](Self::peers).
     ///
     /// # Errors
@@ -199,25 +216,38 @@ impl BroadcastChannel {
         let mut keys = std::mem::take(&mut open.keys);
         keys.clear();
         keys.extend(open.members.keys());
-        for &key in &keys {
-            let port = open.members.port(key).expect("a key from keys()");
-            match port.post_encoded(&open.scratch, fp) {
-                Ok(()) => {}
-                Err(e) if e.is_disconnected() => {
-                    // Gone, but what it posted before it left is still to be received:
-                    // `recv` forgets it once drained.
-                    if port.peer_gone_and_drained() {
-                        open.members.remove(key);
+        let archive = std::mem::take(&mut open.scratch);
+        let mut outcome = Ok(());
+        'members: for &key in &keys {
+            loop {
+                let Some(port) = open.members.port(key) else {
+                    continue 'members;
+                };
+                let patience = Some(Instant::now() + DRAIN_EVERY);
+                match port.post_encoded(&archive, fp, patience) {
+                    Ok(()) => continue 'members,
+                    // The member's ring is full: take in what the others (it among them)
+                    // sent us meanwhile, so that two members posting to each other never
+                    // wait for each other for good; then try again.
+                    Err(e) if e.is_full() => open.drain_incoming(),
+                    Err(e) if e.is_disconnected() => {
+                        // Gone, but what it posted before it left is still to be
+                        // received: `recv` forgets it once drained.
+                        if port.peer_gone_and_drained() {
+                            open.members.remove(key);
+                        }
+                        continue 'members;
                     }
-                }
-                Err(e) => {
-                    open.keys = keys;
-                    return Err(e);
+                    Err(e) => {
+                        outcome = Err(e);
+                        break 'members;
+                    }
                 }
             }
         }
+        open.scratch = archive;
         open.keys = keys;
-        Ok(())
+        outcome
     }
 
     /// Waits for the next message from any other channel of this name.
@@ -282,6 +312,20 @@ impl BroadcastChannel {
             return Err(RecvTimeoutError::Disconnected);
         };
         loop {
+            // What was taken in while a post waited comes first (it is older than what
+            // is still in the rings).
+            if let Some(entry) = open.backlog.pop_front() {
+                let decoded = entry
+                    .and_then(|(archive, tag)| codec::decode::<T>(&archive, tag, &open.recv_fp));
+                return match decoded {
+                    Ok(data) => Ok(MessageEvent {
+                        data,
+                        ports: Vec::new(),
+                        buffers: Vec::new(),
+                    }),
+                    Err(e) => Err(RecvTimeoutError::MessageError(e)),
+                };
+            }
             // Joiners are picked up when the listener has news (it is watched with the
             // members), not by a system call per receive.
             if open.members.take_extra_news() {
@@ -310,6 +354,22 @@ impl BroadcastChannel {
 }
 
 impl Open {
+    /// Takes every message queued for us into the backlog, undecoded (a post waiting for
+    /// room calls this).
+    fn drain_incoming(&mut self) {
+        let keys: Vec<PortKey> = self.members.keys().collect();
+        for key in keys {
+            // `get`: the set looks at the member again, whatever we took.
+            while let Some(port) = self.members.get(key) {
+                match port.try_recv_raw() {
+                    Ok(raw) => self.backlog.push_back(Ok(raw)),
+                    Err(TryRecvError::MessageError(e)) => self.backlog.push_back(Err(e)),
+                    Err(_) => break, // empty, or gone: `recv` deals with it
+                }
+            }
+        }
+    }
+
     /// Takes the ports that members who joined since the last look left on our listener.
     /// Never waits: a connection whose joiner has not sent its port yet is kept, watched,
     /// and finished at a later look.

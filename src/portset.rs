@@ -488,20 +488,47 @@ impl PortSet {
         // 1. Look.
         let mut idle = std::mem::take(&mut self.idle);
         idle.clear();
-        while let Some(key) = self.ready.pop_front() {
-            let Some(m) = self.member_mut(key) else {
-                continue; // removed since it was queued
+        let mut more_doorbells = false;
+        // Members put back during this look are looked at by the next one.
+        for _ in 0..self.ready.len() {
+            let Some(key) = self.ready.pop_front() else {
+                break;
             };
-            let hung_up = std::mem::take(&mut m.hung_up);
-            if std::mem::take(&mut m.news) {
-                m.port.drain_doorbells();
+            if self.member(key).is_none() {
+                continue; // removed since it was queued
             }
-            let readable = m.port.readable_now(hung_up);
             self.examined += 1;
+            let m = self.member_mut(key).expect("checked above");
+            let hung_up = std::mem::take(&mut m.hung_up);
+            let more = std::mem::take(&mut m.news) && m.port.drain_doorbells();
+            let readable = m.port.readable_now(hung_up);
             if readable {
+                if more {
+                    m.news = true;
+                }
                 return self.found(key, idle);
             }
+            if more {
+                // A flood of doorbells: drain the rest at the next look, after the others.
+                m.news = true;
+                self.ready.push_back(key);
+                more_doorbells = true;
+                continue;
+            }
             idle.push(key);
+        }
+        if more_doorbells {
+            // Arm the others, but do not sleep while doorbells wait to be drained.
+            for k in idle.drain(..) {
+                let m = self.member_mut(k).expect("idle members are members");
+                if m.port.ready_or_arm(false) {
+                    self.ready.push_back(k);
+                } else {
+                    m.queued = false;
+                }
+            }
+            self.idle = idle;
+            return Next::Busy;
         }
         // 2. Spin on the few members that were active (a post then costs the writer no
         //    system call and us no sleep).
