@@ -17,6 +17,15 @@ use crate::error::RecvError;
 use crate::{MessageEvent, MessagePort};
 
 impl MessagePort {
+    /// One poll of a receive of a `T`, for the future and the stream.
+    fn poll_recv<T: Message>(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<MessageEvent<T>, RecvError>> {
+        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, self.recv_fp());
+        self.poll_recv_with(cx, &mut decode)
+    }
+
     /// Receives the next message without blocking the thread: the async form of
     /// [`recv`](Self::recv), for any executor (tokio, async-std, smol, a hand-written
     /// `block_on`).
@@ -97,9 +106,7 @@ impl<T: Message> Future for RecvFuture<'_, T> {
     type Output = Result<MessageEvent<T>, RecvError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let port = &*self.get_mut().port;
-        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, port.recv_fp());
-        port.poll_recv_with(cx, &mut decode)
+        self.get_mut().port.poll_recv::<T>(cx)
     }
 }
 
@@ -126,9 +133,7 @@ impl<T: Message> Stream for Messages<'_, T> {
         if this.done {
             return Poll::Ready(None);
         }
-        let port = &*this.port;
-        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, port.recv_fp());
-        match port.poll_recv_with(cx, &mut decode) {
+        match this.port.poll_recv::<T>(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(ev)) => Poll::Ready(Some(Ok(ev))),
             Poll::Ready(Err(RecvError::Disconnected)) => {

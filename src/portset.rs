@@ -519,14 +519,7 @@ impl PortSet {
         }
         if more_doorbells {
             // Arm the others, but do not sleep while doorbells wait to be drained.
-            for k in idle.drain(..) {
-                let m = self.member_mut(k).expect("idle members are members");
-                if m.port.ready_or_arm(false) {
-                    self.ready.push_back(k);
-                } else {
-                    m.queued = false;
-                }
-            }
+            self.arm_all(&mut idle);
             self.idle = idle;
             return Next::Busy;
         }
@@ -600,6 +593,15 @@ impl PortSet {
     /// meanwhile), then requeues `key` at the back. Left queued unarmed instead, the empty
     /// members would be looked at again by every wait while others are busy: O(members).
     fn found(&mut self, key: PortKey, mut idle: Vec<PortKey>) -> Next {
+        self.arm_all(&mut idle);
+        self.ready.push_back(key);
+        self.idle = idle;
+        Next::Ready(key)
+    }
+
+    /// Arms every member of `idle` (emptying it): each leaves the queue, or stays queued if
+    /// it turned readable meanwhile.
+    fn arm_all(&mut self, idle: &mut Vec<PortKey>) {
         for k in idle.drain(..) {
             let m = self.member_mut(k).expect("idle members are members");
             if m.port.ready_or_arm(false) {
@@ -608,9 +610,6 @@ impl PortSet {
                 m.queued = false;
             }
         }
-        self.ready.push_back(key);
-        self.idle = idle;
-        Next::Ready(key)
     }
 }
 

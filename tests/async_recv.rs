@@ -252,11 +252,7 @@ fn an_async_receive_is_woken_by_a_post_from_another_process() {
 #[test]
 fn an_async_receive_ends_with_disconnected_when_the_peer_process_is_killed() {
     let ch = MessageChannel::new().unwrap();
-    as_child(|port| {
-        port.post_message(&1u8, []).unwrap();
-        let _ = port.recv::<u8>(); // parked until killed
-        unreachable!("the parent kills this process");
-    });
+    as_child(common::post_one_then_park);
     let child = spawn_test_child(
         "an_async_receive_ends_with_disconnected_when_the_peer_process_is_killed",
         ch.port2,

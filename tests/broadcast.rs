@@ -227,9 +227,7 @@ fn a_killed_members_name_is_freed_and_the_survivors_go_on() {
     as_child(|port| {
         let name = port.recv::<String>().unwrap().data;
         let _bc = BroadcastChannel::new(&name).unwrap();
-        port.post_message(&0u8, []).unwrap(); // joined
-        let _ = port.recv::<u8>(); // parked until killed
-        unreachable!("the parent kills this process");
+        common::post_one_then_park(port); // "joined", then parked until killed
     });
     let name = unique("killed");
     let mut a = BroadcastChannel::new(&name).unwrap();

@@ -187,11 +187,7 @@ fn a_set_is_woken_by_a_post_from_another_process() {
 #[test]
 fn a_peer_process_killed_while_the_set_waits_is_reported_as_disconnected() {
     let ch = MessageChannel::new().unwrap();
-    as_child(|port| {
-        port.post_message(&1u8, []).unwrap();
-        let _ = port.recv::<u8>(); // parked until killed
-        unreachable!("the parent kills this process");
-    });
+    as_child(common::post_one_then_park);
     let child = spawn_test_child(
         "a_peer_process_killed_while_the_set_waits_is_reported_as_disconnected",
         ch.port2,

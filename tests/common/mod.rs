@@ -60,6 +60,14 @@ pub fn as_child(body: impl FnOnce(MessagePort)) {
     std::process::exit(if outcome.is_ok() { 0 } else { 101 });
 }
 
+/// A child body: posts `1u8` to say it is up, then waits on its port until the parent
+/// kills it.
+pub fn post_one_then_park(port: MessagePort) {
+    port.post_message(&1u8, []).unwrap();
+    let _ = port.recv::<u8>(); // parked until killed
+    unreachable!("the parent kills this process");
+}
+
 /// The shmport segments this process has mapped, read from /proc/self/maps.
 pub fn shmport_mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps")
