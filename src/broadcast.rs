@@ -30,6 +30,7 @@ use crate::endpoint::{check_name, recv_channel_port, send_new_channel};
 use crate::error::{
     MessageError, PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError,
 };
+use crate::port::RoomWait;
 use crate::portset::{PortKey, PortSet};
 use crate::{Error, MessageEvent, MessagePort, platform};
 
@@ -219,17 +220,23 @@ impl BroadcastChannel {
         let archive = std::mem::take(&mut open.scratch);
         let mut outcome = Ok(());
         'members: for &key in &keys {
+            // First without waiting (no clock read on the fast path), then in slices.
+            let mut wait = RoomWait::Never;
             loop {
                 let Some(port) = open.members.port(key) else {
                     continue 'members;
                 };
-                let patience = Some(Instant::now() + DRAIN_EVERY);
-                match port.post_encoded(&archive, fp, patience) {
+                match port.post_encoded(&archive, fp, wait) {
                     Ok(()) => continue 'members,
-                    // The member's ring is full: take in what the others (it among them)
-                    // sent us meanwhile, so that two members posting to each other never
-                    // wait for each other for good; then try again.
-                    Err(e) if e.is_full() => open.drain_incoming(),
+                    // The member's ring is full: after each slice of waiting, take in what
+                    // the others (it among them) sent us meanwhile, so that two members
+                    // posting to each other never wait for each other for good.
+                    Err(e) if e.is_full() => {
+                        if matches!(wait, RoomWait::Until(_)) {
+                            open.drain_incoming();
+                        }
+                        wait = RoomWait::Until(Instant::now() + DRAIN_EVERY);
+                    }
                     Err(e) if e.is_disconnected() => {
                         // Gone, but what it posted before it left is still to be
                         // received: `recv` forgets it once drained.

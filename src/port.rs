@@ -53,7 +53,7 @@ const LIVENESS_EVERY: u32 = 64;
 
 /// How long a post waits for room in the peer's ring.
 #[derive(Clone, Copy, Debug)]
-enum RoomWait {
+pub(crate) enum RoomWait {
     /// Not at all (`try_post_message`).
     Never,
     /// Until there is room or the peer is gone.
@@ -303,14 +303,14 @@ impl MessagePort {
     }
 
     /// Posts an archive encoded once for many ports (a `BroadcastChannel`'s fan-out):
-    /// `fp` is the fingerprint of the type it encodes. Waits for room until `deadline`
-    /// (`None`: as long as it takes), then fails with `Full`. A message too large for the
-    /// ring travels out of it and always waits.
+    /// `fp` is the fingerprint of the type it encodes. Waits for room as `wait` says, then
+    /// fails with `Full`. A message too large for the ring travels out of it and always
+    /// waits.
     pub(crate) fn post_encoded(
         &self,
         archive: &[u8],
         fp: u64,
-        deadline: Option<Instant>,
+        wait: RoomWait,
     ) -> Result<(), PostError> {
         let fail = |kind| Err(PostError::new(kind, Vec::new()));
         if self.peer_gone_cheap() {
@@ -322,7 +322,6 @@ impl MessagePort {
         if archive.len() > tx.mem().max_payload() {
             return self.send_encoded(&mut tx, archive, fp, Vec::new(), true);
         }
-        let wait = deadline.map_or(RoomWait::Forever, RoomWait::Until);
         match self.when_room(&mut tx, wait, |tx| tx.try_write(archive, KIND_MESSAGE, fp)) {
             Ok(()) => {
                 self.wake_reader(&tx.mem().ctrl().reader_sleeping);
