@@ -9,9 +9,9 @@ use std::ptr::NonNull;
 
 use rkyv::util::AlignedVec;
 
-use crate::codec::{self, FingerprintCache, KIND_MESSAGE};
-use crate::ring::{Consumer, RingCtrl, RingMem};
-use crate::transfer::{self, ITEM_SLOT};
+use crate::shm::ring::{Consumer, RingCtrl, RingMem};
+use crate::wire::codec::{self, FingerprintCache, KIND_MESSAGE};
+use crate::wire::transfer::{self, ITEM_SLOT};
 
 const CAP: usize = 4096;
 
@@ -33,9 +33,9 @@ pub fn ring_records(data: &[u8]) {
     }
     let ctrl = Box::new(RingCtrl::new());
     ctrl.head
-        .store(start as u64, crate::sync::Ordering::Relaxed);
+        .store(start as u64, crate::sys::sync::Ordering::Relaxed);
     ctrl.tail
-        .store(start as u64, crate::sync::Ordering::Relaxed);
+        .store(start as u64, crate::sys::sync::Ordering::Relaxed);
     // SAFETY: both allocations outlive every use of `mem` below (end of this function);
     // the data area is 16-aligned (u128) and CAP bytes long.
     let mem = unsafe {
@@ -82,8 +82,8 @@ pub fn segment_header(data: &[u8]) {
     let mut file = std::fs::File::from(fd);
     // Lengths around the valid ones: the header's claims must match the real size.
     let len = match data.first().map(|b| b % 4) {
-        Some(0) => crate::segment::Segment::len_for(4096),
-        Some(1) => crate::segment::Segment::len_for(8192),
+        Some(0) => crate::shm::segment::Segment::len_for(4096),
+        Some(1) => crate::shm::segment::Segment::len_for(8192),
         _ => data.len(),
     };
     let mut image = data.to_vec();
@@ -95,7 +95,7 @@ pub fn segment_header(data: &[u8]) {
         &file,
         rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW,
     );
-    if let Ok(seg) = crate::segment::Segment::open(OwnedFd::from(file)) {
+    if let Ok(seg) = crate::shm::segment::Segment::open(OwnedFd::from(file)) {
         let seg = std::sync::Arc::new(seg);
         for side in 0..2 {
             if let Ok(port) =
@@ -117,7 +117,7 @@ pub fn transfer_record(data: &[u8]) {
     let Ok((header, items)) = transfer::parse(&payload) else {
         return;
     };
-    let Ok((heap, slot, generation)) = crate::heap::allocate(0) else {
+    let Ok((heap, slot, generation)) = crate::shm::heap::allocate(0) else {
         return;
     };
     heap.send(slot, generation);

@@ -46,46 +46,35 @@
 
 #![warn(missing_docs)]
 
-mod broadcast;
-mod buffer;
-mod channel;
-mod codec;
-mod dispatch;
-mod endpoint;
-mod error;
-mod future;
+// The layers, bottom to top; each imports only from those below it (`.ci/layers` checks).
+mod error; // errors of setup and receive calls: imports nothing of the crate
+mod named;
+mod port; // MessagePort and MessageChannel, ArrayBuffer transfers, PostError
+mod shm; // shared memory: segments, rings, heaps, the futex word and waiting on it
+mod sys; // every system call, behind one set of names per operating system
+mod wait; // waiting outside a port: PortSet, async receives, on_message dispatch
+mod wire; // formats of what crosses between processes: records, transfer items, doorbells // meeting by name or by birth: Endpoint, BroadcastChannel, spawn/parent_port
+
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod heap;
 #[cfg(all(test, loom))]
 mod loom_tests;
-mod platform;
-mod port;
-mod portset;
-mod process;
-mod reactor;
-mod ring;
-mod segment;
-mod sync;
-mod transfer;
-mod wake;
 
-pub use broadcast::{BroadcastChannel, MAX_BROADCAST_MEMBERS};
-pub use buffer::ArrayBuffer;
-pub use channel::{ChannelBuilder, MessageChannel};
-pub use codec::Message;
-pub use dispatch::{HandlerPanicked, MessageHandler};
-pub use endpoint::{Endpoint, MAX_ENDPOINT_NAME};
-pub use error::{
-    Error, MessageError, PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError,
+pub use error::{Error, MessageError, RecvError, RecvTimeoutError, TryRecvError};
+pub use named::broadcast::{BroadcastChannel, MAX_BROADCAST_MEMBERS};
+pub use named::endpoint::{Endpoint, MAX_ENDPOINT_NAME};
+pub use named::process::{BOOTSTRAP_ENV, parent_port, spawn};
+pub use port::{
+    ChannelBuilder, MessageChannel, MessageEvent, MessagePort, PostError, PostErrorKind,
+    Transferable,
 };
-pub use future::{Messages, RecvFuture};
-pub use port::{MessageEvent, MessagePort};
-pub use portset::{InsertError, PortKey, PortSet};
-pub use process::{BOOTSTRAP_ENV, parent_port, spawn};
-pub use transfer::Transferable;
-pub use wake::WaitStrategy;
+pub use shm::buffer::ArrayBuffer;
+pub use shm::wake::WaitStrategy;
+pub use wait::dispatch::{HandlerPanicked, MessageHandler};
+pub use wait::future::{Messages, RecvFuture};
+pub use wait::portset::{InsertError, PortKey, PortSet};
+pub use wire::codec::Message;
 
 /// The rkyv version shmport speaks; derive your messages' traits from here.
 pub use rkyv;

@@ -23,9 +23,9 @@ use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
 
-use crate::ring::RingCtrl;
-use crate::sync::{AtomicU32, Ordering, fence};
-use crate::wake::{WANTS_DOORBELL, WaitStrategy, Waiter, wake};
+use crate::shm::ring::RingCtrl;
+use crate::shm::wake::{WANTS_DOORBELL, WaitStrategy, Waiter, wake};
+use crate::sys::sync::{AtomicU32, Ordering, fence};
 
 /// A channel of `slots.len()` values between one producer and one consumer.
 ///
@@ -309,11 +309,11 @@ mod ring {
     use loom::thread;
 
     use super::check_model;
-    use crate::ring::{
+    use crate::shm::ring::{
         Consumer, Producer, RECORD_ALIGN, RECORD_HEADER, RecordHeader, RingCtrl, RingMem,
         record_size,
     };
-    use crate::sync::{AtomicU64, Ordering};
+    use crate::sys::sync::{AtomicU64, Ordering};
 
     const KIND: u32 = 2;
     const CAP: usize = 96;

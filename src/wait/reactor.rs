@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::Waker;
 
-use crate::platform::{self, Readiness};
+use crate::sys::{self, Readiness};
 
 struct Entry {
     generation: u32,
@@ -41,7 +41,7 @@ impl Reactor {
         let mut wakers: Vec<Waker> = Vec::with_capacity(64);
         loop {
             events.clear();
-            if platform::epoll_wait(self.epoll.as_fd(), None, &mut events).is_err() {
+            if sys::epoll_wait(self.epoll.as_fd(), None, &mut events).is_err() {
                 // EINTR is reported as no events; anything else would repeat at once.
                 std::thread::yield_now();
                 continue;
@@ -85,7 +85,7 @@ fn reactor() -> io::Result<&'static Reactor> {
         return Ok(r);
     }
     let r = Arc::new(Reactor {
-        epoll: platform::epoll_new()?,
+        epoll: sys::epoll_new()?,
         entries: Mutex::new(Entries::default()),
     });
     let runner = Arc::clone(&r);
@@ -126,7 +126,7 @@ impl Registration {
             (index, entries.slots[index as usize].generation)
         };
         let token = (u64::from(generation) << 32) | u64::from(index);
-        if let Err(e) = platform::epoll_watch(r.epoll.as_fd(), fd, token) {
+        if let Err(e) = sys::epoll_watch(r.epoll.as_fd(), fd, token) {
             r.entries().free.push(index);
             return Err(e);
         }
@@ -157,7 +157,7 @@ impl Registration {
     /// Stops watching `fd` (the socket given to [`new`](Self::new)) and frees the entry.
     pub(crate) fn release(self, fd: BorrowedFd<'_>) {
         let r = registered();
-        platform::epoll_unwatch(r.epoll.as_fd(), fd);
+        sys::epoll_unwatch(r.epoll.as_fd(), fd);
         let mut entries = r.entries();
         let e = &mut entries.slots[self.index as usize];
         e.generation = e.generation.wrapping_add(1);

@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use crate::codec::{self, Message};
 use crate::error::RecvError;
+use crate::wire::codec::{self, Message};
 use crate::{MessageEvent, MessagePort};
 
 impl MessagePort {

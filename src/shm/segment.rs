@@ -9,9 +9,9 @@ use std::ptr::{self, NonNull};
 use memmap2::MmapRaw;
 
 use crate::Error;
-use crate::platform;
-use crate::ring::{RingCtrl, RingMem};
-use crate::sync::AtomicU32;
+use crate::shm::ring::{RingCtrl, RingMem};
+use crate::sys;
+use crate::sys::sync::AtomicU32;
 
 /// `b"SHMPORT\0"` read as a little-endian `u64`.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\0");
@@ -103,9 +103,9 @@ impl Segment {
     /// Creates and initializes a new segment with two rings of `capacity` bytes each.
     pub(crate) fn create(capacity: usize) -> Result<Segment, Error> {
         let len = Self::len_for(capacity);
-        let fd = platform::create_shared_memory("shmport-channel", len as u64)
+        let fd = sys::create_shared_memory("shmport-channel", len as u64)
             .map_err(|e| Error::os("memfd_create", e))?;
-        let map = platform::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
+        let map = sys::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
         let hdr = map.as_mut_ptr().cast::<Header>();
         // SAFETY: the mapping is at least DATA_OFFSET >= size_of::<Header>() bytes, page
         // aligned (so aligned for Header), fresh from memfd (zero-filled, which is a valid
@@ -117,7 +117,7 @@ impl Segment {
             ptr::addr_of_mut!((*hdr).ring_capacity).write(capacity as u32);
             ptr::addr_of_mut!((*hdr).segment_len).write(len as u64);
         }
-        let identity = platform::file_identity(fd.as_fd()).map_err(|e| Error::os("fstat", e))?;
+        let identity = sys::file_identity(fd.as_fd()).map_err(|e| Error::os("fstat", e))?;
         Ok(Segment {
             map,
             fd,
@@ -133,17 +133,17 @@ impl Segment {
     /// once and checked against it, so a hostile creator cannot make us index outside the
     /// mapping.
     pub(crate) fn open(fd: OwnedFd) -> Result<Segment, Error> {
-        let len = platform::object_len(fd.as_fd()).map_err(|e| Error::os("fstat", e))?;
+        let len = sys::object_len(fd.as_fd()).map_err(|e| Error::os("fstat", e))?;
         let len = usize::try_from(len).map_err(|_| Error::InvalidSegment("segment too large"))?;
         if len < DATA_OFFSET + 2 * MIN_CAPACITY {
             return Err(Error::InvalidSegment("segment shorter than its header"));
         }
-        if !platform::is_sealed_against_shrinking(fd.as_fd()) {
+        if !sys::is_sealed_against_shrinking(fd.as_fd()) {
             return Err(Error::InvalidSegment(
                 "segment is not sealed against shrinking",
             ));
         }
-        let map = platform::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
+        let map = sys::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
         let hdr = map.as_ptr().cast::<Header>();
         // SAFETY: the mapping holds at least size_of::<Header>() bytes (checked above) and
         // is page aligned. Volatile reads copy each field once; a concurrent writer can give
@@ -158,7 +158,7 @@ impl Segment {
             )
         };
         check_header(magic, version, data_offset, capacity, segment_len, len)?;
-        let identity = platform::file_identity(fd.as_fd()).map_err(|e| Error::os("fstat", e))?;
+        let identity = sys::file_identity(fd.as_fd()).map_err(|e| Error::os("fstat", e))?;
         Ok(Segment {
             map,
             fd,
@@ -187,7 +187,7 @@ impl Segment {
         if let Some(mine) = slots[side & 1].take() {
             return Ok(mine);
         }
-        let (mine, theirs) = platform::socket_pair()?;
+        let (mine, theirs) = sys::socket_pair()?;
         slots[(side & 1) ^ 1] = Some(theirs);
         Ok(mine)
     }
@@ -385,7 +385,7 @@ mod tests {
         // ring 0 head (offset 256 + 128) ahead of its tail
         img[384..392].copy_from_slice(&64u64.to_le_bytes());
         let seg = segment_from_bytes(&img).unwrap();
-        let (s, _peer) = platform::socket_pair().unwrap();
+        let (s, _peer) = sys::socket_pair().unwrap();
         assert!(
             crate::MessagePort::attach(std::sync::Arc::new(seg), 1, Some(s), Default::default())
                 .is_err()

@@ -3,6 +3,8 @@
 //! The layers above never see `cfg`: a second operating system is a second file exporting
 //! the same functions (the shape ipc-channel's `platform` module uses).
 
+pub(crate) mod sync;
+
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]

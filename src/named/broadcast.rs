@@ -25,14 +25,12 @@ use rkyv::util::AlignedVec;
 
 use std::collections::VecDeque;
 
-use crate::codec::{self, FingerprintCache, Message};
-use crate::endpoint::{check_name, recv_channel_port, send_new_channel};
-use crate::error::{
-    MessageError, PostError, PostErrorKind, RecvError, RecvTimeoutError, TryRecvError,
-};
-use crate::port::RoomWait;
-use crate::portset::{PortKey, PortSet};
-use crate::{Error, MessageEvent, MessagePort, platform};
+use crate::error::{MessageError, RecvError, RecvTimeoutError, TryRecvError};
+use crate::named::endpoint::{check_name, recv_channel_port, send_new_channel};
+use crate::port::{PostError, PostErrorKind, RoomWait};
+use crate::wait::portset::{PortKey, PortSet};
+use crate::wire::codec::{self, FingerprintCache, Message};
+use crate::{Error, MessageEvent, MessagePort, sys};
 
 /// Most channels of one name open at once, across all processes of the user.
 pub const MAX_BROADCAST_MEMBERS: usize = 128;
@@ -126,7 +124,7 @@ impl BroadcastChannel {
         let _lock = JoinLock::acquire(name)?;
         let mut bound = None;
         for slot in 0..MAX_BROADCAST_MEMBERS {
-            match platform::endpoint_listen_with_backlog(&slot_name(name, slot), JOIN_BACKLOG) {
+            match sys::endpoint_listen_with_backlog(&slot_name(name, slot), JOIN_BACKLOG) {
                 Ok(l) => {
                     bound = Some((slot, l));
                     break;
@@ -136,7 +134,7 @@ impl BroadcastChannel {
             }
         }
         let (slot, listener) = bound.ok_or_else(|| Error::TooManyMembers(name.to_owned()))?;
-        platform::set_nonblocking(listener.as_fd()).map_err(|e| Error::os("fcntl", e))?;
+        sys::set_nonblocking(listener.as_fd()).map_err(|e| Error::os("fcntl", e))?;
         let mut members = PortSet::new()?;
         members.watch_extra(listener.as_fd())?;
         let mut spare = None;
@@ -387,16 +385,16 @@ impl Open {
                 self.finish_join(conn);
             }
         }
-        if !platform::readable_now(self.listener.as_fd()) {
+        if !sys::readable_now(self.listener.as_fd()) {
             return;
         }
         // WouldBlock: nobody is waiting. Anything else (the connection was reset, a
         // descriptor limit): leave it for the next look.
-        while let Ok(conn) = platform::endpoint_accept(self.listener.as_fd()) {
-            if !platform::peer_is_same_user(conn.as_fd()) {
+        while let Ok(conn) = sys::endpoint_accept(self.listener.as_fd()) {
+            if !sys::peer_is_same_user(conn.as_fd()) {
                 continue;
             }
-            if platform::readable_now(conn.as_fd()) {
+            if sys::readable_now(conn.as_fd()) {
                 self.take_port(&conn);
             } else if self.pending.len() < MAX_PENDING_JOINS {
                 let _ = self.members.watch_extra(conn.as_fd());
@@ -408,7 +406,7 @@ impl Open {
     /// Takes a pending joiner's port if it has arrived (or drops the connection if the
     /// joiner hung up); otherwise keeps it pending.
     fn finish_join(&mut self, conn: OwnedFd) {
-        if platform::readable_now(conn.as_fd()) {
+        if sys::readable_now(conn.as_fd()) {
             self.members.unwatch_extra(conn.as_fd());
             self.take_port(&conn);
         } else {
@@ -435,7 +433,7 @@ fn slot_name(name: &str, slot: usize) -> String {
 /// left so many joins unaccepted that its queue is full (it has not posted or received
 /// for that long: waiting for it could be forever).
 fn introduce(address: &str, spare: &mut Option<OwnedFd>) -> Result<Option<MessagePort>, Error> {
-    let conn = match platform::endpoint_connect_nonblocking(address, spare) {
+    let conn = match sys::endpoint_connect_nonblocking(address, spare) {
         Ok(c) => c,
         Err(e)
             if matches!(
@@ -449,7 +447,7 @@ fn introduce(address: &str, spare: &mut Option<OwnedFd>) -> Result<Option<Messag
         }
         Err(e) => return Err(Error::os("connecting to a BroadcastChannel member", e)),
     };
-    if !platform::peer_is_same_user(conn.as_fd()) {
+    if !sys::peer_is_same_user(conn.as_fd()) {
         return Ok(None);
     }
     // None: the member left between our connect and our send; nobody to talk to.
@@ -469,15 +467,15 @@ impl JoinLock {
         let mut backoff = Duration::from_micros(20);
         let mut holder_checked = false;
         loop {
-            match platform::endpoint_listen(&address) {
+            match sys::endpoint_listen(&address) {
                 Ok(bound) => return Ok(JoinLock { _bound: bound }),
                 // Another member is joining (well under a millisecond): retry.
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                     // The abstract namespace has no permissions: make sure, once, that the
                     // holder is one of ours, not another user squatting on the name.
                     if !std::mem::replace(&mut holder_checked, true) {
-                        let probe = platform::endpoint_connect_nonblocking(&address, &mut None);
-                        if probe.is_ok_and(|h| !platform::peer_is_same_user(h.as_fd())) {
+                        let probe = sys::endpoint_connect_nonblocking(&address, &mut None);
+                        if probe.is_ok_and(|h| !sys::peer_is_same_user(h.as_fd())) {
                             return Err(Error::NameInUse(format!(
                                 "{name} (its join lock is held by another user)"
                             )));

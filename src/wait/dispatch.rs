@@ -17,6 +17,8 @@ const STOP_CHECK: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 pub struct MessageHandler {
     stop: Arc<AtomicBool>,
+    /// Set by the dispatch thread when it ends, before it closes the port.
+    finished: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<MessagePort, HandlerPanicked>>>,
 }
 
@@ -73,6 +75,8 @@ impl MessagePort {
     {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&finished);
         let thread = std::thread::Builder::new()
             .name("shmport-onmessage".into())
             .spawn(move || {
@@ -87,14 +91,22 @@ impl MessagePort {
                         }
                     }
                 });
-                match std::panic::catch_unwind(run) {
+                let outcome = std::panic::catch_unwind(run);
+                // Release, before the port closes: pairs with the Acquire in `is_finished`,
+                // so a peer that saw the close also sees the dispatch finished.
+                done.store(true, Ordering::Release);
+                match outcome {
                     Ok(()) => Ok(port),
-                    Err(_) => Err(HandlerPanicked),
+                    Err(_) => {
+                        drop(port);
+                        Err(HandlerPanicked)
+                    }
                 }
             })
             .map_err(|e| Error::os("spawning the onmessage thread", e))?;
         Ok(MessageHandler {
             stop,
+            finished,
             thread: Some(thread),
         })
     }
@@ -123,7 +135,7 @@ impl MessageHandler {
 
     /// True once dispatch has ended on its own (the peer is gone, or a handler panicked).
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+        self.thread.is_none() || self.finished.load(Ordering::Acquire)
     }
 }
 

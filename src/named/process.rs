@@ -6,9 +6,9 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::segment::Segment;
-use crate::wake::WaitStrategy;
-use crate::{Error, MessagePort, platform};
+use crate::shm::segment::Segment;
+use crate::shm::wake::WaitStrategy;
+use crate::{Error, MessagePort, sys};
 
 /// The environment variable through which a child learns which descriptors carry its port.
 ///
@@ -42,13 +42,13 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 /// closes it: the other end sees `Disconnected`.
 pub fn spawn(cmd: &mut Command, port: MessagePort) -> Result<Child, Error> {
     let (seg, side, sock) = port.parts().map_err(|e| Error::os("socketpair", e))?;
-    let sock_fd = platform::raw(&sock);
-    let seg_fd = platform::raw(&seg.fd());
+    let sock_fd = sys::raw(&sock);
+    let seg_fd = sys::raw(&seg.fd());
     cmd.env(
         BOOTSTRAP_ENV,
         format!("v1:{}:{sock_fd}:{seg_fd}:{side}", std::process::id()),
     );
-    platform::inherit_in_child(cmd, &[sock, seg.fd()]).map_err(|e| Error::os("fstat", e))?;
+    sys::inherit_in_child(cmd, &[sock, seg.fd()]).map_err(|e| Error::os("fstat", e))?;
     // Publish what this handle has received so far: the child starts where we stopped.
     port.prepare_move();
     match cmd.spawn() {
@@ -84,10 +84,10 @@ pub fn parent_port() -> Result<MessagePort, Error> {
     if TAKEN.swap(true, Ordering::AcqRel) {
         return Err(Error::ParentPortTaken);
     }
-    platform::raise_descriptor_limit();
-    let sock: OwnedFd = platform::adopt_inherited(boot.sock_fd, true)
+    sys::raise_descriptor_limit();
+    let sock: OwnedFd = sys::adopt_inherited(boot.sock_fd, true)
         .map_err(|e| Error::os("adopting the inherited socket", e))?;
-    let seg_fd = platform::adopt_inherited(boot.seg_fd, false)
+    let seg_fd = sys::adopt_inherited(boot.seg_fd, false)
         .map_err(|e| Error::os("adopting the inherited segment", e))?;
     let seg = Segment::open(seg_fd)?;
     MessagePort::attach(

@@ -10,8 +10,8 @@ use memmap2::MmapRaw;
 use std::sync::Arc;
 
 use crate::Error;
-use crate::heap::{self, Heap};
-use crate::platform;
+use crate::shm::heap::{self, Heap};
+use crate::sys;
 
 /// A fixed-length byte buffer in shared memory: the web's `ArrayBuffer`.
 ///
@@ -96,9 +96,9 @@ impl ArrayBuffer {
                 generation,
             }
         } else {
-            let fd = platform::create_shared_memory("shmport-buffer", len as u64)
+            let fd = sys::create_shared_memory("shmport-buffer", len as u64)
                 .map_err(|e| Error::os("memfd_create", e))?;
-            let map = platform::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
+            let map = sys::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
             Region::Own(map, fd)
         };
         Ok(ArrayBuffer {
@@ -130,16 +130,14 @@ impl ArrayBuffer {
                 sent: false,
             });
         }
-        let size =
-            platform::object_len(fd.as_fd()).map_err(|_| "buffer region cannot be inspected")?;
+        let size = sys::object_len(fd.as_fd()).map_err(|_| "buffer region cannot be inspected")?;
         if (size as u128) < len as u128 {
             return Err("buffer descriptor is longer than its region");
         }
-        if !platform::is_sealed_against_shrinking(fd.as_fd()) {
+        if !sys::is_sealed_against_shrinking(fd.as_fd()) {
             return Err("buffer region is not sealed against shrinking");
         }
-        let map =
-            platform::map_shared(fd.as_fd(), len).map_err(|_| "buffer region cannot be mapped")?;
+        let map = sys::map_shared(fd.as_fd(), len).map_err(|_| "buffer region cannot be mapped")?;
         Ok(ArrayBuffer {
             region: Region::Own(map, fd),
             len,

@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use memmap2::MmapRaw;
 
-use crate::platform;
-use crate::sync::{AtomicU32, Ordering};
+use crate::sys;
+use crate::sys::sync::{AtomicU32, Ordering};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMHEAP\0");
 const VERSION: u32 = 1;
@@ -71,8 +71,8 @@ impl Heap {
     fn create(class: usize) -> std::io::Result<Heap> {
         let (slot_size, slots) = (CLASSES[class], SLOTS[class]);
         let len = Self::data_offset(slots) + slots as usize * slot_size;
-        let fd = platform::create_shared_memory("shmport-heap", len as u64)?;
-        let map = platform::map_shared(fd.as_fd(), len)?;
+        let fd = sys::create_shared_memory("shmport-heap", len as u64)?;
+        let map = sys::map_shared(fd.as_fd(), len)?;
         let base = map.as_mut_ptr();
         // SAFETY: the mapping is `len >= HEADER` bytes, page aligned, zero-filled and not yet
         // shared: plain writes of the immutable header fields.
@@ -85,7 +85,7 @@ impl Heap {
                 .cast::<u32>()
                 .write(Self::data_offset(slots) as u32);
         }
-        let identity = platform::file_identity(fd.as_fd())?;
+        let identity = sys::file_identity(fd.as_fd())?;
         Ok(Heap {
             map,
             fd,
@@ -98,12 +98,12 @@ impl Heap {
     /// Maps a heap received from another process after checking its header against the
     /// object's real size and seals.
     fn open(fd: OwnedFd) -> Result<Heap, &'static str> {
-        let len = platform::object_len(fd.as_fd()).map_err(|_| "heap cannot be inspected")?;
+        let len = sys::object_len(fd.as_fd()).map_err(|_| "heap cannot be inspected")?;
         let len = usize::try_from(len).map_err(|_| "heap too large")?;
-        if len < PAGE || !platform::is_sealed_against_shrinking(fd.as_fd()) {
+        if len < PAGE || !sys::is_sealed_against_shrinking(fd.as_fd()) {
             return Err("heap too short or not sealed");
         }
-        let map = platform::map_shared(fd.as_fd(), len).map_err(|_| "heap cannot be mapped")?;
+        let map = sys::map_shared(fd.as_fd(), len).map_err(|_| "heap cannot be mapped")?;
         let base = map.as_ptr();
         // SAFETY: the mapping holds at least one page (checked), so the 24 header bytes are
         // in bounds; volatile copies, checked below.
@@ -125,8 +125,7 @@ impl Heap {
         if !ok {
             return Err("heap header does not match its object");
         }
-        let identity =
-            platform::file_identity(fd.as_fd()).map_err(|_| "heap cannot be inspected")?;
+        let identity = sys::file_identity(fd.as_fd()).map_err(|_| "heap cannot be inspected")?;
         Ok(Heap {
             map,
             fd,
@@ -323,7 +322,7 @@ pub(crate) fn allocate(class: usize) -> std::io::Result<(Arc<Heap>, u32, u32)> {
 
 /// The mapping of a received heap: cached, or mapped now (and cached).
 pub(crate) fn adopt(fd: OwnedFd) -> Result<Arc<Heap>, &'static str> {
-    let identity = platform::file_identity(fd.as_fd()).map_err(|_| "heap cannot be inspected")?;
+    let identity = sys::file_identity(fd.as_fd()).map_err(|_| "heap cannot be inspected")?;
     if let Some(h) = pools(|p| p.mapped.get(&identity).cloned()) {
         return Ok(h); // `fd` closes here: the cached mapping is enough
     }

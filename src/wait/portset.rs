@@ -3,7 +3,7 @@
 //! # How a wake-up stays O(1)
 //!
 //! A port waiting in a set does not sleep on its futex: it sets the
-//! [`WANTS_DOORBELL`](crate::wake::WANTS_DOORBELL) bit of its ring's sleeping word, and a
+//! [`WANTS_DOORBELL`](crate::shm::wake::WANTS_DOORBELL) bit of its ring's sleeping word, and a
 //! writer that finds the bit (with the same fence pairing as a futex sleep) sends one byte
 //! on the channel's socket. Each member's socket is registered, edge-triggered, with one
 //! epoll instance owned by the set, so the kernel hands back exactly the ports that got
@@ -22,8 +22,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::error::{RecvError, TryRecvError};
-use crate::platform::{self, Readiness};
-use crate::wake::{WaitStrategy, Waiter};
+use crate::shm::wake::{WaitStrategy, Waiter};
+use crate::sys::{self, Readiness};
 use crate::{Error, Message, MessageEvent, MessagePort};
 
 /// Which member of a [`PortSet`] something is about. Keys are not reused for another port
@@ -148,7 +148,7 @@ impl PortSet {
     ///
     /// [`Error::Os`] when the kernel refuses an epoll instance (descriptor limit).
     pub fn new() -> Result<PortSet, Error> {
-        let epoll = platform::epoll_new().map_err(|e| Error::os("epoll_create1", e))?;
+        let epoll = sys::epoll_new().map_err(|e| Error::os("epoll_create1", e))?;
         Ok(PortSet {
             epoll,
             slots: Vec::new(),
@@ -199,7 +199,7 @@ impl PortSet {
         };
         let registered = port
             .news_fd()
-            .and_then(|fd| platform::epoll_watch(self.epoll.as_fd(), fd, key.token()));
+            .and_then(|fd| sys::epoll_watch(self.epoll.as_fd(), fd, key.token()));
         if let Err(e) = registered {
             self.free.push(index);
             return Err(InsertError {
@@ -228,7 +228,7 @@ impl PortSet {
         let member = slot.member.take()?;
         slot.generation = slot.generation.wrapping_add(1);
         if let Ok(fd) = member.port.news_fd() {
-            platform::epoll_unwatch(self.epoll.as_fd(), fd);
+            sys::epoll_unwatch(self.epoll.as_fd(), fd);
         }
         member.port.disarm();
         self.free.push(key.index);
@@ -397,7 +397,7 @@ impl PortSet {
     /// half-open joins); readiness of any is reported by
     /// [`take_extra_news`](Self::take_extra_news).
     pub(crate) fn watch_extra(&mut self, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Error> {
-        platform::epoll_watch(self.epoll.as_fd(), fd, EXTRA_TOKEN)
+        sys::epoll_watch(self.epoll.as_fd(), fd, EXTRA_TOKEN)
             .map_err(|e| Error::os("registering with epoll", e))?;
         self.extra_news = true;
         Ok(())
@@ -405,7 +405,7 @@ impl PortSet {
 
     /// Stops watching a descriptor given to [`watch_extra`](Self::watch_extra).
     pub(crate) fn unwatch_extra(&mut self, fd: std::os::fd::BorrowedFd<'_>) {
-        platform::epoll_unwatch(self.epoll.as_fd(), fd);
+        sys::epoll_unwatch(self.epoll.as_fd(), fd);
     }
 
     /// True when the extra descriptor reported news not yet taken.
@@ -461,7 +461,7 @@ impl PortSet {
     fn collect(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
         let mut events = std::mem::take(&mut self.events);
         events.clear();
-        let r = platform::epoll_wait(self.epoll.as_fd(), timeout, &mut events);
+        let r = sys::epoll_wait(self.epoll.as_fd(), timeout, &mut events);
         for ev in &events {
             if ev.token == EXTRA_TOKEN {
                 self.extra_news = true;

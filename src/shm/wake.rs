@@ -39,8 +39,8 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use crate::platform::{futex_wait, futex_wake};
-use crate::sync::{AtomicU32, Ordering, fence};
+use crate::sys::sync::{AtomicU32, Ordering, fence};
+use crate::sys::{futex_wait, futex_wake};
 
 /// Longest single futex sleep: a dead peer is noticed within this (plus one poll).
 pub(crate) const LIVENESS_INTERVAL: Duration = Duration::from_millis(50);

@@ -19,8 +19,6 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::{ArrayBuffer, MessagePort};
-
 /// Record kind of a message with a transfer list or an out-of-ring body.
 pub(crate) const KIND_TRANSFER: u32 = 3;
 
@@ -86,7 +84,7 @@ pub(crate) fn parse(payload: &[u8]) -> Result<(TransferHeader, Vec<Item>), &'sta
     let header: TransferHeader = bytemuck::pod_read_unaligned(&payload[..24]);
     let n = header.items as usize;
     if n > MAX_TRANSFER_LIST + 1
-        || header.fds as usize > crate::platform::MAX_FDS_PER_MESSAGE
+        || header.fds as usize > crate::sys::MAX_FDS_PER_MESSAGE
         || archive_offset(n) + header.inline_len as usize > payload.len()
     {
         return Err("transfer record header out of range");
@@ -96,29 +94,4 @@ pub(crate) fn parse(payload: &[u8]) -> Result<(TransferHeader, Vec<Item>), &'sta
         .map(bytemuck::pod_read_unaligned)
         .collect();
     Ok((header, items))
-}
-
-/// Something that can be moved, not copied, with a message: the web's transferable objects.
-///
-/// Build one with `.into()` from a [`MessagePort`] or an [`ArrayBuffer`].
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Transferable {
-    /// A port: its end of its channel moves, queued messages included. (Boxed: a port is
-    /// a few hundred bytes, a buffer a few words.)
-    Port(Box<MessagePort>),
-    /// A buffer in shared memory: its region moves, its bytes stay where they are.
-    Buffer(ArrayBuffer),
-}
-
-impl From<MessagePort> for Transferable {
-    fn from(port: MessagePort) -> Self {
-        Transferable::Port(Box::new(port))
-    }
-}
-
-impl From<ArrayBuffer> for Transferable {
-    fn from(buf: ArrayBuffer) -> Self {
-        Transferable::Buffer(buf)
-    }
 }

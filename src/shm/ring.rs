@@ -40,7 +40,7 @@ use std::ptr::NonNull;
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sys::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// Bytes of record header.
 pub(crate) const RECORD_HEADER: usize = 24;

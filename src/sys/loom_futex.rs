@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use loom::sync::{Condvar, Mutex};
 
-use crate::sync::{AtomicU32, Ordering};
+use crate::sys::sync::{AtomicU32, Ordering};
 
 struct Futexes {
     /// Wakes issued so far, per futex word address.

@@ -17,7 +17,7 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 use rustix::thread::futex;
 
 #[cfg(not(loom))]
-use crate::sync::AtomicU32;
+use crate::sys::sync::AtomicU32;
 
 /// Creates an anonymous shared-memory object of exactly `len` bytes.
 ///
@@ -371,7 +371,7 @@ pub(crate) fn wait_readable(sock: BorrowedFd<'_>) -> io::Result<()> {
 // ----- doorbells and epoll: waiting on many ports ----------------------------------------
 
 /// The one byte of a doorbell message: "the ring you read has news". A descriptor-passing
-/// note is [`SOCKET_MESSAGE`](crate::transfer::SOCKET_MESSAGE) bytes, so the two never look
+/// note is [`SOCKET_MESSAGE`](crate::wire::transfer::SOCKET_MESSAGE) bytes, so the two never look
 /// alike.
 pub(crate) const DOORBELL: u8 = 0xDB;
 

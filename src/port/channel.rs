@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::segment::{DEFAULT_CAPACITY, Segment};
-use crate::wake::WaitStrategy;
-use crate::{Error, MessagePort, platform};
+use crate::shm::segment::{DEFAULT_CAPACITY, Segment};
+use crate::shm::wake::WaitStrategy;
+use crate::{Error, MessagePort, sys};
 
 /// Two entangled ports over one new shared-memory segment: the web's `MessageChannel`.
 ///
@@ -91,7 +91,7 @@ impl ChannelBuilder {
     /// operating system refuses the memory or the sockets.
     pub fn build(self) -> Result<MessageChannel, Error> {
         let capacity = Segment::checked_capacity(self.capacity)?;
-        platform::raise_descriptor_limit();
+        sys::raise_descriptor_limit();
         let seg = Arc::new(Segment::create(capacity)?);
         // No sockets yet: they are created when a port first leaves this process.
         Ok(MessageChannel {

@@ -10,9 +10,9 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::segment::Segment;
-use crate::wake::WaitStrategy;
-use crate::{Error, MessageChannel, MessagePort, platform};
+use crate::shm::segment::Segment;
+use crate::shm::wake::WaitStrategy;
+use crate::{Error, MessageChannel, MessagePort, sys};
 
 /// Longest endpoint name accepted, in bytes.
 pub const MAX_ENDPOINT_NAME: usize = 64;
@@ -52,7 +52,7 @@ impl Endpoint {
     /// process of this user already serves it; [`Error::Os`] otherwise.
     pub fn bind(name: &str) -> Result<Endpoint, Error> {
         check_name(name)?;
-        let listener = platform::endpoint_listen(name).map_err(|e| match e.kind() {
+        let listener = sys::endpoint_listen(name).map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => Error::NameInUse(name.to_owned()),
             _ => Error::os("binding an endpoint", e),
         })?;
@@ -75,9 +75,9 @@ impl Endpoint {
     /// [`Error::Os`] when the operating system refuses the connection or the channel.
     pub fn accept(&self) -> Result<MessagePort, Error> {
         loop {
-            let conn = platform::endpoint_accept(self.listener.as_fd())
+            let conn = sys::endpoint_accept(self.listener.as_fd())
                 .map_err(|e| Error::os("accepting on an endpoint", e))?;
-            if !platform::peer_is_same_user(conn.as_fd()) {
+            if !sys::peer_is_same_user(conn.as_fd()) {
                 continue;
             }
             // None: the client left before we answered; wait for the next one.
@@ -97,13 +97,13 @@ impl Endpoint {
     /// is not a shmport endpoint of this user; [`Error::Os`] otherwise.
     pub fn connect(name: &str) -> Result<MessagePort, Error> {
         check_name(name)?;
-        let conn = platform::endpoint_connect(name).map_err(|e| match e.kind() {
+        let conn = sys::endpoint_connect(name).map_err(|e| match e.kind() {
             std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
                 Error::NoSuchEndpoint(name.to_owned())
             }
             _ => Error::os("connecting to an endpoint", e),
         })?;
-        if !platform::peer_is_same_user(conn.as_fd()) {
+        if !sys::peer_is_same_user(conn.as_fd()) {
             return Err(Error::BadBootstrap(
                 "the endpoint is served by another user",
             ));
@@ -125,7 +125,7 @@ pub(crate) fn send_new_channel(
     hello[..8].copy_from_slice(magic);
     hello[8] = side as u8;
     port2.prepare_move();
-    match platform::send_with_fds(conn, &hello, &[seg.fd(), sock], true) {
+    match sys::send_with_fds(conn, &hello, &[seg.fd(), sock], true) {
         Ok(()) => Ok(Some(port1)),
         Err(_) => {
             port2.unmark_moved();
@@ -141,9 +141,9 @@ pub(crate) fn recv_channel_port(
     conn: BorrowedFd<'_>,
     magic: &[u8; 8],
 ) -> Result<MessagePort, Error> {
-    platform::wait_readable(conn).map_err(|e| Error::os("poll", e))?;
+    sys::wait_readable(conn).map_err(|e| Error::os("poll", e))?;
     let mut hello = [0u8; 9];
-    let (n, fds) = platform::recv_with_fds(conn, &mut hello)
+    let (n, fds) = sys::recv_with_fds(conn, &mut hello)
         .map_err(|e| Error::os("receiving a port over a connection", e))?;
     let mut fds = fds.into_iter();
     let (Some(seg_fd), Some(sock), None) = (fds.next(), fds.next(), fds.next()) else {
@@ -151,11 +151,7 @@ pub(crate) fn recv_channel_port(
             "the other side did not hand over a port",
         ));
     };
-    if n != hello.len()
-        || &hello[..8] != magic
-        || hello[8] > 1
-        || !platform::is_socket(sock.as_fd())
-    {
+    if n != hello.len() || &hello[..8] != magic || hello[8] > 1 || !sys::is_socket(sock.as_fd()) {
         return Err(Error::BadBootstrap("the handed-over port is malformed"));
     }
     let seg = Segment::open(seg_fd)?;

@@ -1,0 +1,105 @@
+//! Whether the peer is still there: the closed flags, the kernel's hang-up report, and
+//! poisoning a channel whose shared memory is impossible.
+
+use std::os::fd::AsFd;
+
+use crate::error::{MessageError, TryRecvError};
+use crate::shm::ring::{Consumer, Corrupt};
+use crate::shm::wake::{WANTS_DOORBELL, wake};
+use crate::sys;
+use crate::sys::sync::Ordering;
+
+use super::*;
+
+/// How many empty `try_recv` calls pass between two kernel liveness checks.
+pub(super) const LIVENESS_EVERY: u32 = 64;
+
+impl MessagePort {
+    /// True when the peer is known to be gone without asking the kernel.
+    pub(super) fn peer_gone_cheap(&self) -> bool {
+        match self.peer.get() {
+            PeerState::Alive => {
+                // Acquire: pairs with the Release store in the peer's `Drop`, so every
+                // record the peer published before closing is visible to our next peek.
+                if self.seg.closed_flag(1 - self.side).load(Ordering::Acquire) != 0 {
+                    self.peer.set(PeerState::Gone);
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => true,
+        }
+    }
+
+    pub(super) fn liveness_due(&self) -> bool {
+        let n = self.liveness_countdown.get();
+        if n <= 1 {
+            self.liveness_countdown.set(LIVENESS_EVERY);
+            true
+        } else {
+            self.liveness_countdown.set(n - 1);
+            false
+        }
+    }
+
+    /// Asks the kernel whether every descriptor of the peer's socket is closed (its process
+    /// exited or was killed). One `poll` system call.
+    pub(super) fn check_liveness_now(&self) -> bool {
+        if self.peer_gone_cheap() {
+            return true;
+        }
+        // No socket yet: the peer is in this process (it would have left one for us when
+        // it left), and its Drop sets the closed flag checked above.
+        let sock = self.sock.get().or_else(|| {
+            let deposited = self.seg.take_deposited_socket(self.side)?;
+            Some(self.sock.get_or_init(|| deposited))
+        });
+        if sock.is_some_and(|s| sys::peer_hung_up(s.as_fd())) {
+            self.peer.set(PeerState::Gone);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(super) fn poison_rx(
+        &self,
+        rx: std::cell::RefMut<'_, Consumer>,
+        c: Corrupt,
+    ) -> TryRecvError {
+        drop(rx);
+        self.poison(c);
+        TryRecvError::MessageError(MessageError::Corrupt(c.0))
+    }
+
+    /// Stops all use of a segment whose metadata is impossible, and tells the peer.
+    pub(super) fn poison(&self, _why: Corrupt) {
+        self.peer.set(PeerState::Poisoned);
+        self.announce_close();
+    }
+
+    pub(super) fn announce_close(&self) {
+        // Release: pairs with the peer's Acquire load in `peer_gone_cheap`.
+        self.seg.closed_flag(self.side).store(1, Ordering::Release);
+        // The peer may sleep waiting for data from us or for room in the ring it fills.
+        self.wake_reader(&self.seg.ring_ctrl(self.side).reader_sleeping);
+        wake(&self.seg.ring_ctrl(1 - self.side).writer_sleeping);
+    }
+
+    /// Wakes the peer waiting for data in the ring we write: a futex wake if it sleeps, a
+    /// doorbell on its socket if it waits in a [`PortSet`](crate::PortSet) or a future.
+    #[inline]
+    pub(super) fn wake_reader(&self, word: &crate::sys::sync::AtomicU32) {
+        if wake(word) & WANTS_DOORBELL != 0 {
+            self.ring_doorbell();
+        }
+    }
+
+    #[cold]
+    pub(super) fn ring_doorbell(&self) {
+        if let Ok(sock) = self.socket() {
+            sys::ring_doorbell(sock);
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Posting without a transfer list: the fast path that serializes straight into the ring,
+//! the slow path through a scratch vector, and waiting for room (backpressure).
+
+use std::time::Instant;
+
+use rkyv::ser::allocator::Arena;
+
+use crate::shm::ring::{Corrupt, Producer};
+use crate::wire::codec::{self, KIND_MESSAGE, Message};
+
+use super::*;
+
+/// How long a post waits for room in the peer's ring.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RoomWait {
+    /// Not at all (`try_post_message`).
+    Never,
+    /// Until there is room or the peer is gone.
+    Forever,
+    /// Until then, then `Full`.
+    Until(Instant),
+}
+
+impl From<bool> for RoomWait {
+    fn from(block: bool) -> Self {
+        if block {
+            RoomWait::Forever
+        } else {
+            RoomWait::Never
+        }
+    }
+}
+
+impl MessagePort {
+    /// Posts a message to the entangled port, waiting while its ring is full.
+    ///
+    /// `msg` is serialized straight into shared memory; the caller keeps (and may reuse)
+    /// its value (S4). The message is visible to the peer as soon as this returns.
+    /// `transfer` lists ports and buffers to move with the message; pass `[]` for none.
+    ///
+    /// # Errors
+    ///
+    /// [`PostErrorKind::Disconnected`] when the peer is gone (S16), [`PostErrorKind::Encode`]
+    /// when the value cannot be serialized (S5), [`PostErrorKind::DataClone`] for an
+    /// invalid transfer list, [`PostErrorKind::Os`] when the operating system refuses the
+    /// shared memory a large message needs or the descriptor passing a transfer needs.
+    /// In every case nothing is sent and the transfer list is handed back
+    /// ([`PostError::into_inner`]).
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let ch = MessageChannel::new()?;
+    /// ch.port1.post_message(&(7u32, String::from("seven")), [])?;
+    /// assert_eq!(ch.port2.recv::<(u32, String)>()?.data.0, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn post_message<T: Message>(
+        &self,
+        msg: &T,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        self.post(msg, transfer, true)
+    }
+
+    /// Posts a message without ever waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message), plus [`PostErrorKind::Full`] when the peer's
+    /// ring has no room now.
+    pub fn try_post_message<T: Message>(
+        &self,
+        msg: &T,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        self.post(msg, transfer, false)
+    }
+
+    pub(super) fn post<T: Message>(
+        &self,
+        msg: &T,
+        transfer: impl IntoIterator<Item = Transferable>,
+        block: bool,
+    ) -> Result<(), PostError> {
+        let mut transfer = transfer.into_iter().peekable();
+        if transfer.peek().is_some() {
+            return self.post_with_transfers(msg, transfer.collect(), block);
+        }
+        let fail = |kind| Err(PostError::new(kind, Vec::new()));
+        if self.peer_gone_cheap() {
+            return fail(PostErrorKind::Disconnected);
+        }
+        let Ok(mut tx) = self.tx.try_borrow_mut() else {
+            return fail(PostErrorKind::Reentrant);
+        };
+        let Ok(mut arena) = self.arena.try_borrow_mut() else {
+            return fail(PostErrorKind::Reentrant);
+        };
+        let arena = arena.get_or_insert_with(Arena::new);
+        let fp = self.send_fp.get::<T>();
+        match self.write_in_place(&mut tx, msg, fp, arena) {
+            Ok(true) => {
+                self.wake_reader(&tx.mem().ctrl().reader_sleeping);
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(corrupt) => {
+                drop(tx);
+                self.poison(corrupt);
+                return fail(PostErrorKind::Disconnected);
+            }
+        }
+        // Slow path: the ring has no room now, or the message is bigger than predicted.
+        let Ok(mut scratch) = self.tx_scratch.try_borrow_mut() else {
+            return fail(PostErrorKind::Reentrant);
+        };
+        if let Err(e) = codec::encode_to_vec(msg, &mut scratch, arena) {
+            return fail(PostErrorKind::Encode(e));
+        }
+        let len = scratch.len();
+        if len > tx.mem().max_payload() {
+            // Too large for one record: the archive travels outside the ring.
+            return self.send_encoded(&mut tx, &scratch, fp, Vec::new(), block);
+        }
+        self.size_hint.set(len);
+        match self.when_room(&mut tx, RoomWait::from(block), |tx| {
+            tx.try_write(&scratch, KIND_MESSAGE, fp)
+        }) {
+            Ok(()) => {
+                self.wake_reader(&tx.mem().ctrl().reader_sleeping);
+                Ok(())
+            }
+            Err(kind) => fail(kind),
+        }
+    }
+
+    /// Posts an archive encoded once for many ports (a `BroadcastChannel`'s fan-out):
+    /// `fp` is the fingerprint of the type it encodes. Waits for room as `wait` says, then
+    /// fails with `Full`. A message too large for the ring travels out of it and always
+    /// waits.
+    pub(crate) fn post_encoded(
+        &self,
+        archive: &[u8],
+        fp: u64,
+        wait: RoomWait,
+    ) -> Result<(), PostError> {
+        let fail = |kind| Err(PostError::new(kind, Vec::new()));
+        if self.peer_gone_cheap() {
+            return fail(PostErrorKind::Disconnected);
+        }
+        let Ok(mut tx) = self.tx.try_borrow_mut() else {
+            return fail(PostErrorKind::Reentrant);
+        };
+        if archive.len() > tx.mem().max_payload() {
+            return self.send_encoded(&mut tx, archive, fp, Vec::new(), true);
+        }
+        match self.when_room(&mut tx, wait, |tx| tx.try_write(archive, KIND_MESSAGE, fp)) {
+            Ok(()) => {
+                self.wake_reader(&tx.mem().ctrl().reader_sleeping);
+                Ok(())
+            }
+            Err(kind) => fail(kind),
+        }
+    }
+
+    /// Waits (or, with `block == false`, looks once) until `step` succeeds in writing to
+    /// `tx`: each attempt first checks the peer and refreshes the consumer's index.
+    /// `Err` when the peer is gone, or when not blocking and the ring is full.
+    pub(super) fn when_room(
+        &self,
+        tx: &mut Producer,
+        wait: RoomWait,
+        mut step: impl FnMut(&mut Producer) -> bool,
+    ) -> Result<(), PostErrorKind> {
+        let mut attempt = || -> Option<Result<(), PostErrorKind>> {
+            if self.peer_gone_cheap() {
+                return Some(Err(PostErrorKind::Disconnected));
+            }
+            if let Err(c) = tx.refresh() {
+                self.poison(c);
+                return Some(Err(PostErrorKind::Disconnected));
+            }
+            step(tx).then_some(Ok(()))
+        };
+        let gone = || {
+            self.check_liveness_now()
+                .then_some(Err(PostErrorKind::Disconnected))
+        };
+        let word = &self.seg.ring_ctrl(self.side).writer_sleeping;
+        let outcome = match wait {
+            RoomWait::Forever => self.send_wait.wait(word, None, &mut attempt, gone),
+            RoomWait::Until(d) => self.send_wait.wait(word, Some(d), &mut attempt, gone),
+            // Full: a reader that died never drains it, so say so instead of `Full`.
+            RoomWait::Never => attempt().or_else(gone),
+        };
+        outcome.unwrap_or(Err(PostErrorKind::Full))
+    }
+
+    /// Serializes `msg` directly into the ring if it fits now. `Ok(false)`: no room.
+    pub(super) fn write_in_place<T: Message>(
+        &self,
+        tx: &mut Producer,
+        msg: &T,
+        fp: u64,
+        arena: &mut Arena,
+    ) -> Result<bool, Corrupt> {
+        let hint = self.size_hint.get();
+        for round in 0..2 {
+            let (here, wrapped) = tx.room();
+            for wrap in [false, true] {
+                let Some(room) = (if wrap { wrapped } else { here }) else {
+                    continue;
+                };
+                if room < hint || (wrap && wrapped <= here) {
+                    continue;
+                }
+                let Some(area) = tx.payload_area(wrap) else {
+                    continue;
+                };
+                if let Some(len) = codec::encode_into(msg, area, arena) {
+                    tx.commit(wrap, len, KIND_MESSAGE, fp);
+                    if len != hint {
+                        self.size_hint.set(len);
+                    }
+                    return Ok(true);
+                }
+            }
+            if round == 0 {
+                tx.refresh()?;
+            }
+        }
+        Ok(false)
+    }
+}

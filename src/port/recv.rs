@@ -1,0 +1,200 @@
+//! Receiving: copy the record out of the ring, release it, then validate and decode (the
+//! peer cannot change what was checked), and the blocking and timed waits around it.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{MessageError, RecvError, RecvTimeoutError, TryRecvError};
+use crate::shm::wake::wake;
+use crate::wire::codec::{self, KIND_MESSAGE, Message};
+use crate::wire::transfer::KIND_TRANSFER;
+
+use super::*;
+
+/// Turns a validated-size archive and its type tag into what a receive returns.
+pub(crate) type Decoder<'a, R> = dyn FnMut(&[u8], u64) -> Result<R, MessageError> + 'a;
+
+impl MessagePort {
+    /// Receives the next message, waiting until one arrives or the peer is gone.
+    ///
+    /// How it waits is set by [`set_wait_strategy`](Self::set_wait_strategy). A peer whose
+    /// process died is noticed within 100 ms.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Disconnected`] once the peer is gone and every message it posted has
+    /// been received (S15); [`RecvError::MessageError`] when the next message cannot be
+    /// decoded as `T` (S6): that message is consumed and the port keeps working.
+    pub fn recv<T: Message>(&self) -> Result<MessageEvent<T>, RecvError> {
+        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp);
+        Self::untimed(self.recv_until(None, &mut decode))
+    }
+
+    pub(super) fn untimed<R>(
+        r: Result<MessageEvent<R>, RecvTimeoutError>,
+    ) -> Result<MessageEvent<R>, RecvError> {
+        match r {
+            Ok(ev) => Ok(ev),
+            Err(RecvTimeoutError::MessageError(e)) => Err(RecvError::MessageError(e)),
+            Err(_) => Err(RecvError::Disconnected),
+        }
+    }
+
+    /// Receives the next message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), plus [`RecvTimeoutError::Timeout`] when nothing arrived in
+    /// time and the peer is alive.
+    pub fn recv_timeout<T: Message>(
+        &self,
+        timeout: Duration,
+    ) -> Result<MessageEvent<T>, RecvTimeoutError> {
+        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp);
+        self.recv_until(Instant::now().checked_add(timeout), &mut decode)
+    }
+
+    /// Receives the next message and hands its archived form (rkyv's `Archived<T>`) to `f`
+    /// instead of deserializing it: rkyv's zero-copy read, validated.
+    ///
+    /// The archive is read from a port-private copy taken before validation, so a peer
+    /// cannot change it under `f`; `f` runs before the next message is received.
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let ch = MessageChannel::new()?;
+    /// ch.port1.post_message(&vec![1u32, 2, 3], [])?;
+    /// let ev = ch.port2.recv_archived::<Vec<u32>, _>(|v| v.iter().map(|x| x.to_native()).sum::<u32>())?;
+    /// assert_eq!(ev.data, 6);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv).
+    pub fn recv_archived<T: Message, R>(
+        &self,
+        f: impl FnOnce(&T::Archived) -> R,
+    ) -> Result<MessageEvent<R>, RecvError> {
+        let mut f = Some(f);
+        let mut decode = |bytes: &[u8], tag| {
+            let archived = codec::access::<T>(bytes, tag, &self.recv_fp)?;
+            Ok(f.take().expect("one record per receive")(archived))
+        };
+        Self::untimed(self.recv_until(None, &mut decode))
+    }
+
+    /// [`recv_archived`](Self::recv_archived) without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_archived<T: Message, R>(
+        &self,
+        f: impl FnOnce(&T::Archived) -> R,
+    ) -> Result<MessageEvent<R>, TryRecvError> {
+        let mut f = Some(f);
+        let mut decode = |bytes: &[u8], tag| {
+            let archived = codec::access::<T>(bytes, tag, &self.recv_fp)?;
+            Ok(f.take().expect("one record per receive")(archived))
+        };
+        self.try_recv_with(true, &mut decode)
+    }
+
+    pub(super) fn recv_until<R>(
+        &self,
+        deadline: Option<Instant>,
+        decode: &mut Decoder<'_, R>,
+    ) -> Result<MessageEvent<R>, RecvTimeoutError> {
+        let decode = std::cell::RefCell::new(decode);
+        let attempt = || match self.try_recv_with(false, *decode.borrow_mut()) {
+            Err(TryRecvError::Empty) => None,
+            Ok(ev) => Some(Ok(ev)),
+            Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
+            Err(TryRecvError::MessageError(e)) => Some(Err(RecvTimeoutError::MessageError(e))),
+        };
+        let word = &self.seg.ring_ctrl(1 - self.side).reader_sleeping;
+        let peer_dead = || {
+            if self.check_liveness_now() {
+                // Drain whatever the peer published before it went.
+                Some(match self.try_recv_with(false, *decode.borrow_mut()) {
+                    Ok(ev) => Ok(ev),
+                    Err(TryRecvError::MessageError(e)) => Err(RecvTimeoutError::MessageError(e)),
+                    Err(_) => Err(RecvTimeoutError::Disconnected),
+                })
+            } else {
+                None
+            }
+        };
+        self.recv_wait
+            .wait(word, deadline, attempt, peer_dead)
+            .unwrap_or(Err(RecvTimeoutError::Timeout))
+    }
+
+    /// Receives the next message if one is queued; never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] when nothing is queued and the peer is alive;
+    /// [`TryRecvError::Disconnected`] once the peer is gone and the queue drained (a closed
+    /// peer is seen at the next call, a dead process within 64 calls);
+    /// [`TryRecvError::MessageError`] as for [`recv`](Self::recv).
+    pub fn try_recv<T: Message>(&self) -> Result<MessageEvent<T>, TryRecvError> {
+        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp);
+        self.try_recv_with(true, &mut decode)
+    }
+
+    pub(super) fn try_recv_with<R>(
+        &self,
+        periodic_liveness: bool,
+        decode: &mut Decoder<'_, R>,
+    ) -> Result<MessageEvent<R>, TryRecvError> {
+        if self.peer.get() == PeerState::Poisoned {
+            return Err(TryRecvError::Disconnected);
+        }
+        let Ok(mut rx) = self.rx.try_borrow_mut() else {
+            // Called from inside a Deserialize impl of a message on this same port.
+            return Err(TryRecvError::Empty);
+        };
+        let record = match rx.peek() {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                if rx.flush() {
+                    wake(&rx.mem().ctrl().writer_sleeping);
+                }
+                let gone = self.peer_gone_cheap()
+                    || (periodic_liveness && self.liveness_due() && self.check_liveness_now());
+                if !gone {
+                    return Err(TryRecvError::Empty);
+                }
+                // The peer's last records were published before it closed: look once more.
+                match rx.peek() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Err(TryRecvError::Disconnected),
+                    Err(c) => return Err(self.poison_rx(rx, c)),
+                }
+            }
+            Err(c) => return Err(self.poison_rx(rx, c)),
+        };
+        let mut scratch = std::mem::take(&mut *self.rx_scratch.borrow_mut());
+        rx.copy_payload(&record, &mut scratch);
+        if rx.release(record) {
+            wake(&rx.mem().ctrl().writer_sleeping);
+        }
+        drop(rx);
+        let header = record.header;
+        let result = match header.kind {
+            KIND_MESSAGE => decode(&scratch, header.tag)
+                .map(|data| MessageEvent {
+                    data,
+                    ports: Vec::new(),
+                    buffers: Vec::new(),
+                })
+                .map_err(TryRecvError::MessageError),
+            KIND_TRANSFER => self.receive_transfer(&mut scratch, header.tag, decode),
+            kind => Err(TryRecvError::MessageError(MessageError::UnknownKind(kind))),
+        };
+        *self.rx_scratch.borrow_mut() = scratch;
+        result
+    }
+}

@@ -1,0 +1,333 @@
+//! Tests of the port against a hostile or broken peer.
+
+#[cfg(all(test, not(loom)))]
+mod corrupt_ring {
+
+    use crate::error::{MessageError, RecvError};
+
+    use crate::wire::codec::KIND_MESSAGE;
+
+    use crate::sys::sync::Ordering;
+
+    use crate::MessageChannel;
+
+    use crate::wire::codec::fingerprint_of;
+
+    #[test]
+    fn corrupt_archive_bytes_with_the_right_fingerprint_are_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        let fp = fingerprint_of::<Vec<String>>();
+        assert!(
+            ch.port1
+                .tx
+                .borrow_mut()
+                .try_write(&[0xff; 64], KIND_MESSAGE, fp)
+        );
+        ch.port1
+            .post_message(&vec![String::from("ok")], [])
+            .unwrap();
+        assert!(matches!(
+            ch.port2.recv::<Vec<String>>(),
+            Err(RecvError::MessageError(MessageError::Invalid(_)))
+        ));
+        assert_eq!(ch.port2.recv::<Vec<String>>().unwrap().data, ["ok"]);
+    }
+
+    #[test]
+    fn an_unknown_record_kind_is_a_message_error_and_the_port_keeps_working() {
+        let ch = MessageChannel::new().unwrap();
+        assert!(ch.port1.tx.borrow_mut().try_write(&[0; 16], 77, 0));
+        ch.port1.post_message(&1u8, []).unwrap();
+        assert!(matches!(
+            ch.port2.recv::<u8>(),
+            Err(RecvError::MessageError(MessageError::UnknownKind(77)))
+        ));
+        assert_eq!(ch.port2.recv::<u8>().unwrap().data, 1);
+    }
+
+    #[test]
+    fn impossible_ring_metadata_is_reported_once_then_disconnected() {
+        let ch = MessageChannel::new().unwrap();
+        ch.port1.seg.ring(0).forge(0, 1, u32::MAX, KIND_MESSAGE);
+        assert!(matches!(
+            ch.port2.recv::<u8>(),
+            Err(RecvError::MessageError(MessageError::Corrupt(_)))
+        ));
+        assert!(matches!(
+            ch.port2.recv::<u8>(),
+            Err(RecvError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn the_peer_of_a_poisoned_port_sees_disconnected() {
+        let ch = MessageChannel::new().unwrap();
+        ch.port1.seg.ring(0).forge(0, 1, 0, 0);
+        assert!(ch.port2.try_recv::<u8>().is_err());
+        assert!(
+            ch.port1
+                .post_message(&1u8, [])
+                .unwrap_err()
+                .is_disconnected()
+        );
+    }
+
+    #[test]
+    fn a_consumer_index_rewritten_by_the_peer_poisons_the_producer() {
+        let ch = MessageChannel::builder().capacity(4096).build().unwrap();
+        while ch.port1.try_post_message(&[0u8; 64], []).is_ok() {}
+        ch.port1
+            .seg
+            .ring_ctrl(0)
+            .head
+            .store(1 << 40, Ordering::Relaxed);
+        let err = ch.port1.post_message(&[0u8; 64], []).unwrap_err();
+        assert!(err.is_disconnected(), "{err}");
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod forged_transfers {
+    //! Transfer records as a buggy or hostile peer could write them.
+
+    use super::super::*;
+    use crate::error::{MessageError, RecvError};
+    use crate::shm::buffer::ArrayBuffer;
+
+    use crate::sys;
+    use crate::wire::transfer::{
+        self, ITEM_BUFFER, ITEM_PORT, ITEM_SLOT, Item, KIND_TRANSFER, SOCKET_MESSAGE,
+        TransferHeader,
+    };
+
+    use crate::MessageChannel;
+    use crate::port::readiness::DOORBELLS_PER_DRAIN;
+    use crate::port::transfer_out::next_transfer_seq;
+    use crate::shm::buffer::Wire;
+    use crate::wire::codec::fingerprint_of;
+    use rkyv::util::AlignedVec;
+    use std::os::fd::{AsFd, BorrowedFd};
+
+    /// Posts a transfer record with these items and descriptors, and an archive of `0u8`.
+    fn post_raw(port: &MessagePort, items: &[Item], fds: &[BorrowedFd<'_>], with_note: bool) {
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&0u8).unwrap();
+        let seq = next_transfer_seq();
+        let header = TransferHeader {
+            seq,
+            items: items.len() as u32,
+            fds: fds.len() as u32,
+            inline_len: archive.len() as u32,
+            reserved: 0,
+        };
+        let mut payload = AlignedVec::<16>::new();
+        payload.extend_from_slice(bytemuck::bytes_of(&header));
+        payload.extend_from_slice(bytemuck::cast_slice(items));
+        payload.resize(transfer::archive_offset(items.len()), 0);
+        payload.extend_from_slice(&archive);
+        if with_note {
+            let mut note = [0u8; SOCKET_MESSAGE];
+            note[..8].copy_from_slice(&seq.to_le_bytes());
+            sys::send_with_fds(port.socket().unwrap(), &note, fds, true).unwrap();
+        }
+        assert!(
+            port.tx
+                .borrow_mut()
+                .try_write(&payload, KIND_TRANSFER, fingerprint_of::<u8>())
+        );
+    }
+
+    fn item(kind: u32, side: u32, len: u64, reserved: u64) -> Item {
+        Item {
+            kind,
+            side,
+            len,
+            reserved,
+        }
+    }
+
+    /// Posts a pooled buffer from port1 to port2: its slot, generation, and the event.
+    fn deliver_a_pooled_buffer(ch: &MessageChannel) -> (u32, u32, MessageEvent<u8>) {
+        let buf = ArrayBuffer::new(100).unwrap();
+        let Wire::Slot {
+            slot, generation, ..
+        } = buf.wire()
+        else {
+            panic!("a 100-byte buffer is pooled")
+        };
+        ch.port1.post_message(&0u8, [buf.into()]).unwrap();
+        (slot, generation, ch.port2.recv::<u8>().unwrap())
+    }
+
+    /// A 1 MiB buffer: large enough to have a region (and descriptor) of its own.
+    fn own_region() -> ArrayBuffer {
+        ArrayBuffer::new(1 << 20).unwrap()
+    }
+
+    fn own_fd(region: &ArrayBuffer) -> BorrowedFd<'_> {
+        let Wire::Own(fd) = region.wire() else {
+            panic!("a 1 MiB buffer has a region of its own")
+        };
+        fd
+    }
+
+    fn transfer_error(r: Result<MessageEvent<u8>, RecvError>) -> bool {
+        matches!(r, Err(RecvError::MessageError(MessageError::Transfer(_))))
+    }
+
+    #[test]
+    fn a_replayed_pooled_buffer_descriptor_is_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        let (slot, generation, first) = deliver_a_pooled_buffer(&ch);
+        // Replay the same descriptor: the slot is owned by the receiver now, not in transit.
+        let (heap, ..) = crate::shm::heap::allocate(0).unwrap();
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_SLOT, slot, 100, generation.into())],
+            &[heap.fd()],
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+        drop(first);
+        ch.port1.post_message(&7u8, []).unwrap();
+        assert_eq!(ch.port2.recv::<u8>().unwrap().data, 7);
+    }
+
+    #[test]
+    fn a_slot_rewritten_to_in_transit_cannot_give_this_process_a_second_buffer_on_it() {
+        let ch = MessageChannel::new().unwrap();
+        let (slot, generation, _held) = deliver_a_pooled_buffer(&ch);
+        // A hostile peer flips the slot back to "in transit" and replays the descriptor.
+        let (heap, ..) = crate::shm::heap::allocate(0).unwrap();
+        let state = heap_state_word(&heap, slot);
+        state.store((generation << 2) | 2, std::sync::atomic::Ordering::Relaxed);
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_SLOT, slot, 100, generation.into())],
+            &[heap.fd()],
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+    }
+
+    #[test]
+    fn a_slot_we_hold_that_a_peer_marks_free_is_never_allocated_again() {
+        let a = ArrayBuffer::new(100).unwrap();
+        let Wire::Slot { slot, .. } = a.wire() else {
+            panic!("pooled")
+        };
+        let (heap, ..) = crate::shm::heap::allocate(0).unwrap();
+        heap_state_word(&heap, slot).store(0, std::sync::atomic::Ordering::Relaxed);
+        let others: Vec<ArrayBuffer> = (0..600).map(|_| ArrayBuffer::new(100).unwrap()).collect();
+        assert!(others.iter().all(|b| b.as_ptr() != a.as_ptr()));
+    }
+
+    fn heap_state_word(heap: &crate::shm::heap::Heap, slot: u32) -> &std::sync::atomic::AtomicU32 {
+        heap.state_for_tests(slot)
+    }
+
+    #[test]
+    fn a_pooled_buffer_descriptor_out_of_the_heap_is_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        let (heap, slot, generation) = crate::shm::heap::allocate(0).unwrap();
+        heap.send(slot, generation);
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_SLOT, 1 << 20, 16, generation.into())],
+            &[heap.fd()],
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_SLOT, slot, 1 << 40, generation.into())],
+            &[heap.fd()],
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+    }
+
+    #[test]
+    fn a_buffer_descriptor_longer_than_its_region_is_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        let region = own_region();
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_BUFFER, 0, 2 << 20, 0)],
+            &[own_fd(&region)],
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+    }
+
+    #[test]
+    fn a_port_descriptor_that_is_not_a_segment_is_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        let region = own_region();
+        let fd = own_fd(&region);
+        let (a, _b) = sys::socket_pair().unwrap();
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_PORT, 0, 0, 0)],
+            &[fd, a.as_fd()],
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+    }
+
+    #[test]
+    fn fewer_descriptors_than_items_is_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        post_raw(&ch.port1, &[item(ITEM_BUFFER, 0, 10, 0)], &[], true);
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+        ch.port1.post_message(&1u8, []).unwrap();
+        assert_eq!(ch.port2.recv::<u8>().unwrap().data, 1);
+    }
+
+    #[test]
+    fn a_transfer_record_without_its_descriptors_poisons_the_channel() {
+        let ch = MessageChannel::new().unwrap();
+        ch.port2.socket().unwrap(); // the pair exists, but nothing is sent on it
+        post_raw(&ch.port1, &[item(ITEM_BUFFER, 0, 0, 0)], &[], false);
+        assert!(matches!(
+            ch.port2.recv::<u8>(),
+            Err(RecvError::MessageError(MessageError::Corrupt(_)))
+        ));
+        assert!(matches!(
+            ch.port2.recv::<u8>(),
+            Err(RecvError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn a_flood_of_doorbells_is_drained_in_bounded_steps_and_harms_nothing() {
+        let ch = MessageChannel::new().unwrap();
+        ch.port2.news_fd().unwrap();
+        let sock = ch.port1.socket().unwrap();
+        for _ in 0..2 * DOORBELLS_PER_DRAIN {
+            sys::ring_doorbell(sock); // the socket buffer may refuse some
+        }
+        let mut steps = 0;
+        while ch.port2.drain_doorbells() {
+            steps += 1;
+            assert!(steps < 100, "the drain never ends");
+        }
+        assert!(steps >= 1, "a drain took more than its bound at once");
+        ch.port1.post_message(&5u8, []).unwrap();
+        assert_eq!(ch.port2.try_recv::<u8>().unwrap().data, 5);
+    }
+
+    #[test]
+    fn a_few_doorbells_before_a_transfer_note_are_skipped() {
+        let ch = MessageChannel::new().unwrap();
+        ch.port2.news_fd().unwrap();
+        for _ in 0..3 {
+            sys::ring_doorbell(ch.port1.socket().unwrap());
+        }
+        let buf = ArrayBuffer::new(16).unwrap();
+        ch.port1
+            .post_message(&9u8, [Transferable::Buffer(buf)])
+            .unwrap();
+        let ev = ch.port2.recv::<u8>().unwrap();
+        assert_eq!((ev.data, ev.buffers.len()), (9, 1));
+    }
+}

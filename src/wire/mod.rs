@@ -1,0 +1,5 @@
+//! The formats of what crosses between processes, apart from the ring itself: the message
+//! codec and type fingerprints, transfer records and their items, doorbells, names.
+
+pub(crate) mod codec;
+pub(crate) mod transfer;
