@@ -46,6 +46,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The operating system's error inside, for a caller that reports `io::Error`s.
+    pub(crate) fn into_io(self) -> io::Error {
+        match self {
+            Error::Os { source, .. } => source,
+            other => io::Error::other(other),
+        }
+    }
+
     pub(crate) fn os(op: &'static str, source: impl Into<io::Error>) -> Self {
         Error::Os {
             op,
@@ -182,6 +190,19 @@ macro_rules! recv_error {
             }
         }
 
+        impl $name {
+            /// True when the peer is gone and its queue drained.
+            pub fn is_disconnected(&self) -> bool {
+                matches!(self, $name::Disconnected)
+            }
+
+            /// True when a message arrived but could not be decoded (the web's
+            /// `messageerror`): the port still works.
+            pub fn is_message_error(&self) -> bool {
+                matches!(self, $name::MessageError(_))
+            }
+        }
+
         impl From<MessageError> for $name {
             fn from(e: MessageError) -> Self {
                 $name::MessageError(e)
@@ -213,3 +234,48 @@ recv_error!(
         Timeout => "timed out waiting for a message",
     }
 );
+
+impl TryRecvError {
+    /// True when nothing is queued and the peer is alive.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, TryRecvError::Empty)
+    }
+
+    /// What a waiting receive makes of this: `None` for `Empty` (wait on), the error to
+    /// return otherwise.
+    pub(crate) fn settled(self) -> Option<RecvError> {
+        match self {
+            TryRecvError::Empty => None,
+            TryRecvError::Disconnected => Some(RecvError::Disconnected),
+            TryRecvError::MessageError(e) => Some(RecvError::MessageError(e)),
+        }
+    }
+}
+
+impl RecvTimeoutError {
+    /// True when nothing arrived before the timeout and the peer is alive.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RecvTimeoutError::Timeout)
+    }
+}
+
+impl From<RecvError> for RecvTimeoutError {
+    /// A receive that ended before its deadline: `Os` (only async receives report it)
+    /// becomes `Disconnected`, since the port cannot wait any more.
+    fn from(e: RecvError) -> Self {
+        match e {
+            RecvError::MessageError(e) => RecvTimeoutError::MessageError(e),
+            _ => RecvTimeoutError::Disconnected,
+        }
+    }
+}
+
+impl From<RecvTimeoutError> for RecvError {
+    /// An untimed wait never times out, so only `Disconnected` and `MessageError` occur.
+    fn from(e: RecvTimeoutError) -> Self {
+        match e {
+            RecvTimeoutError::MessageError(e) => RecvError::MessageError(e),
+            _ => RecvError::Disconnected,
+        }
+    }
+}

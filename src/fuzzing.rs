@@ -102,7 +102,7 @@ pub fn segment_header(data: &[u8]) {
                 crate::MessagePort::attach(seg.clone(), side, None, Default::default())
             {
                 let _ = port.try_recv::<Vec<u64>>();
-                port.prepare_move(); // do not mark the fuzzed segment closed
+                port.depart().complete(); // do not mark the fuzzed segment closed
             }
         }
     }

@@ -25,12 +25,15 @@ use rkyv::util::AlignedVec;
 
 use std::collections::VecDeque;
 
+use crate::error::Error;
 use crate::error::{MessageError, RecvError, RecvTimeoutError, TryRecvError};
 use crate::named::endpoint::{check_name, recv_channel_port, send_new_channel};
+use crate::port::{MessageEvent, MessagePort};
 use crate::port::{PostError, PostErrorKind, RoomWait};
+use crate::sys;
 use crate::wait::portset::{PortKey, PortSet};
 use crate::wire::codec::{self, FingerprintCache, Message};
-use crate::{Error, MessageEvent, MessagePort, sys};
+use crate::wire::naming;
 
 /// Most channels of one name open at once, across all processes of the user.
 pub const MAX_BROADCAST_MEMBERS: usize = 128;
@@ -423,9 +426,9 @@ impl Open {
     }
 }
 
-/// `shmport/<uid>/bc/<name>/<slot>` without the prefix the platform adds.
+/// The address of slot `slot` of broadcast `name`: `shmport/<uid>/bc/<name>/<slot>`.
 fn slot_name(name: &str, slot: usize) -> String {
-    format!("bc/{name}/{slot}")
+    naming::address(&format!("bc/{name}/{slot}"))
 }
 
 /// Connects to the member at `address`, if one is there, and hands it one port of a new
@@ -462,7 +465,7 @@ struct JoinLock {
 
 impl JoinLock {
     fn acquire(name: &str) -> Result<JoinLock, Error> {
-        let address = format!("bc/{name}/lock");
+        let address = naming::address(&format!("bc/{name}/lock"));
         let give_up = Instant::now() + JOIN_LOCK_PATIENCE;
         let mut backoff = Duration::from_micros(20);
         let mut holder_checked = false;

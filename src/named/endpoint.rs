@@ -8,11 +8,11 @@
 //! restart. Both sides check with the kernel that the other runs as the same user.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
 
-use crate::shm::segment::Segment;
-use crate::shm::wake::WaitStrategy;
-use crate::{Error, MessageChannel, MessagePort, sys};
+use crate::error::Error;
+use crate::port::{MessageChannel, MessagePort};
+use crate::sys;
+use crate::wire::naming;
 
 /// Longest endpoint name accepted, in bytes.
 pub const MAX_ENDPOINT_NAME: usize = 64;
@@ -52,10 +52,11 @@ impl Endpoint {
     /// process of this user already serves it; [`Error::Os`] otherwise.
     pub fn bind(name: &str) -> Result<Endpoint, Error> {
         check_name(name)?;
-        let listener = sys::endpoint_listen(name).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AddrInUse => Error::NameInUse(name.to_owned()),
-            _ => Error::os("binding an endpoint", e),
-        })?;
+        let listener =
+            sys::endpoint_listen(&naming::address(name)).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AddrInUse => Error::NameInUse(name.to_owned()),
+                _ => Error::os("binding an endpoint", e),
+            })?;
         Ok(Endpoint {
             name: name.to_owned(),
             listener,
@@ -97,7 +98,7 @@ impl Endpoint {
     /// is not a shmport endpoint of this user; [`Error::Os`] otherwise.
     pub fn connect(name: &str) -> Result<MessagePort, Error> {
         check_name(name)?;
-        let conn = sys::endpoint_connect(name).map_err(|e| match e.kind() {
+        let conn = sys::endpoint_connect(&naming::address(name)).map_err(|e| match e.kind() {
             std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
                 Error::NoSuchEndpoint(name.to_owned())
             }
@@ -120,17 +121,17 @@ pub(crate) fn send_new_channel(
     magic: &[u8; 8],
 ) -> Result<Option<MessagePort>, Error> {
     let MessageChannel { port1, port2, .. } = MessageChannel::new()?;
-    let (seg, side, sock) = port2.parts().map_err(|e| Error::os("socketpair", e))?;
+    let wire = port2.wire().map_err(|e| Error::os("socketpair", e))?;
     let mut hello = [0u8; 9];
     hello[..8].copy_from_slice(magic);
-    hello[8] = side as u8;
-    port2.prepare_move();
-    match sys::send_with_fds(conn, &hello, &[seg.fd(), sock], true) {
-        Ok(()) => Ok(Some(port1)),
-        Err(_) => {
-            port2.unmark_moved();
-            Ok(None)
+    hello[8] = wire.side as u8;
+    let departure = port2.depart();
+    match sys::send_with_fds(conn, &hello, &[wire.segment, wire.socket], true) {
+        Ok(()) => {
+            departure.complete();
+            Ok(Some(port1))
         }
+        Err(_) => Ok(None),
     }
 }
 
@@ -151,16 +152,10 @@ pub(crate) fn recv_channel_port(
             "the other side did not hand over a port",
         ));
     };
-    if n != hello.len() || &hello[..8] != magic || hello[8] > 1 || !sys::is_socket(sock.as_fd()) {
+    if n != hello.len() || &hello[..8] != magic {
         return Err(Error::BadBootstrap("the handed-over port is malformed"));
     }
-    let seg = Segment::open(seg_fd)?;
-    MessagePort::attach(
-        Arc::new(seg),
-        usize::from(hello[8]),
-        Some(sock),
-        WaitStrategy::default(),
-    )
+    MessagePort::arrive(seg_fd, sock, usize::from(hello[8]))
 }
 
 pub(crate) fn check_name(name: &str) -> Result<(), Error> {

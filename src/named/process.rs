@@ -3,12 +3,11 @@
 
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::shm::segment::Segment;
-use crate::shm::wake::WaitStrategy;
-use crate::{Error, MessagePort, sys};
+use crate::error::Error;
+use crate::port::MessagePort;
+use crate::sys;
 
 /// The environment variable through which a child learns which descriptors carry its port.
 ///
@@ -41,23 +40,18 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 /// [`Error::Os`] when the process cannot be started. The port is then dropped, which
 /// closes it: the other end sees `Disconnected`.
 pub fn spawn(cmd: &mut Command, port: MessagePort) -> Result<Child, Error> {
-    let (seg, side, sock) = port.parts().map_err(|e| Error::os("socketpair", e))?;
-    let sock_fd = sys::raw(&sock);
-    let seg_fd = sys::raw(&seg.fd());
+    let wire = port.wire().map_err(|e| Error::os("socketpair", e))?;
+    let sock_fd = sys::raw(&wire.socket);
+    let seg_fd = sys::raw(&wire.segment);
     cmd.env(
         BOOTSTRAP_ENV,
-        format!("v1:{}:{sock_fd}:{seg_fd}:{side}", std::process::id()),
+        format!("v1:{}:{sock_fd}:{seg_fd}:{}", std::process::id(), wire.side),
     );
-    sys::inherit_in_child(cmd, &[sock, seg.fd()]).map_err(|e| Error::os("fstat", e))?;
-    // Publish what this handle has received so far: the child starts where we stopped.
-    port.prepare_move();
-    match cmd.spawn() {
-        Ok(child) => Ok(child),
-        Err(e) => {
-            port.unmark_moved();
-            Err(Error::os("spawn", e))
-        }
-    }
+    sys::inherit_in_child(cmd, &[wire.socket, wire.segment]).map_err(|e| Error::os("fstat", e))?;
+    let departure = port.depart();
+    let child = cmd.spawn().map_err(|e| Error::os("spawn", e))?;
+    departure.complete();
+    Ok(child)
 }
 
 /// The port a parent handed to this process with [`spawn`]. Callable once per process.
@@ -89,13 +83,7 @@ pub fn parent_port() -> Result<MessagePort, Error> {
         .map_err(|e| Error::os("adopting the inherited socket", e))?;
     let seg_fd = sys::adopt_inherited(boot.seg_fd, false)
         .map_err(|e| Error::os("adopting the inherited segment", e))?;
-    let seg = Segment::open(seg_fd)?;
-    MessagePort::attach(
-        Arc::new(seg),
-        boot.side,
-        Some(sock),
-        WaitStrategy::default(),
-    )
+    MessagePort::arrive(seg_fd, sock, boot.side)
 }
 
 #[derive(Debug, PartialEq, Eq)]

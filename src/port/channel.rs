@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
+use crate::error::Error;
 use crate::shm::segment::{DEFAULT_CAPACITY, Segment};
 use crate::shm::wake::WaitStrategy;
-use crate::{Error, MessagePort, sys};
+use crate::sys;
+
+use super::MessagePort;
 
 /// Two entangled ports over one new shared-memory segment: the web's `MessageChannel`.
 ///

@@ -1,25 +1,74 @@
-//! Handing this end of the channel to a new owner (a child process, a transfer): its
-//! descriptors, its lazily created socket, and the moved mark.
+//! Handing this end of the channel to a new owner (a child process, an endpoint's caller,
+//! a transfer) and taking one over: one wire form, one departure, one arrival.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
+use crate::error::Error;
 use crate::shm::segment::Segment;
+use crate::shm::wake::WaitStrategy;
+use crate::sys;
 
-use super::*;
+use super::MessagePort;
+
+/// What carries one end of a channel to a new owner: the segment's descriptor, the end's
+/// socket, and which side of the segment the end is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PortWire<'a> {
+    pub segment: BorrowedFd<'a>,
+    pub socket: BorrowedFd<'a>,
+    pub side: usize,
+}
+
+/// A move of a port's end in progress: the port has published its state and is marked
+/// moved. Dropped without [`complete`](Departure::complete), the move is undone and the
+/// handle owns its end again.
+#[must_use = "dropping a Departure undoes the move"]
+pub(crate) struct Departure<'a> {
+    port: &'a MessagePort,
+}
+
+impl Departure<'_> {
+    /// The end now lives elsewhere: dropping the handle will close nothing.
+    pub(crate) fn complete(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Departure<'_> {
+    fn drop(&mut self) {
+        self.port.moved.set(false);
+    }
+}
 
 impl MessagePort {
-    /// Publishes this port's state for whoever attaches to its end next, and marks it moved
-    /// so that dropping this handle closes nothing.
-    pub(crate) fn prepare_move(&self) {
+    /// The descriptors that carry this end elsewhere (its socket is created on first need).
+    pub(crate) fn wire(&self) -> std::io::Result<PortWire<'_>> {
+        Ok(PortWire {
+            segment: self.seg.fd(),
+            socket: self.socket()?,
+            side: self.side,
+        })
+    }
+
+    /// Starts moving this end: publishes what this handle has consumed, so the new owner
+    /// starts where we stopped, and marks the handle moved.
+    pub(crate) fn depart(&self) -> Departure<'_> {
         if let Ok(mut rx) = self.rx.try_borrow_mut() {
             rx.flush();
         }
         self.moved.set(true);
+        Departure { port: self }
     }
 
-    /// What carries this end elsewhere: the segment, the side and the socket.
-    pub(crate) fn parts(&self) -> std::io::Result<(&Segment, usize, BorrowedFd<'_>)> {
-        Ok((&self.seg, self.side, self.socket()?))
+    /// Takes over an end that arrived as descriptors: checks that `socket` is a socket,
+    /// opens and validates the segment, and attaches to `side` from its published state.
+    pub(crate) fn arrive(segment: OwnedFd, socket: OwnedFd, side: usize) -> Result<Self, Error> {
+        if side > 1 || !sys::is_socket(socket.as_fd()) {
+            return Err(Error::BadBootstrap("a port's descriptors are malformed"));
+        }
+        let seg = Segment::open(segment)?;
+        MessagePort::attach(Arc::new(seg), side, Some(socket), WaitStrategy::default())
     }
 
     /// This end's socket, created with its peer's on first need. A channel whose two ports
@@ -32,10 +81,5 @@ impl MessagePort {
         }
         let mine = self.seg.take_or_create_socket(self.side)?;
         Ok(self.sock.get_or_init(|| mine).as_fd())
-    }
-
-    /// Undoes [`prepare_move`](Self::prepare_move) when the move failed.
-    pub(crate) fn unmark_moved(&self) {
-        self.moved.set(false);
     }
 }

@@ -99,7 +99,7 @@ impl MessagePort {
     #[cold]
     pub(super) fn ring_doorbell(&self) {
         if let Ok(sock) = self.socket() {
-            sys::ring_doorbell(sock);
+            crate::wire::doorbell::ring(sock);
         }
     }
 }

@@ -19,6 +19,7 @@ pub use channel::{ChannelBuilder, MessageChannel};
 pub use error::{PostError, PostErrorKind};
 use liveness::LIVENESS_EVERY;
 pub(crate) use post::RoomWait;
+pub(crate) use readiness::SocketWatcher;
 pub(crate) use recv::Decoder;
 pub use transferable::Transferable;
 
@@ -30,11 +31,12 @@ use std::sync::Arc;
 use rkyv::ser::allocator::Arena;
 use rkyv::util::AlignedVec;
 
+use crate::error::Error;
+use crate::shm::buffer::ArrayBuffer;
 use crate::shm::ring::{Consumer, Corrupt, Producer};
 use crate::shm::segment::Segment;
 use crate::shm::wake::{WaitStrategy, Waiter};
 use crate::wire::codec::FingerprintCache;
-use crate::{ArrayBuffer, Error};
 
 /// A received message: the web's `MessageEvent`.
 #[derive(Debug)]
@@ -102,7 +104,7 @@ pub struct MessagePort {
     /// Set when the port's end moves elsewhere (spawn, transfer): Drop must not close it.
     moved: Cell<bool>,
     /// This port's place in the async reactor, made by its first pending `recv_async`.
-    async_reg: std::cell::OnceCell<crate::wait::reactor::Registration>,
+    watcher: std::cell::OnceCell<Box<dyn SocketWatcher>>,
 }
 
 impl fmt::Debug for MessagePort {
@@ -144,7 +146,7 @@ impl MessagePort {
             size_hint: Cell::new(0),
             arena: RefCell::new(None),
             moved: Cell::new(false),
-            async_reg: std::cell::OnceCell::new(),
+            watcher: std::cell::OnceCell::new(),
         })
     }
 
@@ -192,8 +194,8 @@ impl Drop for MessagePort {
     fn drop(&mut self) {
         // Before the socket closes, and also when the end moved on: the socket's open file
         // then lives on elsewhere, and our reactor must stop watching it.
-        if let (Some(reg), Some(sock)) = (self.async_reg.take(), self.sock.get()) {
-            reg.release(sock.as_fd());
+        if let (Some(watcher), Some(sock)) = (self.watcher.take(), self.sock.get()) {
+            watcher.release(sock.as_fd());
         }
         if !self.moved.get() {
             self.announce_close();

@@ -3,9 +3,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::error::{RecvError, TryRecvError};
 use crate::shm::wake::{WANTS_DOORBELL, wake};
-use crate::sys;
 use crate::sys::sync::Ordering;
 use crate::wire::codec::FingerprintCache;
 
@@ -16,62 +14,42 @@ use super::*;
 /// floods us with them must not hold the thread that drains.
 pub(super) const DOORBELLS_PER_DRAIN: usize = 256;
 
+/// Something outside the port that watches its socket (the async reactor's registration).
+/// The port keeps it, and releases it when the handle goes, before the socket closes.
+pub(crate) trait SocketWatcher: std::any::Any + Send {
+    /// The port's handle goes: stop watching `sock`.
+    fn release(self: Box<Self>, sock: BorrowedFd<'_>);
+    /// For [`MessagePort::watcher`]'s downcast.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
 impl MessagePort {
     pub(crate) fn recv_fp(&self) -> &FingerprintCache {
         &self.recv_fp
     }
 
-    /// A receive future or stream was dropped: the reactor forgets its task's waker.
-    pub(crate) fn forget_waker(&self) {
-        if let Some(reg) = self.async_reg.get() {
-            reg.clear_waker();
-        }
+    /// The watcher of this port's socket kept for waiters outside the port (the async
+    /// reactor's registration), made by `make` on first need.
+    pub(crate) fn watcher<W: SocketWatcher>(
+        &self,
+        make: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<W>,
+    ) -> std::io::Result<&W> {
+        let watcher = match self.watcher.get() {
+            Some(w) => w,
+            None => {
+                let made = make(self.socket()?)?;
+                self.watcher.get_or_init(|| Box::new(made))
+            }
+        };
+        watcher
+            .as_any()
+            .downcast_ref()
+            .ok_or_else(|| std::io::Error::other("a port has one kind of socket watcher"))
     }
 
-    /// One poll of an async receive: a queued message is returned at once; otherwise the
-    /// task's waker is left with the reactor and the doorbell armed. Only a `Ready` result
-    /// takes anything from the ring, so dropping the future between polls loses nothing.
-    pub(crate) fn poll_recv_with<R>(
-        &self,
-        cx: &mut std::task::Context<'_>,
-        decode: &mut Decoder<'_, R>,
-    ) -> std::task::Poll<Result<MessageEvent<R>, RecvError>> {
-        use std::task::Poll;
-        let done = |r: Result<MessageEvent<R>, TryRecvError>| match r {
-            Ok(ev) => Some(Ok(ev)),
-            Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => Some(Err(RecvError::Disconnected)),
-            Err(TryRecvError::MessageError(e)) => Some(Err(RecvError::MessageError(e))),
-        };
-        if let Some(r) = done(self.try_recv_with(true, decode)) {
-            return Poll::Ready(r);
-        }
-        let reg = match self.async_reg.get() {
-            Some(reg) => reg,
-            None => {
-                let made = self
-                    .socket()
-                    .and_then(|sock| crate::wait::reactor::Registration::new(sock));
-                match made {
-                    Ok(reg) => self.async_reg.get_or_init(|| reg),
-                    Err(e) => return Poll::Ready(Err(RecvError::Os(e))),
-                }
-            }
-        };
-        let hung_up = reg.set_waker(cx.waker());
-        let more_doorbells = self.drain_doorbells();
-        if self.ready_or_arm(hung_up) {
-            if let Some(r) = done(self.try_recv_with(false, decode)) {
-                return Poll::Ready(r);
-            }
-            // Readable a moment ago, empty now: cannot happen with one consumer, but if it
-            // did, ask to be polled again rather than sleep through news.
-            cx.waker().wake_by_ref();
-        } else if more_doorbells {
-            // A flood of doorbells: drain the rest at the next poll, yielding in between.
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
+    /// The watcher made by [`watcher`](Self::watcher), if any.
+    pub(crate) fn existing_watcher<W: SocketWatcher>(&self) -> Option<&W> {
+        self.watcher.get()?.as_any().downcast_ref()
     }
 
     /// The descriptor that becomes readable when this port has news: the socket a peer
@@ -85,7 +63,7 @@ impl MessagePort {
     /// thread (and a whole `PortSet`). True when more may be queued.
     pub(crate) fn drain_doorbells(&self) -> bool {
         self.sock.get().is_some_and(|sock| {
-            sys::drain_doorbells(sock.as_fd(), DOORBELLS_PER_DRAIN) == DOORBELLS_PER_DRAIN
+            crate::wire::doorbell::drain(sock.as_fd(), DOORBELLS_PER_DRAIN) == DOORBELLS_PER_DRAIN
         })
     }
 

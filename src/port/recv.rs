@@ -32,11 +32,7 @@ impl MessagePort {
     pub(super) fn untimed<R>(
         r: Result<MessageEvent<R>, RecvTimeoutError>,
     ) -> Result<MessageEvent<R>, RecvError> {
-        match r {
-            Ok(ev) => Ok(ev),
-            Err(RecvTimeoutError::MessageError(e)) => Err(RecvError::MessageError(e)),
-            Err(_) => Err(RecvError::Disconnected),
-        }
+        r.map_err(RecvError::from)
     }
 
     /// Receives the next message, waiting at most `timeout`.
@@ -108,10 +104,8 @@ impl MessagePort {
     ) -> Result<MessageEvent<R>, RecvTimeoutError> {
         let decode = std::cell::RefCell::new(decode);
         let attempt = || match self.try_recv_with(false, *decode.borrow_mut()) {
-            Err(TryRecvError::Empty) => None,
             Ok(ev) => Some(Ok(ev)),
-            Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
-            Err(TryRecvError::MessageError(e)) => Some(Err(RecvTimeoutError::MessageError(e))),
+            Err(e) => e.settled().map(|e| Err(e.into())),
         };
         let word = &self.seg.ring_ctrl(1 - self.side).reader_sleeping;
         let peer_dead = || {
@@ -119,8 +113,7 @@ impl MessagePort {
                 // Drain whatever the peer published before it went.
                 Some(match self.try_recv_with(false, *decode.borrow_mut()) {
                     Ok(ev) => Ok(ev),
-                    Err(TryRecvError::MessageError(e)) => Err(RecvTimeoutError::MessageError(e)),
-                    Err(_) => Err(RecvTimeoutError::Disconnected),
+                    Err(e) => Err(e.settled().unwrap_or(RecvError::Disconnected).into()),
                 })
             } else {
                 None
@@ -144,7 +137,7 @@ impl MessagePort {
         self.try_recv_with(true, &mut decode)
     }
 
-    pub(super) fn try_recv_with<R>(
+    pub(crate) fn try_recv_with<R>(
         &self,
         periodic_liveness: bool,
         decode: &mut Decoder<'_, R>,

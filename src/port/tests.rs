@@ -304,7 +304,7 @@ mod forged_transfers {
         ch.port2.news_fd().unwrap();
         let sock = ch.port1.socket().unwrap();
         for _ in 0..2 * DOORBELLS_PER_DRAIN {
-            sys::ring_doorbell(sock); // the socket buffer may refuse some
+            crate::wire::doorbell::ring(sock); // the socket buffer may refuse some
         }
         let mut steps = 0;
         while ch.port2.drain_doorbells() {
@@ -321,7 +321,7 @@ mod forged_transfers {
         let ch = MessageChannel::new().unwrap();
         ch.port2.news_fd().unwrap();
         for _ in 0..3 {
-            sys::ring_doorbell(ch.port1.socket().unwrap());
+            crate::wire::doorbell::ring(ch.port1.socket().unwrap());
         }
         let buf = ArrayBuffer::new(16).unwrap();
         ch.port1
@@ -329,5 +329,23 @@ mod forged_transfers {
             .unwrap();
         let ev = ch.port2.recv::<u8>().unwrap();
         assert_eq!((ev.data, ev.buffers.len()), (9, 1));
+    }
+}
+
+mod received_segments {
+    use crate::port::MessagePort;
+    use crate::shm::segment::tests::{segment_from_bytes, valid_image};
+    use crate::sys;
+
+    #[test]
+    fn impossible_ring_indices_in_a_received_segment_refuse_to_attach() {
+        let mut img = valid_image(8192);
+        // ring 0 head (offset 256 + 128) ahead of its tail
+        img[384..392].copy_from_slice(&64u64.to_le_bytes());
+        let seg = segment_from_bytes(&img).unwrap();
+        let (s, _peer) = sys::socket_pair().unwrap();
+        assert!(
+            MessagePort::attach(std::sync::Arc::new(seg), 1, Some(s), Default::default()).is_err()
+        );
     }
 }

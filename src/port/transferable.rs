@@ -28,3 +28,26 @@ impl From<ArrayBuffer> for Transferable {
         Transferable::Buffer(buf)
     }
 }
+
+impl Transferable {
+    /// Starts moving this object: a port publishes its state and is marked moved (dropping
+    /// its handle then closes nothing), a pooled buffer's slot goes in transit. `false`
+    /// when the slot was rewritten by another process: nothing was done.
+    pub(super) fn begin_move(&self) -> bool {
+        match self {
+            Transferable::Port(p) => {
+                p.depart().complete();
+                true
+            }
+            Transferable::Buffer(b) => b.begin_send(),
+        }
+    }
+
+    /// Undoes [`begin_move`](Self::begin_move): the move did not happen.
+    pub(super) fn undo_move(&self) {
+        match self {
+            Transferable::Port(p) => p.moved.set(false),
+            Transferable::Buffer(b) => b.unsend(),
+        }
+    }
+}

@@ -9,7 +9,7 @@ use memmap2::MmapRaw;
 
 use std::sync::Arc;
 
-use crate::Error;
+use crate::error::Error;
 use crate::shm::heap::{self, Heap};
 use crate::sys;
 

@@ -271,12 +271,15 @@ pub(crate) fn raise_descriptor_limit() {
     });
 }
 
-/// The abstract-namespace address of endpoint `name` for this user: no file, so nothing to
-/// clean up; the kernel frees the name with the last descriptor of its listener.
+/// The abstract-namespace socket address `name`: no file, so nothing to clean up; the
+/// kernel frees the name with the last descriptor of its listener.
 fn endpoint_address(name: &str) -> io::Result<rustix::net::SocketAddrUnix> {
-    let uid = rustix::process::geteuid().as_raw();
-    let addr = format!("shmport/{uid}/{name}");
-    rustix::net::SocketAddrUnix::new_abstract_name(addr.as_bytes()).map_err(io::Error::from)
+    rustix::net::SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(io::Error::from)
+}
+
+/// This process's effective user id.
+pub(crate) fn user_id() -> u32 {
+    rustix::process::geteuid().as_raw()
 }
 
 /// Binds and listens on endpoint `name`. `AddrInUse` if another listener holds it.
@@ -370,44 +373,33 @@ pub(crate) fn wait_readable(sock: BorrowedFd<'_>) -> io::Result<()> {
 
 // ----- doorbells and epoll: waiting on many ports ----------------------------------------
 
-/// The one byte of a doorbell message: "the ring you read has news". A descriptor-passing
-/// note is [`SOCKET_MESSAGE`](crate::wire::transfer::SOCKET_MESSAGE) bytes, so the two never look
-/// alike.
-pub(crate) const DOORBELL: u8 = 0xDB;
-
-/// Rings the doorbell of the port at the other end of `sock`, never waiting: a full socket
-/// buffer already holds a doorbell, and a gone peer needs none.
-pub(crate) fn ring_doorbell(sock: BorrowedFd<'_>) {
+/// Sends the one-byte message `byte` on `sock`, never waiting; a full socket buffer or a
+/// gone peer drops it.
+pub(crate) fn send_byte_nonblocking(sock: BorrowedFd<'_>, byte: u8) {
     use rustix::net::{SendFlags, send};
-    let _ = send(sock, &[DOORBELL], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+    let _ = send(sock, &[byte], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
 }
 
-/// Consumes the doorbells at the head of `sock`'s queue, stopping at the first message that
-/// is not one (a descriptor-passing note stays for the receive that expects it), or after
-/// `limit` of them. Returns how many it consumed.
-pub(crate) fn drain_doorbells(sock: BorrowedFd<'_>, limit: usize) -> usize {
+/// Consumes the one-byte messages equal to `byte` at the head of `sock`'s queue, stopping
+/// at the first other message (which stays queued) or after `limit`. Returns how many.
+pub(crate) fn drain_byte_messages(sock: BorrowedFd<'_>, byte: u8, limit: usize) -> usize {
     use rustix::net::{RecvFlags, recv};
-    let mut byte = [0u8; 2];
+    let mut head = [0u8; 2];
     let mut drained = 0;
-    // A doorbell is one byte; anything longer reports its true length with TRUNC.
+    // A longer message reports its true length with TRUNC, so it never looks like one.
     while drained < limit {
         let peeked = recv(
             sock,
-            &mut byte,
+            &mut head,
             RecvFlags::DONTWAIT | RecvFlags::PEEK | RecvFlags::TRUNC,
         );
-        if !matches!(peeked, Ok((_, 1))) || byte[0] != DOORBELL {
+        if !matches!(peeked, Ok((_, 1))) || head[0] != byte {
             break;
         }
-        let _ = recv(sock, &mut byte, RecvFlags::DONTWAIT);
+        let _ = recv(sock, &mut head, RecvFlags::DONTWAIT);
         drained += 1;
     }
     drained
-}
-
-/// True for a received socket message that is a doorbell rather than a note.
-pub(crate) fn is_doorbell(bytes: &[u8], fds: &[OwnedFd]) -> bool {
-    bytes == [DOORBELL] && fds.is_empty()
 }
 
 /// A new epoll instance, close-on-exec.

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::{Error, Message, MessageError, MessageEvent, MessagePort, RecvTimeoutError};
+use crate::error::{Error, MessageError, RecvTimeoutError};
+use crate::port::{MessageEvent, MessagePort};
+use crate::wire::codec::Message;
 
 /// How often a dispatch thread waiting for a message looks at its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(20);

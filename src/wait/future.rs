@@ -12,9 +12,11 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use crate::error::RecvError;
+use crate::error::{RecvError, TryRecvError};
+use crate::port::Decoder;
+use crate::port::{MessageEvent, MessagePort};
+use crate::wait::reactor::Registration;
 use crate::wire::codec::{self, Message};
-use crate::{MessageEvent, MessagePort};
 
 impl MessagePort {
     /// One poll of a receive of a `T`, for the future and the stream.
@@ -24,6 +26,48 @@ impl MessagePort {
     ) -> Poll<Result<MessageEvent<T>, RecvError>> {
         let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, self.recv_fp());
         self.poll_recv_with(cx, &mut decode)
+    }
+
+    /// One poll of an async receive: a queued message is returned at once; otherwise the
+    /// task's waker is left with the reactor and the doorbell armed. Only a `Ready` result
+    /// takes anything from the ring, so dropping the future between polls loses nothing.
+    fn poll_recv_with<R>(
+        &self,
+        cx: &mut Context<'_>,
+        decode: &mut Decoder<'_, R>,
+    ) -> Poll<Result<MessageEvent<R>, RecvError>> {
+        let done = |r: Result<MessageEvent<R>, TryRecvError>| match r {
+            Ok(ev) => Some(Ok(ev)),
+            Err(e) => e.settled().map(Err),
+        };
+        if let Some(r) = done(self.try_recv_with(true, decode)) {
+            return Poll::Ready(r);
+        }
+        let reg = match self.watcher(Registration::new) {
+            Ok(reg) => reg,
+            Err(e) => return Poll::Ready(Err(RecvError::Os(e))),
+        };
+        let hung_up = reg.set_waker(cx.waker());
+        let more_doorbells = self.drain_doorbells();
+        if self.ready_or_arm(hung_up) {
+            if let Some(r) = done(self.try_recv_with(false, decode)) {
+                return Poll::Ready(r);
+            }
+            // Readable a moment ago, empty now: cannot happen with one consumer, but if it
+            // did, ask to be polled again rather than sleep through news.
+            cx.waker().wake_by_ref();
+        } else if more_doorbells {
+            // A flood of doorbells: drain the rest at the next poll, yielding in between.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+
+    /// A receive future or stream was dropped: the reactor forgets its task's waker.
+    fn forget_waker(&self) {
+        if let Some(reg) = self.existing_watcher::<Registration>() {
+            reg.clear_waker();
+        }
     }
 
     /// Receives the next message without blocking the thread: the async form of

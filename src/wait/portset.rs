@@ -21,10 +21,12 @@ use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
 use crate::error::{RecvError, TryRecvError};
+use crate::port::{MessageEvent, MessagePort};
 use crate::shm::wake::{WaitStrategy, Waiter};
 use crate::sys::{self, Readiness};
-use crate::{Error, Message, MessageEvent, MessagePort};
+use crate::wire::codec::Message;
 
 /// Which member of a [`PortSet`] something is about. Keys are not reused for another port
 /// while the set lives (a slot's generation changes when its port is removed).
@@ -485,82 +487,30 @@ impl PortSet {
     /// readable, spins on them a while (they are the active ones), then arms them. Returns
     /// a readable member (requeued at the back), or why there is none.
     fn next_ready(&mut self, spin_until: Option<Instant>) -> Next {
-        // 1. Look.
         let mut idle = std::mem::take(&mut self.idle);
         idle.clear();
-        let mut more_doorbells = false;
-        // Members put back during this look are looked at by the next one.
-        for _ in 0..self.ready.len() {
-            let Some(key) = self.ready.pop_front() else {
-                break;
-            };
-            if self.member(key).is_none() {
-                continue; // removed since it was queued
-            }
-            self.examined += 1;
-            let m = self.member_mut(key).expect("checked above");
-            let hung_up = std::mem::take(&mut m.hung_up);
-            let more = std::mem::take(&mut m.news) && m.port.drain_doorbells();
-            let readable = m.port.readable_now(hung_up);
-            if readable {
-                if more {
-                    m.news = true;
-                }
-                return self.found(key, idle);
-            }
-            if more {
-                // A flood of doorbells: drain the rest at the next look, after the others.
-                m.news = true;
-                self.ready.push_back(key);
-                more_doorbells = true;
-                continue;
-            }
-            idle.push(key);
-        }
-        if more_doorbells {
-            // Arm the others, but do not sleep while doorbells wait to be drained.
-            self.arm_all(&mut idle);
-            self.idle = idle;
-            return Next::Busy;
-        }
-        // 2. Spin on the few members that were active (a post then costs the writer no
-        //    system call and us no sleep).
-        let budget = self.strategy.spin_budget();
-        let spin = spin_until.is_some()
-            && !idle.is_empty()
-            && idle.len() <= SPIN_MAX_MEMBERS
-            && self.spin_pays();
-        if spin && budget != Some(Duration::ZERO) {
-            let start = Instant::now();
-            let limit = budget.map_or(BUSY_SLICE, |b| b.min(BUSY_SLICE));
-            loop {
-                for _ in 0..16 {
-                    for &key in &idle {
-                        if self.member(key).is_some_and(|m| m.port.readable_now(false)) {
-                            self.strategy.adapt(true);
-                            self.spins_failed = 0;
-                            return self.found(key, idle);
-                        }
-                    }
-                    std::hint::spin_loop();
-                }
-                let now = Instant::now();
-                if now - start >= limit || spin_until.is_some_and(|u| now >= u) {
-                    break;
-                }
-            }
-            self.strategy.adapt(false);
-            self.spins_failed = self.spins_failed.saturating_add(1);
-            if budget.is_none() {
-                // Busy-polling: never arm; look at the kernel for the others and go on.
-                for &key in &idle {
-                    self.ready.push_back(key);
-                }
+        match self.look(&mut idle) {
+            Look::Found(key) => return self.found(key, idle),
+            Look::MoreDoorbells => {
+                // Arm the others, but do not sleep while doorbells wait to be drained.
+                self.arm_all(&mut idle);
                 self.idle = idle;
                 return Next::Busy;
             }
+            Look::Empty => {}
         }
-        // 3. Arm: each member asks its writer for a doorbell, then looks once more.
+        let budget = self.strategy.spin_budget();
+        match self.spin(&idle, spin_until, budget) {
+            Spun::Found(key) => return self.found(key, idle),
+            Spun::BusyPolling => {
+                // Busy-polling: never arm; look at the kernel for the others and go on.
+                self.ready.extend(idle.iter().copied());
+                self.idle = idle;
+                return Next::Busy;
+            }
+            Spun::Nothing => {}
+        }
+        // Arm: each member asks its writer for a doorbell, then looks once more.
         while let Some(key) = idle.pop() {
             let m = self.member_mut(key).expect("idle members are members");
             if m.port.ready_or_arm(false) {
@@ -574,6 +524,83 @@ impl PortSet {
             return Next::Busy;
         }
         Next::Armed
+    }
+
+    /// One look at each queued member: drains its doorbells and asks whether it is
+    /// readable. The ones found empty go to `idle`; members put back during this look are
+    /// looked at by the next one.
+    fn look(&mut self, idle: &mut Vec<PortKey>) -> Look {
+        let mut more_doorbells = false;
+        for _ in 0..self.ready.len() {
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(m) = self.member_mut(key) else {
+                continue; // removed since it was queued
+            };
+            let hung_up = std::mem::take(&mut m.hung_up);
+            let more = std::mem::take(&mut m.news) && m.port.drain_doorbells();
+            let readable = m.port.readable_now(hung_up);
+            // A flood of doorbells: drain the rest at the next look, after the others.
+            m.news |= more;
+            self.examined += 1;
+            if readable {
+                return Look::Found(key);
+            }
+            if more {
+                self.ready.push_back(key);
+                more_doorbells = true;
+            } else {
+                idle.push(key);
+            }
+        }
+        if more_doorbells {
+            Look::MoreDoorbells
+        } else {
+            Look::Empty
+        }
+    }
+
+    /// Spins on the few members that were active (a post then costs the writer no system
+    /// call and us no sleep), within the strategy's budget.
+    fn spin(
+        &mut self,
+        idle: &[PortKey],
+        spin_until: Option<Instant>,
+        budget: Option<Duration>,
+    ) -> Spun {
+        let spin = spin_until.is_some()
+            && !idle.is_empty()
+            && idle.len() <= SPIN_MAX_MEMBERS
+            && self.spin_pays();
+        if !spin || budget == Some(Duration::ZERO) {
+            return Spun::Nothing;
+        }
+        let start = Instant::now();
+        let limit = budget.map_or(BUSY_SLICE, |b| b.min(BUSY_SLICE));
+        loop {
+            for _ in 0..16 {
+                for &key in idle {
+                    if self.member(key).is_some_and(|m| m.port.readable_now(false)) {
+                        self.strategy.adapt(true);
+                        self.spins_failed = 0;
+                        return Spun::Found(key);
+                    }
+                }
+                std::hint::spin_loop();
+            }
+            let now = Instant::now();
+            if now - start >= limit || spin_until.is_some_and(|u| now >= u) {
+                break;
+            }
+        }
+        self.strategy.adapt(false);
+        self.spins_failed = self.spins_failed.saturating_add(1);
+        if budget.is_none() {
+            Spun::BusyPolling
+        } else {
+            Spun::Nothing
+        }
     }
 
     /// Whether to spin before sleeping. With the adaptive strategy, after 4 spins in a row
@@ -614,6 +641,22 @@ impl PortSet {
 }
 
 /// What [`PortSet::next_ready`] found.
+/// What one look at the queued members found.
+enum Look {
+    Found(PortKey),
+    /// None readable, and some have doorbells left to drain.
+    MoreDoorbells,
+    Empty,
+}
+
+/// What a spin on the active members found.
+enum Spun {
+    Found(PortKey),
+    /// Nothing, and the strategy never sleeps.
+    BusyPolling,
+    Nothing,
+}
+
 enum Next {
     Ready(PortKey),
     /// Every member is armed: wait for the kernel.

@@ -155,7 +155,7 @@ impl Registration {
     }
 
     /// Stops watching `fd` (the socket given to [`new`](Self::new)) and frees the entry.
-    pub(crate) fn release(self, fd: BorrowedFd<'_>) {
+    fn release_entry(self, fd: BorrowedFd<'_>) {
         let r = registered();
         sys::epoll_unwatch(r.epoll.as_fd(), fd);
         let mut entries = r.entries();
@@ -164,6 +164,16 @@ impl Registration {
         e.waker = None;
         e.hung_up = false;
         entries.free.push(self.index);
+    }
+}
+
+impl crate::port::SocketWatcher for Registration {
+    fn release(self: Box<Self>, sock: BorrowedFd<'_>) {
+        self.release_entry(sock);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

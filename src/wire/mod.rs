@@ -2,4 +2,6 @@
 //! codec and type fingerprints, transfer records and their items, doorbells, names.
 
 pub(crate) mod codec;
+pub(crate) mod doorbell;
+pub(crate) mod naming;
 pub(crate) mod transfer;
