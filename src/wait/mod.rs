@@ -5,3 +5,4 @@ pub(crate) mod dispatch;
 pub(crate) mod future;
 pub(crate) mod portset;
 pub(crate) mod reactor;
+mod slab;

@@ -28,24 +28,20 @@ use crate::shm::wake::{WaitStrategy, Waiter};
 use crate::sys::{self, Readiness};
 use crate::wire::codec::Message;
 
+use super::slab::{Key, Slab};
+
 /// Which member of a [`PortSet`] something is about. Keys are not reused for another port
 /// while the set lives (a slot's generation changes when its port is removed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortKey {
-    index: u32,
-    generation: u32,
-}
+pub struct PortKey(Key);
 
 impl PortKey {
     fn token(self) -> u64 {
-        (u64::from(self.generation) << 32) | u64::from(self.index)
+        self.0.token()
     }
 
     fn from_token(token: u64) -> PortKey {
-        PortKey {
-            index: token as u32,
-            generation: (token >> 32) as u32,
-        }
+        PortKey(Key::from_token(token))
     }
 }
 
@@ -60,11 +56,6 @@ struct Member {
     hung_up: bool,
     /// The socket reported news (doorbells to consume) since the port was last looked at.
     news: bool,
-}
-
-struct Slot {
-    generation: u32,
-    member: Option<Member>,
 }
 
 /// Waits on many ports at once: the native answer to the web's abandoned `PortCollection`.
@@ -96,10 +87,8 @@ struct Slot {
 /// ```
 pub struct PortSet {
     epoll: OwnedFd,
-    slots: Vec<Slot>,
-    free: Vec<u32>,
+    members: Slab<Member>,
     ready: VecDeque<PortKey>,
-    len: usize,
     events: Vec<Readiness>,
     /// Whether the extra descriptor reported news since the last `take_extra_news`.
     extra_news: bool,
@@ -116,7 +105,7 @@ pub struct PortSet {
 impl fmt::Debug for PortSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PortSet")
-            .field("len", &self.len)
+            .field("len", &self.members.len())
             .field("queued", &self.ready.len())
             .finish_non_exhaustive()
     }
@@ -153,10 +142,8 @@ impl PortSet {
         let epoll = sys::epoll_new().map_err(|e| Error::os("epoll_create1", e))?;
         Ok(PortSet {
             epoll,
-            slots: Vec::new(),
-            free: Vec::new(),
+            members: Slab::default(),
             ready: VecDeque::new(),
-            len: 0,
             events: Vec::with_capacity(64),
             extra_news: false,
             examined: 0,
@@ -178,63 +165,41 @@ impl PortSet {
     /// [`InsertError`] with the port when the kernel refuses the socket or the epoll
     /// registration (descriptor or memory limits).
     pub fn insert(&mut self, port: MessagePort) -> Result<PortKey, InsertError> {
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                let Ok(i) = u32::try_from(self.slots.len()) else {
-                    let e = std::io::Error::other("a PortSet holds at most 2^32 ports");
-                    return Err(InsertError {
-                        error: Error::os("PortSet::insert", e),
-                        port: Box::new(port),
-                    });
-                };
-                self.slots.push(Slot {
-                    generation: 0,
-                    member: None,
-                });
-                i
-            }
+        let Some(key) = self.members.next_key() else {
+            let e = std::io::Error::other("a PortSet holds at most 2^32 ports");
+            return Err(InsertError {
+                error: Error::os("PortSet::insert", e),
+                port: Box::new(port),
+            });
         };
-        let key = PortKey {
-            index,
-            generation: self.slots[index as usize].generation,
-        };
+        let key = PortKey(key);
         let registered = port
             .news_fd()
             .and_then(|fd| sys::epoll_watch(self.epoll.as_fd(), fd, key.token()));
         if let Err(e) = registered {
-            self.free.push(index);
             return Err(InsertError {
                 error: Error::os("registering a port with epoll", e),
                 port: Box::new(port),
             });
         }
-        self.slots[index as usize].member = Some(Member {
+        self.members.insert(Member {
             port,
             queued: true,
             hung_up: false,
             news: true,
         });
         self.ready.push_back(key);
-        self.len += 1;
         Ok(key)
     }
 
     /// Removes the port of `key` and hands it back, with whatever is still queued on it.
     /// `None` if `key` is not (or no longer) a member.
     pub fn remove(&mut self, key: PortKey) -> Option<MessagePort> {
-        let slot = self.slots.get_mut(key.index as usize)?;
-        if slot.generation != key.generation {
-            return None;
-        }
-        let member = slot.member.take()?;
-        slot.generation = slot.generation.wrapping_add(1);
+        let member = self.members.remove(key.0)?;
         if let Ok(fd) = member.port.news_fd() {
             sys::epoll_unwatch(self.epoll.as_fd(), fd);
         }
         member.port.disarm();
-        self.free.push(key.index);
-        self.len -= 1;
         // A stale key left in `ready` is skipped by its generation.
         Some(member.port)
     }
@@ -255,22 +220,17 @@ impl PortSet {
 
     /// How many ports are in the set.
     pub fn len(&self) -> usize {
-        self.len
+        self.members.len()
     }
 
     /// True when the set has no ports.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.members.len() == 0
     }
 
     /// The keys of all members, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = PortKey> + '_ {
-        self.slots.iter().enumerate().filter_map(|(i, s)| {
-            s.member.as_ref().map(|_| PortKey {
-                index: i as u32,
-                generation: s.generation,
-            })
-        })
+        self.members.keys().map(PortKey)
     }
 
     /// Blocks until a member has a message queued or its peer is gone, and returns its
@@ -380,19 +340,11 @@ impl PortSet {
     }
 
     fn member(&self, key: PortKey) -> Option<&Member> {
-        let slot = self.slots.get(key.index as usize)?;
-        if slot.generation != key.generation {
-            return None;
-        }
-        slot.member.as_ref()
+        self.members.get(key.0)
     }
 
     fn member_mut(&mut self, key: PortKey) -> Option<&mut Member> {
-        let slot = self.slots.get_mut(key.index as usize)?;
-        if slot.generation != key.generation {
-            return None;
-        }
-        slot.member.as_mut()
+        self.members.get_mut(key.0)
     }
 
     /// Watches a descriptor that is not a port (a `BroadcastChannel`'s listener and its

@@ -13,25 +13,20 @@ use std::task::Waker;
 
 use crate::sys::{self, Readiness};
 
+use super::slab::{Key, Slab};
+
 struct Entry {
-    generation: u32,
     waker: Option<Waker>,
     hung_up: bool,
 }
 
-#[derive(Default)]
-struct Entries {
-    slots: Vec<Entry>,
-    free: Vec<u32>,
-}
-
 struct Reactor {
     epoll: OwnedFd,
-    entries: Mutex<Entries>,
+    entries: Mutex<Slab<Entry>>,
 }
 
 impl Reactor {
-    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Slab<Entry>> {
         // A panic elsewhere never leaves an entry half-written: keep going.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -49,13 +44,10 @@ impl Reactor {
             {
                 let mut entries = self.entries();
                 for ev in &events {
-                    let (index, generation) = split(ev.token);
-                    match entries.slots.get_mut(index as usize) {
-                        Some(e) if e.generation == generation => {
-                            e.hung_up |= ev.hung_up;
-                            wakers.extend(e.waker.take());
-                        }
-                        _ => {} // released since the kernel reported it
+                    // None: released since the kernel reported it.
+                    if let Some(e) = entries.get_mut(Key::from_token(ev.token)) {
+                        e.hung_up |= ev.hung_up;
+                        wakers.extend(e.waker.take());
                     }
                 }
             }
@@ -66,10 +58,6 @@ impl Reactor {
             }
         }
     }
-}
-
-fn split(token: u64) -> (u32, u32) {
-    (token as u32, (token >> 32) as u32)
 }
 
 /// The reactor, started on first use. (A process forked without exec inherits the epoll
@@ -86,7 +74,7 @@ fn reactor() -> io::Result<&'static Reactor> {
     }
     let r = Arc::new(Reactor {
         epoll: sys::epoll_new()?,
-        entries: Mutex::new(Entries::default()),
+        entries: Mutex::new(Slab::default()),
     });
     let runner = Arc::clone(&r);
     // On failure `r` drops here and closes its epoll instance; the next call tries again.
@@ -99,47 +87,34 @@ fn reactor() -> io::Result<&'static Reactor> {
 /// A port's place in the reactor: its socket is watched, and a task can leave its waker.
 /// Released explicitly by the port ([`release`](Self::release)), which owns the socket.
 #[derive(Debug)]
-pub(crate) struct Registration {
-    index: u32,
-    generation: u32,
-}
+pub(crate) struct Registration(Key);
 
 impl Registration {
     /// Watches `fd` (a port's socket) for news.
     pub(crate) fn new(fd: BorrowedFd<'_>) -> io::Result<Registration> {
         let r = reactor()?;
-        let (index, generation) = {
-            let mut entries = r.entries();
-            let index = match entries.free.pop() {
-                Some(i) => i,
-                None => {
-                    let i = u32::try_from(entries.slots.len())
-                        .map_err(|_| io::Error::other("too many async ports"))?;
-                    entries.slots.push(Entry {
-                        generation: 0,
-                        waker: None,
-                        hung_up: false,
-                    });
-                    i
-                }
-            };
-            (index, entries.slots[index as usize].generation)
+        let empty = Entry {
+            waker: None,
+            hung_up: false,
         };
-        let token = (u64::from(generation) << 32) | u64::from(index);
-        if let Err(e) = sys::epoll_watch(r.epoll.as_fd(), fd, token) {
-            r.entries().free.push(index);
+        let key = r
+            .entries()
+            .insert(empty)
+            .ok_or_else(|| io::Error::other("too many async ports"))?;
+        if let Err(e) = sys::epoll_watch(r.epoll.as_fd(), fd, key.token()) {
+            r.entries().remove(key);
             return Err(e);
         }
-        Ok(Registration { index, generation })
+        Ok(Registration(key))
     }
 
     /// Leaves `waker` to be woken at the next news; returns whether a hang-up was reported
     /// since the last call.
     pub(crate) fn set_waker(&self, waker: &Waker) -> bool {
-        let r = registered();
-        let mut entries = r.entries();
-        let e = &mut entries.slots[self.index as usize];
-        debug_assert_eq!(e.generation, self.generation);
+        let mut entries = registered().entries();
+        let Some(e) = entries.get_mut(self.0) else {
+            return false; // unreachable: only `release` removes the entry
+        };
         match &mut e.waker {
             Some(w) if w.will_wake(waker) => {}
             slot => *slot = Some(waker.clone()),
@@ -149,27 +124,19 @@ impl Registration {
 
     /// Forgets the waker left by a receive that was cancelled.
     pub(crate) fn clear_waker(&self) {
-        let r = registered();
-        let mut entries = r.entries();
-        entries.slots[self.index as usize].waker = None;
-    }
-
-    /// Stops watching `fd` (the socket given to [`new`](Self::new)) and frees the entry.
-    fn release_entry(self, fd: BorrowedFd<'_>) {
-        let r = registered();
-        sys::epoll_unwatch(r.epoll.as_fd(), fd);
-        let mut entries = r.entries();
-        let e = &mut entries.slots[self.index as usize];
-        e.generation = e.generation.wrapping_add(1);
-        e.waker = None;
-        e.hung_up = false;
-        entries.free.push(self.index);
+        if let Some(e) = registered().entries().get_mut(self.0) {
+            e.waker = None;
+        }
     }
 }
 
 impl crate::port::SocketWatcher for Registration {
+    /// Stops watching `sock` (the socket given to [`new`](Registration::new)) and frees
+    /// the entry.
     fn release(self: Box<Self>, sock: BorrowedFd<'_>) {
-        self.release_entry(sock);
+        let r = registered();
+        sys::epoll_unwatch(r.epoll.as_fd(), sock);
+        r.entries().remove(self.0);
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
