@@ -97,8 +97,8 @@ pub fn send_frames(sink: &mut dyn FrameSink, plan: &Plan) -> Result<Side> {
         acked: 0,
     };
     let warm = Instant::now();
-    let mut seq = 0;
-    while seq % plan.clock_every != 0 || warm.elapsed() < plan.warmup {
+    let mut seq: u64 = 0;
+    while !seq.is_multiple_of(plan.clock_every) || warm.elapsed() < plan.warmup {
         flow.send(sink, seq)?;
         seq += 1;
     }
@@ -108,7 +108,7 @@ pub fn send_frames(sink: &mut dyn FrameSink, plan: &Plan) -> Result<Side> {
         seq += 1;
         let timed = seq - first;
         let last = timed >= MIN_TIMED_FRAMES
-            && timed % plan.clock_every == 0
+            && timed.is_multiple_of(plan.clock_every)
             && start.elapsed() >= plan.timed;
         flow.send(sink, if last { seq | LAST } else { seq })?;
         if last {
@@ -132,7 +132,7 @@ pub fn receive_frames(source: &mut dyn FrameSource, credits: Option<u64>) -> Res
             return Err(format!("frame {seq} arrived where {expected} was due").into());
         }
         expected += 1;
-        if ack_every.is_some_and(|every| expected % every == 0) {
+        if ack_every.is_some_and(|every| expected.is_multiple_of(every)) {
             source.ack(expected)?;
         }
         if tag & FIRST != 0 {
@@ -144,7 +144,11 @@ pub fn receive_frames(source: &mut dyn FrameSource, credits: Option<u64>) -> Res
     }
     let (first, before, at) = start.ok_or("the last frame came before the first timed one")?;
     let elapsed = at.elapsed();
-    Ok(side(expected - 1 - first, elapsed, Usage::now().since(before)))
+    Ok(side(
+        expected - 1 - first,
+        elapsed,
+        Usage::now().since(before),
+    ))
 }
 
 fn side(count: u64, elapsed: Duration, usage: Usage) -> Side {

@@ -28,9 +28,9 @@ pub fn service_name(frame_len: usize) -> String {
     format!("shmport-compare/{}/{frame_len}", std::process::id())
 }
 
-/// Keeps iceoryx2's informational logging out of the report.
+/// Keeps iceoryx2's logging (a warning that no config file exists, say) out of the report.
 pub fn quiet() {
-    set_log_level(LogLevel::Warn);
+    set_log_level(LogLevel::Error);
 }
 
 type Service = PortFactory<ipc::Service, [u8], ()>;
@@ -104,6 +104,8 @@ impl FrameSink for Publishing {
 
 /// The subscribing side: opens the parent's service.
 pub struct Subscribing {
+    /// The publishing parent: the receive loop gives up once it is gone.
+    parent: u32,
     subscriber: Subscriber<ipc::Service, [u8], ()>,
     _service: Service,
     _node: Node<ipc::Service>,
@@ -122,6 +124,7 @@ impl Subscribing {
             .create()?;
         subscriber.update_connections()?;
         Ok(Box::new(Subscribing {
+            parent: std::os::unix::process::parent_id(),
             subscriber,
             _service: service,
             _node: node,
@@ -137,7 +140,9 @@ impl FrameSource for Subscribing {
                 return frame::check(sample.payload());
             }
             polls = polls.wrapping_add(1);
-            if polls % POLLS_PER_LIVENESS_CHECK == 0 && std::os::unix::process::parent_id() == 1 {
+            if polls.is_multiple_of(POLLS_PER_LIVENESS_CHECK)
+                && std::os::unix::process::parent_id() != self.parent
+            {
                 return Err("the publishing parent is gone".into());
             }
             std::hint::spin_loop();

@@ -1,1 +1,196 @@
-fn main() {}
+//! shmport side by side with the libraries a user would otherwise pick, in the same run on
+//! the same machine. See README.md.
+//!
+//! ```text
+//! cargo run --release -p shmport-compare -- pipeline [--quick] [--sizes 4k,1m,16m] [--seconds S] [--repeat N] [--busy-poll] [--transports LIST]
+//! cargo run --release -p shmport-compare -- transfer-latency [--quick] [--rounds N] [--repeat N] [--busy-poll]
+//! ```
+//!
+//! The binary runs itself a second time as the child (`shmport::spawn`); the child knows it
+//! is one by `shmport::BOOTSTRAP_ENV` and takes orders on the port it was handed.
+
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+mod frame;
+mod iceoryx;
+mod latency;
+mod pipeline;
+mod protocol;
+mod report;
+mod shmport_tx;
+mod socket;
+mod stats;
+
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use shmport::{MessageChannel, MessagePort};
+
+use crate::protocol::{FromChild, ToChild, Transport};
+
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const USAGE: &str = "\
+usage: shmport-compare pipeline [--quick] [--sizes 4k,1m,16m] [--seconds S] [--repeat N] [--busy-poll]
+                                 [--transports shmport-arraybuffer,shmport-plain-vec,iceoryx2,unix-socket]
+       shmport-compare transfer-latency [--quick] [--rounds N] [--repeat N] [--busy-poll]";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Pipeline,
+    TransferLatency,
+}
+
+/// The command line.
+#[derive(Debug)]
+pub struct Options {
+    mode: Mode,
+    pub quick: bool,
+    /// Frame lengths of the pipeline.
+    pub sizes: Vec<usize>,
+    /// Transports of the pipeline, in table order.
+    pub transports: Vec<Transport>,
+    /// Timed stretch of each pipeline measurement.
+    pub timed: Duration,
+    /// Timed round trips of each transfer-latency kind.
+    pub rounds: u64,
+    pub repeat: u32,
+    /// shmport ports busy-poll instead of the adaptive default.
+    pub busy_poll: bool,
+}
+
+impl Options {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
+        let mode = match args.next().as_deref() {
+            Some("pipeline") => Mode::Pipeline,
+            Some("transfer-latency") => Mode::TransferLatency,
+            _ => return Err(USAGE.into()),
+        };
+        let (mut quick, mut busy_poll, mut repeat) = (false, false, 1);
+        let (mut sizes, mut seconds, mut rounds, mut transports) = (None, None, None, None);
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
+            match arg.as_str() {
+                "--quick" => quick = true,
+                "--busy-poll" => busy_poll = true,
+                "--repeat" => repeat = value()?.parse::<u32>()?.max(1),
+                "--sizes" => sizes = Some(parse_sizes(&value()?)?),
+                "--transports" => transports = Some(parse_transports(&value()?)?),
+                "--seconds" => seconds = Some(value()?.parse::<f64>()?),
+                "--rounds" => rounds = Some(value()?.parse::<u64>()?.max(1)),
+                _ => return Err(format!("unknown option {arg}\n{USAGE}").into()),
+            }
+        }
+        let default_seconds = if quick { 0.25 } else { 1.5 };
+        Ok(Options {
+            mode,
+            quick,
+            sizes: sizes.unwrap_or_else(|| vec![4 << 10, 1 << 20, 16 << 20]),
+            transports: transports.unwrap_or_else(|| Transport::ALL.to_vec()),
+            timed: Duration::try_from_secs_f64(seconds.unwrap_or(default_seconds))?,
+            rounds: rounds.unwrap_or(if quick { 2_000 } else { 20_000 }),
+            repeat,
+            busy_poll,
+        })
+    }
+}
+
+fn parse_sizes(list: &str) -> Result<Vec<usize>> {
+    list.split(',')
+        .map(|s| match report::parse_len(s) {
+            Some(n) if n >= frame::MIN_FRAME => Ok(n),
+            _ => Err(format!("{s:?} is not a frame length of at least 8 bytes").into()),
+        })
+        .collect()
+}
+
+fn parse_transports(list: &str) -> Result<Vec<Transport>> {
+    let mut chosen: Vec<Transport> = list
+        .split(',')
+        .map(|key| {
+            Transport::ALL
+                .into_iter()
+                .find(|t| t.key() == key.trim())
+                .ok_or_else(|| format!("{key:?} is not a transport\n{USAGE}").into())
+        })
+        .collect::<Result<_>>()?;
+    // Table order, whatever the order on the command line.
+    chosen.sort_by_key(|t| Transport::ALL.iter().position(|a| a == t));
+    chosen.dedup();
+    Ok(chosen)
+}
+
+fn main() -> ExitCode {
+    let outcome = if std::env::var_os(shmport::BOOTSTRAP_ENV).is_some() {
+        child()
+    } else {
+        Options::parse(std::env::args().skip(1)).and_then(|opts| parent(&opts))
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shmport-compare: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the child, runs the comparison, stops the child.
+fn parent(opts: &Options) -> Result<()> {
+    stats::calibrate();
+    iceoryx::quiet();
+    let MessageChannel {
+        port1: ctl, port2, ..
+    } = MessageChannel::new()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("child");
+    let mut child = shmport::spawn(&mut cmd, port2)?;
+    println!(
+        "shmport-compare: parent pid {} <-> child pid {}; {} CPUs; system calls {}",
+        std::process::id(),
+        child.id(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if stats::counts_syscalls() {
+            "counted (raw_syscalls:sys_enter perf counter)"
+        } else {
+            "not counted (no tracefs or no perf permission; see README.md)"
+        }
+    );
+    let outcome = match opts.mode {
+        Mode::Pipeline => pipeline::run(&ctl, opts),
+        Mode::TransferLatency => latency::run(&ctl, opts),
+    };
+    if outcome.is_err() {
+        // The child may be stuck in a transport's receive loop.
+        let _ = child.kill();
+    } else {
+        let _ = ctl.post_message(&ToChild::Exit, []);
+    }
+    drop(ctl);
+    child.wait()?;
+    outcome
+}
+
+/// Takes orders on the port the parent handed over until told to exit.
+fn child() -> Result<()> {
+    let ctl = shmport::parent_port()?;
+    stats::calibrate();
+    iceoryx::quiet();
+    loop {
+        let ev = match ctl.recv::<ToChild>() {
+            Ok(ev) => ev,
+            Err(shmport::RecvError::Disconnected) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let reply = match ev.data {
+            cmd @ ToChild::Receive { .. } => pipeline::receive(&ctl, cmd, ev.ports),
+            cmd @ ToChild::Echo { .. } => latency::echo(&ctl, cmd),
+            ToChild::Exit => return Ok(()),
+        };
+        post_reply(&ctl, &reply)?;
+    }
+}
+
+fn post_reply(ctl: &MessagePort, reply: &FromChild) -> Result<()> {
+    Ok(ctl.post_message(reply, [])?)
+}

@@ -9,6 +9,7 @@ use crate::stats::Side;
 
 /// A transport of the pipeline comparison.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(crate = shmport::rkyv)]
 pub enum Transport {
     /// A fresh `shmport::ArrayBuffer` per frame, moved in the transfer list.
     ShmportBuffer,
@@ -51,6 +52,7 @@ impl Transport {
 
 /// What a transfer-latency round trip carries.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(crate = shmport::rkyv)]
 pub enum Carried {
     /// A plain 64-byte message.
     Plain64,
@@ -60,6 +62,7 @@ pub enum Carried {
 
 /// Parent to child.
 #[derive(Archive, Serialize, Deserialize, Debug)]
+#[rkyv(crate = shmport::rkyv)]
 pub enum ToChild {
     /// Receive one pipeline measurement. A shmport transport's data port is the one port in
     /// the transfer list; iceoryx2 opens `service`; the Unix socket connects to `socket`.
@@ -85,6 +88,7 @@ pub enum ToChild {
 
 /// Child to parent.
 #[derive(Archive, Serialize, Deserialize, Debug)]
+#[rkyv(crate = shmport::rkyv)]
 pub enum FromChild {
     /// Set up and waiting for the first frame.
     Ready,

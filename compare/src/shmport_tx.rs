@@ -82,7 +82,10 @@ struct BufferSource {
 impl FrameSource for BufferSource {
     fn recv(&mut self) -> Result<u64> {
         let mut ev = self.port.recv::<u64>()?;
-        let buf = ev.buffers.pop().ok_or("a frame message without its buffer")?;
+        let buf = ev
+            .buffers
+            .pop()
+            .ok_or("a frame message without its buffer")?;
         let tag = frame::check(&buf)?;
         if tag != ev.data {
             return Err(format!("message {} carried frame {tag}", ev.data).into());

@@ -18,6 +18,7 @@ const TRACEPOINT_IDS: [&str; 2] = [
 
 /// Counts a process spent between two [`Usage::now`] snapshots.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default)]
+#[rkyv(crate = shmport::rkyv)]
 pub struct Usage {
     /// Minor page faults (the process's, all threads).
     pub minflt: u64,
@@ -56,6 +57,7 @@ impl Usage {
 /// One stretch of work on one side of a transport: how many frames (or round trips) it
 /// covered, how long it took, and what it cost.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default)]
+#[rkyv(crate = shmport::rkyv)]
 pub struct Side {
     pub count: u64,
     pub elapsed_ns: u64,
