@@ -33,13 +33,27 @@
 //!
 //! # Semantics
 //!
-//! Delivery is FIFO per port (S2), messages posted before the receiver starts are queued
-//! (S3), `data` is a deep copy (S4), a message that cannot be decoded as the requested type
-//! is an error for that message only (S6, the web's `messageerror`). Dropping or closing a
-//! port, or the death of its process, makes the peer drain what was queued and then get
-//! `Disconnected` (S14, S15); posting to a gone peer is an error that hands everything
-//! back (S16). `close` consumes the port, so using or transferring a closed port is a
-//! compile error rather than the web's runtime error (S17).
+//! The web's rules, as this crate keeps them. Docs and tests cite them by number.
+//!
+//! | | Rule |
+//! |---|---|
+//! | S1 | A new channel's two ports are entangled: a message posted on one arrives at the other. |
+//! | S2 | Delivery is FIFO per port and never happens inside the sender's `post_message`. |
+//! | S3 | Messages posted before the receiver starts receiving are queued, not dropped. |
+//! | S4 | `data` is a deep copy of the posted value; the sender may reuse or drop its value at once. |
+//! | S5 | A value that cannot be encoded is rejected by `post_message`, and nothing is sent. |
+//! | S6 | A message that cannot be decoded (wrong type, corrupt bytes, an unmappable region) is the web's `messageerror`: an error for that message, which is consumed; the port keeps working. |
+//! | S7 | Posting the same object twice, or a port through itself, is impossible (ownership) or an error; nothing moves when a post fails. |
+//! | S8 | Posting a port to its own entangled peer is an error that hands everything back. |
+//! | S9 | A transferred buffer is gone from the sender; the receiver gets its full length and contents without a copy. |
+//! | S10 | A transferred port arrives as a working port entangled with the original peer. |
+//! | S11 | Messages queued for a port when it is transferred are delivered first, in order, wherever it goes. |
+//! | S12 | Both ports of one channel can be transferred, together or to different processes, and stay entangled. |
+//! | S13 | A port whose peer has closed can still be transferred; it arrives disconnected. |
+//! | S14 | `close()` is idempotent (it consumes the port); messages posted before the peer closed are still delivered. |
+//! | S15 | After the peer closes, drops, exits or is killed, `recv` drains what was queued, then returns `Disconnected`; a blocked `recv` wakes promptly. |
+//! | S16 | Posting to a port whose peer is gone is an error that hands ownership back. |
+//! | S17 | A closed port cannot be transferred: `close` consumes it, so this is a compile error. |
 //!
 //! See `docs/design.md` for the architecture and `docs/layout.md` for the shared-memory
 //! format.

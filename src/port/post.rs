@@ -21,16 +21,6 @@ pub(crate) enum RoomWait {
     Until(Instant),
 }
 
-impl From<bool> for RoomWait {
-    fn from(block: bool) -> Self {
-        if block {
-            RoomWait::Forever
-        } else {
-            RoomWait::Never
-        }
-    }
-}
-
 impl MessagePort {
     /// Posts a message to the entangled port, waiting while its ring is full.
     ///
@@ -60,7 +50,7 @@ impl MessagePort {
         msg: &T,
         transfer: impl IntoIterator<Item = Transferable>,
     ) -> Result<(), PostError> {
-        self.post(msg, transfer, true)
+        self.post(msg, transfer, RoomWait::Forever)
     }
 
     /// Posts a message without ever waiting.
@@ -74,18 +64,18 @@ impl MessagePort {
         msg: &T,
         transfer: impl IntoIterator<Item = Transferable>,
     ) -> Result<(), PostError> {
-        self.post(msg, transfer, false)
+        self.post(msg, transfer, RoomWait::Never)
     }
 
     pub(super) fn post<T: Message>(
         &self,
         msg: &T,
         transfer: impl IntoIterator<Item = Transferable>,
-        block: bool,
+        wait: RoomWait,
     ) -> Result<(), PostError> {
         let mut transfer = transfer.into_iter().peekable();
         if transfer.peek().is_some() {
-            return self.post_with_transfers(msg, transfer.collect(), block);
+            return self.post_with_transfers(msg, transfer.collect(), wait);
         }
         let fail = |kind| Err(PostError::new(kind, Vec::new()));
         if self.peer_gone_cheap() {
@@ -121,12 +111,10 @@ impl MessagePort {
         let len = scratch.len();
         if len > tx.mem().max_payload() {
             // Too large for one record: the archive travels outside the ring.
-            return self.send_encoded(&mut tx, &scratch, fp, Vec::new(), block);
+            return self.send_encoded(&mut tx, &scratch, fp, Vec::new(), wait);
         }
         self.size_hint.set(len);
-        match self.when_room(&mut tx, RoomWait::from(block), |tx| {
-            tx.try_write(&scratch, KIND_MESSAGE, fp)
-        }) {
+        match self.when_room(&mut tx, wait, |tx| tx.try_write(&scratch, KIND_MESSAGE, fp)) {
             Ok(()) => {
                 self.wake_reader(&tx.mem().ctrl().reader_sleeping);
                 Ok(())
@@ -153,7 +141,7 @@ impl MessagePort {
             return fail(PostErrorKind::Reentrant);
         };
         if archive.len() > tx.mem().max_payload() {
-            return self.send_encoded(&mut tx, archive, fp, Vec::new(), true);
+            return self.send_encoded(&mut tx, archive, fp, Vec::new(), RoomWait::Forever);
         }
         match self.when_room(&mut tx, wait, |tx| tx.try_write(archive, KIND_MESSAGE, fp)) {
             Ok(()) => {

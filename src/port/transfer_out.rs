@@ -24,7 +24,7 @@ impl MessagePort {
         &self,
         msg: &T,
         list: Vec<Transferable>,
-        block: bool,
+        wait: RoomWait,
     ) -> Result<(), PostError> {
         if list.len() > MAX_TRANSFER_LIST {
             return Err(PostError::new(
@@ -55,7 +55,7 @@ impl MessagePort {
             return Err(PostError::new(PostErrorKind::Encode(e), list));
         }
         let fp = self.send_fp.get::<T>();
-        self.send_encoded(&mut tx, &scratch, fp, list, block)
+        self.send_encoded(&mut tx, &scratch, fp, list, wait)
     }
 
     /// Sends an encoded archive with a transfer list (possibly empty) as one transfer
@@ -67,7 +67,7 @@ impl MessagePort {
         archive: &[u8],
         fp: u64,
         list: Vec<Transferable>,
-        block: bool,
+        wait: RoomWait,
     ) -> Result<(), PostError> {
         if self.peer_gone_cheap() {
             return Err(PostError::new(PostErrorKind::Disconnected, list));
@@ -88,16 +88,15 @@ impl MessagePort {
         let seq = next_transfer_seq();
         let payload = record_payload(seq, &items, fds.len(), inline.then_some(archive));
         // Room first: once the descriptors are on the socket, the record must follow.
-        if let Err(kind) = self.when_room(tx, RoomWait::from(block), |tx| {
-            tx.fits(payload.len()).is_some()
-        }) {
+        if let Err(kind) = self.when_room(tx, wait, |tx| tx.fits(payload.len()).is_some()) {
             return Err(PostError::new(kind, list));
         }
         let Some(moves) = Moves::begin(&list) else {
             let kind = PostErrorKind::DataClone("a buffer's slot was rewritten by another process");
             return Err(PostError::new(kind, list));
         };
-        if let Err(kind) = self.send_note(seq, items.len(), &fds, block) {
+        if let Err(kind) = self.send_note(seq, items.len(), &fds, !matches!(wait, RoomWait::Never))
+        {
             drop(moves);
             return Err(PostError::new(kind, list));
         }

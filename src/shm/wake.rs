@@ -34,7 +34,7 @@
 //!
 //! Sleeps are bounded by [`LIVENESS_INTERVAL`]: a peer process that dies sets no flag,
 //! so the sleeper wakes on its own and asks the kernel whether the peer's socket hung up.
-//! That bounds how long a survivor can miss a crash (SPEC §4: 100 ms).
+//! That bounds how long a survivor can miss a crash (the 100 ms a survivor may take to see a death).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};

@@ -17,4 +17,4 @@ mod loom_futex;
 pub(crate) use loom_futex::{futex_wait, futex_wake};
 
 #[cfg(not(target_os = "linux"))]
-compile_error!("shmport supports Linux only for now (see SPEC §6: macOS is planned)");
+compile_error!("shmport supports Linux only for now (macOS is planned)");
