@@ -43,6 +43,9 @@ pub enum Error {
     /// A `BroadcastChannel` name already has
     /// [`MAX_BROADCAST_MEMBERS`](crate::MAX_BROADCAST_MEMBERS) open channels.
     TooManyMembers(String),
+    /// The port belongs to another process: this process is a copy of it made by `fork`
+    /// without `exec` (see [`PostErrorKind::WrongProcess`](crate::PostErrorKind::WrongProcess)).
+    WrongProcess,
 }
 
 impl Error {
@@ -92,6 +95,10 @@ impl fmt::Display for Error {
                 f,
                 "BroadcastChannel {name:?} already has the most open channels it can have"
             ),
+            Error::WrongProcess => f.write_str(
+                "the port belongs to another process (this one is a fork of it): \
+                 inherited ports cannot be used after fork without exec",
+            ),
         }
     }
 }
@@ -118,6 +125,13 @@ pub enum MessageError {
     },
     /// The archive failed validation (corrupt or hostile bytes).
     Invalid(rkyv::rancor::Error),
+    /// The archive nests pointers (boxes, vectors, strings, ...) deeper than the receiving
+    /// port accepts ([`MessagePort::set_max_depth`](crate::MessagePort::set_max_depth)):
+    /// validating it could overflow the stack.
+    TooDeep {
+        /// The port's limit when the message arrived.
+        max_depth: usize,
+    },
     /// A transferred object (port, buffer, out-of-ring body) could not be rebuilt: a
     /// forged, stale or unmappable descriptor. The objects that did arrive are dropped.
     Transfer(&'static str),
@@ -135,6 +149,12 @@ impl fmt::Display for MessageError {
                 write!(f, "message was posted as a different type than {expected}")
             }
             MessageError::Invalid(e) => write!(f, "message failed validation: {e}"),
+            MessageError::TooDeep { max_depth } => {
+                write!(
+                    f,
+                    "message nests deeper than this port's limit of {max_depth} levels"
+                )
+            }
             MessageError::Transfer(why) => write!(f, "transferred object rejected: {why}"),
             MessageError::UnknownKind(k) => write!(f, "record of unknown kind {k}"),
             MessageError::Corrupt(why) => {

@@ -11,9 +11,12 @@ use rkyv::util::AlignedVec;
 
 use crate::shm::ring::{Consumer, RingCtrl, RingMem};
 use crate::wire::codec::{self, FingerprintCache, KIND_MESSAGE};
+use crate::wire::nest::{Nest, Shape};
 use crate::wire::transfer::{self, ITEM_SLOT};
 
 const CAP: usize = 4096;
+/// Decoding uses a receiving port's default depth limit.
+const DEPTH: usize = codec::DEFAULT_MAX_DEPTH;
 
 /// Record decoding: a ring whose data area holds `data` (repeated to fill it) and whose
 /// consumer starts at an offset taken from the first bytes. Up to 64 records are read and
@@ -57,15 +60,20 @@ pub fn ring_records(data: &[u8]) {
         consumer.copy_payload(&record, &mut scratch);
         consumer.release(record);
         if record.header.kind == KIND_MESSAGE {
-            let _ = codec::decode::<Vec<u64>>(&scratch, record.header.tag, &fingerprints);
-            let _ = codec::decode::<String>(&scratch, record.header.tag, &fingerprints);
+            let _ = codec::decode::<Vec<u64>>(&scratch, record.header.tag, &fingerprints, DEPTH);
+            let _ = codec::decode::<String>(&scratch, record.header.tag, &fingerprints, DEPTH);
             let _ = codec::decode::<Vec<u64>>(
                 &scratch,
                 codec::fingerprint_of::<Vec<u64>>(),
                 &fingerprints,
+                DEPTH,
             );
-            let _ =
-                codec::decode::<String>(&scratch, codec::fingerprint_of::<String>(), &fingerprints);
+            let _ = codec::decode::<String>(
+                &scratch,
+                codec::fingerprint_of::<String>(),
+                &fingerprints,
+                DEPTH,
+            );
         }
     }
 }
@@ -137,5 +145,84 @@ pub fn transfer_record(data: &[u8]) {
     let at = transfer::archive_offset(items.len());
     let archive = &payload[at..at + header.inline_len as usize];
     let fingerprints = FingerprintCache::new();
-    let _ = codec::decode::<Vec<u64>>(archive, codec::fingerprint_of::<Vec<u64>>(), &fingerprints);
+    let fp = codec::fingerprint_of::<Vec<u64>>();
+    let _ = codec::decode::<Vec<u64>>(archive, fp, &fingerprints, DEPTH);
+}
+
+/// The decoder on deep and wide archives: `data` picks a tree shape and its size (a chain
+/// up to two million levels, a root with up to a million children, a comb, or any tree
+/// described by the bytes themselves), the tree is archived (by hand, without recursion),
+/// then bytes of it are flipped as the rest of `data` says, and it is decoded with the
+/// default depth limit, as the tree type and as two others.
+pub fn deep_archive(data: &[u8]) {
+    let Some((&kind, rest)) = data.split_first() else {
+        return;
+    };
+    let size = |bytes: &[u8], max: usize| {
+        let mut word = [0u8; 4];
+        let n = bytes.len().min(4);
+        word[..n].copy_from_slice(&bytes[..n]);
+        u32::from_le_bytes(word) as usize % max + 1
+    };
+    let (shape, mutations) = match kind % 4 {
+        0 => (Shape::chain(size(rest, 2_000_000)), rest.get(4..)),
+        1 => (Shape::wide(size(rest, 1_000_000)), rest.get(4..)),
+        2 => (
+            Shape::comb(
+                size(rest, 100_000),
+                size(rest.get(4..).unwrap_or(&[]), 8) - 1,
+            ),
+            rest.get(8..),
+        ),
+        _ => (described_tree(rest), None),
+    };
+    let mut archive = AlignedVec::<16>::new();
+    archive.extend_from_slice(&shape.archive());
+    for m in mutations.unwrap_or(&[]).chunks_exact(5) {
+        let at = u32::from_le_bytes([m[0], m[1], m[2], m[3]]) as usize % archive.len();
+        archive[at] ^= m[4];
+    }
+    let fingerprints = FingerprintCache::new();
+    let _ = codec::decode::<Nest>(
+        &archive,
+        codec::fingerprint_of::<Nest>(),
+        &fingerprints,
+        DEPTH,
+    );
+    let _ = codec::access::<Nest>(
+        &archive,
+        codec::fingerprint_of::<Nest>(),
+        &fingerprints,
+        DEPTH,
+    );
+    let _ = codec::decode::<Vec<u64>>(
+        &archive,
+        codec::fingerprint_of::<Vec<u64>>(),
+        &fingerprints,
+        DEPTH,
+    );
+    let _ = codec::decode::<String>(
+        &archive,
+        codec::fingerprint_of::<String>(),
+        &fingerprints,
+        DEPTH,
+    );
+}
+
+/// A tree grown breadth-first: each byte gives the next node `byte % 8` children.
+fn described_tree(bytes: &[u8]) -> Shape {
+    let mut shape = Shape {
+        children: vec![Vec::new()],
+    };
+    for (next, &b) in bytes.iter().enumerate() {
+        if next == shape.children.len() {
+            break;
+        }
+        for _ in 0..b % 8 {
+            shape.children.push(Vec::new());
+            let child = (shape.children.len() - 1) as u32;
+            shape.children[next].push(child);
+        }
+    }
+    shape
 }

@@ -81,7 +81,7 @@ pub use named::endpoint::{Endpoint, MAX_ENDPOINT_NAME};
 pub use named::process::{BOOTSTRAP_ENV, parent_port, spawn};
 pub use port::{
     ChannelBuilder, MessageChannel, MessageEvent, MessagePort, PostError, PostErrorKind,
-    Transferable,
+    RawMessage, Transferable,
 };
 pub use shm::buffer::ArrayBuffer;
 pub use shm::wake::WaitStrategy;

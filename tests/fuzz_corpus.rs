@@ -32,3 +32,8 @@ fn the_segment_header_corpus_opens_without_panicking() {
 fn the_transfer_record_corpus_parses_without_panicking() {
     replay("transfer_record", shmport::fuzzing::transfer_record);
 }
+
+#[test]
+fn the_deep_archive_corpus_decodes_without_overflowing() {
+    replay("deep_archive", shmport::fuzzing::deep_archive);
+}

@@ -53,7 +53,7 @@ fn a_hostile_peer_scribbling_on_the_segment_cannot_crash_or_hang_the_victim() {
         // In forger mode this process is ring 1's producer, writing well-framed records of
         // random lengths, kinds, tags and bytes at the positions the victim expects.
         let mut pos = 0u64;
-        let fp = fingerprint_of_vec_u64();
+        let fp = common::fingerprint::<Vec<u64>>();
         for _ in 0..ROUNDS {
             let r = xorshift(&mut rng);
             match episode % 3 {
@@ -178,22 +178,6 @@ fn a_hostile_peer_scribbling_on_the_segment_cannot_crash_or_hang_the_victim() {
         "{EPISODES} episodes x {ROUNDS} hostile writes: victim got {got} messages, \
          {errors} messageerrors, {timeouts} timeouts, {disconnects} poisoned/disconnected"
     );
-}
-
-/// The type fingerprint shmport tags a `Vec<u64>` with (docs/layout.md, "Kinds").
-fn fingerprint_of_vec_u64() -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    type A = shmport::rkyv::Archived<Vec<u64>>;
-    eat(std::any::type_name::<Vec<u64>>().as_bytes());
-    eat(&(std::mem::size_of::<A>() as u64).to_le_bytes());
-    eat(&(std::mem::align_of::<A>() as u64).to_le_bytes());
-    h
 }
 
 fn spawn_with_mode(name: &str, port: shmport::MessagePort, episode: u64) -> common::ChildGuard {

@@ -291,11 +291,15 @@ fn repeated_large_buffer_transfers_leave_shared_memory_where_it_started() {
                     .parse::<i64>()
                     .unwrap()
             };
-            // Warm up: the channel's socket pair is created by its first transfer.
-            ch.port1
-                .post_message(&0u32, [ArrayBuffer::new(1).unwrap().into()])
-                .unwrap();
-            ch.port2.recv::<u32>().unwrap();
+            // Warm up: the channel's socket pair is created by its first transfer, and the
+            // pool's heap of 16 MiB slots by the first buffer of that size (its slot then
+            // stays resident for reuse: that is the pool's point).
+            for len in [1, 16 << 20] {
+                let mut buf = ArrayBuffer::new(len).unwrap();
+                buf.fill(1);
+                ch.port1.post_message(&0u32, [buf.into()]).unwrap();
+                ch.port2.recv::<u32>().unwrap();
+            }
             let (fds, maps, before) = (common::open_fds(), common::shmport_mappings(), shmem());
             for i in 0..200u32 {
                 let mut buf = ArrayBuffer::new(16 << 20).unwrap();
@@ -362,4 +366,80 @@ fn pooled_buffers_posted_and_dropped_go_back_to_the_pool() {
 fn an_allocation_the_system_cannot_satisfy_is_an_error_not_a_panic() {
     let err = ArrayBuffer::new(1 << 62).unwrap_err();
     assert!(matches!(err, shmport::Error::Os { .. }), "{err}");
+}
+
+#[test]
+fn buffers_queued_for_a_spawned_port_arrive_by_heap_index() {
+    common::as_child(|port| {
+        let ev = port.recv::<u64>().unwrap();
+        assert!(ev.buffers[0].iter().all(|&b| b == 2));
+        port.post_message(&ev.data, []).unwrap();
+    });
+    let ch = MessageChannel::new().unwrap();
+    for fill in [1u8, 2] {
+        let mut buf = ArrayBuffer::new_unzeroed(4096).unwrap();
+        buf.fill(fill);
+        ch.port1
+            .post_message(&u64::from(fill), [buf.into()])
+            .unwrap();
+        if fill == 1 {
+            // Received here: the heap is in port2's table, and the second buffer names it
+            // by index only.
+            ch.port2.recv::<u64>().unwrap();
+        }
+    }
+    let child = common::spawn_test_child(
+        "buffers_queued_for_a_spawned_port_arrive_by_heap_index",
+        ch.port2,
+    );
+    assert_eq!(ch.port1.recv::<u64>().unwrap().data, 2);
+    assert!(child.wait().success());
+}
+
+#[test]
+fn a_heap_whose_descriptor_was_lost_is_sent_again_and_the_channel_recovers() {
+    common::as_child(|port| {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        // No descriptor can be installed here: every number below the limit is taken.
+        let lowest_free = std::fs::File::open("/dev/null").unwrap();
+        let limit = std::os::fd::AsRawFd::as_raw_fd(&lowest_free) as u64;
+        drop(lowest_free);
+        let saved = getrlimit(Resource::Nofile);
+        let mut low = saved;
+        low.current = Some(limit);
+        setrlimit(Resource::Nofile, low).unwrap();
+        port.post_message(&0u8, []).unwrap(); // ready
+        let lost = port.recv::<u64>(); // the heap's first buffer: its descriptor is cut off
+        setrlimit(Resource::Nofile, saved).unwrap();
+        assert!(matches!(
+            lost,
+            Err(RecvError::MessageError(MessageError::Transfer(_)))
+        ));
+        port.post_message(&1u8, []).unwrap(); // descriptors are free again
+        for fill in 2..10u8 {
+            let ev = port.recv::<u64>().unwrap();
+            assert!(ev.buffers[0].iter().all(|&b| b == fill));
+        }
+        port.post_message(&2u8, []).unwrap();
+    });
+    let ch = MessageChannel::new().unwrap();
+    let child = common::spawn_test_child(
+        "a_heap_whose_descriptor_was_lost_is_sent_again_and_the_channel_recovers",
+        ch.port2,
+    );
+    let post = |fill: u8| {
+        let mut buf = ArrayBuffer::new_unzeroed(4096).unwrap();
+        buf.fill(fill);
+        ch.port1
+            .post_message(&u64::from(fill), [buf.into()])
+            .unwrap();
+    };
+    assert_eq!(ch.port1.recv::<u8>().unwrap().data, 0);
+    post(1);
+    assert_eq!(ch.port1.recv::<u8>().unwrap().data, 1);
+    for fill in 2..10 {
+        post(fill);
+    }
+    assert_eq!(ch.port1.recv::<u8>().unwrap().data, 2);
+    assert!(child.wait().success());
 }

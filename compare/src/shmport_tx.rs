@@ -15,7 +15,8 @@ use crate::protocol::Transport;
 /// The frame a sender fills: one small function, so the constructor is easy to switch (to
 /// an unzeroed one, say) and every caller follows.
 pub fn fresh_frame(len: usize) -> Result<ArrayBuffer> {
-    Ok(ArrayBuffer::new(len)?)
+    // Every byte is written before it is sent: no need to zero it first.
+    Ok(ArrayBuffer::new_unzeroed(len)?)
 }
 
 /// The wait strategy both ends of a data channel use.

@@ -213,7 +213,7 @@ impl BroadcastChannel {
         };
         open.accept_joiners();
         codec::encode_to_vec(msg, &mut open.scratch, &mut open.arena)
-            .map_err(|e| PostError::new(PostErrorKind::Encode(e), Vec::new()))?;
+            .map_err(|e| PostError::new(e.into(), Vec::new()))?;
         let fp = codec::fingerprint_of::<T>();
         let mut keys = std::mem::take(&mut open.keys);
         keys.clear();
@@ -323,8 +323,9 @@ impl BroadcastChannel {
             // What was taken in while a post waited comes first (it is older than what
             // is still in the rings).
             if let Some(entry) = open.backlog.pop_front() {
-                let decoded = entry
-                    .and_then(|(archive, tag)| codec::decode::<T>(&archive, tag, &open.recv_fp));
+                let decoded = entry.and_then(|(archive, tag)| {
+                    codec::decode::<T>(&archive, tag, &open.recv_fp, codec::DEFAULT_MAX_DEPTH)
+                });
                 return match decoded {
                     Ok(data) => Ok(MessageEvent {
                         data,
@@ -370,7 +371,7 @@ impl Open {
             // `get`: the set looks at the member again, whatever we took.
             while let Some(port) = self.members.get(key) {
                 match port.try_recv_raw() {
-                    Ok(raw) => self.backlog.push_back(Ok(raw)),
+                    Ok(raw) => self.backlog.push_back(Ok((raw.archive, raw.fingerprint))),
                     Err(TryRecvError::MessageError(e)) => self.backlog.push_back(Err(e)),
                     Err(_) => break, // empty, or gone: `recv` deals with it
                 }

@@ -144,9 +144,17 @@ pub(crate) fn recv_channel_port(
 ) -> Result<MessagePort, Error> {
     sys::wait_readable(conn).map_err(|e| Error::os("poll", e))?;
     let mut hello = [0u8; 9];
-    let (n, fds) = sys::recv_with_fds(conn, &mut hello)
+    let received = sys::recv_with_fds(conn, &mut hello)
         .map_err(|e| Error::os("receiving a port over a connection", e))?;
-    let mut fds = fds.into_iter();
+    if received.truncated {
+        // The kernel could not install the descriptors: we are at our descriptor limit.
+        return Err(Error::os(
+            "receiving a port over a connection (descriptors truncated)",
+            std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error()),
+        ));
+    }
+    let n = received.len;
+    let mut fds = received.fds.into_iter();
     let (Some(seg_fd), Some(sock), None) = (fds.next(), fds.next(), fds.next()) else {
         return Err(Error::BadBootstrap(
             "the other side did not hand over a port",
@@ -155,7 +163,7 @@ pub(crate) fn recv_channel_port(
     if n != hello.len() || &hello[..8] != magic {
         return Err(Error::BadBootstrap("the handed-over port is malformed"));
     }
-    MessagePort::arrive(seg_fd, sock, usize::from(hello[8]))
+    MessagePort::arrive(seg_fd, sock, usize::from(hello[8]), Vec::new())
 }
 
 pub(crate) fn check_name(name: &str) -> Result<(), Error> {

@@ -38,16 +38,26 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 /// # Errors
 ///
 /// [`Error::Os`] when the process cannot be started. The port is then dropped, which
-/// closes it: the other end sees `Disconnected`.
+/// closes it: the other end sees `Disconnected`. [`Error::WrongProcess`] when this
+/// process is a `fork` of the port's (the port is dropped, closing nothing).
 pub fn spawn(cmd: &mut Command, port: MessagePort) -> Result<Child, Error> {
+    if !port.in_owner_process() {
+        return Err(Error::WrongProcess);
+    }
     let wire = port.wire().map_err(|e| Error::os("socketpair", e))?;
-    let sock_fd = sys::raw(&wire.socket);
-    let seg_fd = sys::raw(&wire.segment);
-    cmd.env(
-        BOOTSTRAP_ENV,
-        format!("v1:{}:{sock_fd}:{seg_fd}:{}", std::process::id(), wire.side),
-    );
-    sys::inherit_in_child(cmd, &[wire.socket, wire.segment]).map_err(|e| Error::os("fstat", e))?;
+    // The records queued for the port may name heaps by index: their descriptors go too.
+    let heaps = port.heap_table_to_carry();
+    let boot = Bootstrap {
+        parent_pid: std::process::id(),
+        sock_fd: sys::raw(&wire.socket),
+        seg_fd: sys::raw(&wire.segment),
+        side: wire.side,
+        heap_fds: heaps.iter().map(|h| sys::raw(&h.fd())).collect(),
+    };
+    cmd.env(BOOTSTRAP_ENV, boot.format());
+    let mut inherited = vec![wire.socket, wire.segment];
+    inherited.extend(heaps.iter().map(|h| h.fd()));
+    sys::inherit_in_child(cmd, &inherited).map_err(|e| Error::os("fstat", e))?;
     let departure = port.depart();
     let child = cmd.spawn().map_err(|e| Error::os("spawn", e))?;
     departure.complete();
@@ -83,7 +93,13 @@ pub fn parent_port() -> Result<MessagePort, Error> {
         .map_err(|e| Error::os("adopting the inherited socket", e))?;
     let seg_fd = sys::adopt_inherited(boot.seg_fd, false)
         .map_err(|e| Error::os("adopting the inherited segment", e))?;
-    MessagePort::arrive(seg_fd, sock, boot.side)
+    let heaps = boot
+        .heap_fds
+        .iter()
+        .map(|&fd| sys::adopt_inherited(fd, false))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::os("adopting the inherited heaps", e))?;
+    MessagePort::arrive(seg_fd, sock, boot.side, heaps)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -92,6 +108,9 @@ struct Bootstrap {
     sock_fd: i32,
     seg_fd: i32,
     side: usize,
+    /// The heap table of the port's receive ring (`h5,6,7` as a sixth field; absent when
+    /// empty).
+    heap_fds: Vec<i32>,
 }
 
 impl Bootstrap {
@@ -112,6 +131,10 @@ impl Bootstrap {
         if side > 1 || sock_fd > i32::MAX as u32 || seg_fd > i32::MAX as u32 || sock_fd == seg_fd {
             return Err(Error::BadBootstrap("values out of range"));
         }
+        let heap_fds = match it.next() {
+            None => Vec::new(),
+            Some(list) => Self::parse_heaps(list)?,
+        };
         if it.next().is_some() {
             return Err(Error::BadBootstrap("trailing fields"));
         }
@@ -120,7 +143,35 @@ impl Bootstrap {
             sock_fd: sock_fd as i32,
             seg_fd: seg_fd as i32,
             side: side as usize,
+            heap_fds,
         })
+    }
+
+    fn parse_heaps(list: &str) -> Result<Vec<i32>, Error> {
+        let bad = Error::BadBootstrap("malformed heap list");
+        let fds = list.strip_prefix('h').ok_or(bad)?;
+        let fds = fds
+            .split(',')
+            .map(|f| f.parse::<i32>().ok().filter(|&fd| fd >= 0))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(Error::BadBootstrap("malformed heap list"))?;
+        if fds.len() > crate::wire::transfer::MAX_HEAPS_PER_CHANNEL {
+            return Err(Error::BadBootstrap("too many heaps"));
+        }
+        Ok(fds)
+    }
+
+    fn format(&self) -> String {
+        let mut v = format!(
+            "v1:{}:{}:{}:{}",
+            self.parent_pid, self.sock_fd, self.seg_fd, self.side
+        );
+        if !self.heap_fds.is_empty() {
+            let list: Vec<String> = self.heap_fds.iter().map(i32::to_string).collect();
+            v.push_str(":h");
+            v.push_str(&list.join(","));
+        }
+        v
     }
 }
 
@@ -136,9 +187,13 @@ mod tests {
                 parent_pid: 42,
                 sock_fd: 5,
                 seg_fd: 6,
-                side: 1
+                side: 1,
+                heap_fds: Vec::new(),
             }
         );
+        let with_heaps = Bootstrap::parse("v1:42:5:6:0:h7,8").unwrap();
+        assert_eq!(with_heaps.heap_fds, [7, 8]);
+        assert_eq!(Bootstrap::parse(&with_heaps.format()).unwrap(), with_heaps);
     }
 
     #[test]
@@ -151,6 +206,9 @@ mod tests {
             "v1:1:x:3:0",
             "v1:1:3:3:0",
             "v1:1:2:3:0:9",
+            "v1:1:2:3:0:h",
+            "v1:1:2:3:0:h7,x",
+            "v1:1:2:3:0:h7:8",
         ] {
             assert!(
                 matches!(Bootstrap::parse(bad), Err(Error::BadBootstrap(_))),

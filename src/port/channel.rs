@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::shm::segment::{DEFAULT_CAPACITY, Segment};
 use crate::shm::wake::WaitStrategy;
 use crate::sys;
+use crate::wire::codec::DEFAULT_MAX_DEPTH;
 
 use super::MessagePort;
 
@@ -49,6 +50,7 @@ impl MessageChannel {
         ChannelBuilder {
             capacity: DEFAULT_CAPACITY,
             wait: WaitStrategy::default(),
+            max_depth: DEFAULT_MAX_DEPTH,
         }
     }
 }
@@ -70,6 +72,7 @@ impl MessageChannel {
 pub struct ChannelBuilder {
     capacity: usize,
     wait: WaitStrategy,
+    max_depth: usize,
 }
 
 impl ChannelBuilder {
@@ -86,6 +89,13 @@ impl ChannelBuilder {
         self
     }
 
+    /// How deep a message received on either port may nest (default 512; each port can
+    /// change it later, see [`MessagePort::set_max_depth`]).
+    pub fn max_depth(mut self, levels: usize) -> Self {
+        self.max_depth = levels;
+        self
+    }
+
     /// Creates the channel.
     ///
     /// # Errors
@@ -97,9 +107,12 @@ impl ChannelBuilder {
         sys::raise_descriptor_limit();
         let seg = Arc::new(Segment::create(capacity)?);
         // No sockets yet: they are created when a port first leaves this process.
-        Ok(MessageChannel {
+        let ch = MessageChannel {
             port1: MessagePort::attach(Arc::clone(&seg), 0, None, self.wait)?,
             port2: MessagePort::attach(seg, 1, None, self.wait)?,
-        })
+        };
+        ch.port1.set_max_depth(self.max_depth);
+        ch.port2.set_max_depth(self.max_depth);
+        Ok(ch)
     }
 }

@@ -25,6 +25,18 @@ pub enum PostErrorKind {
     /// The object was closed: posting to a closed
     /// [`BroadcastChannel`](crate::BroadcastChannel) (the web's `InvalidStateError`).
     Closed,
+    /// The message's archive would exceed `max` bytes
+    /// ([`MessagePort::MAX_MESSAGE_LEN`](crate::MessagePort::MAX_MESSAGE_LEN)): the wire
+    /// format's offsets are 32-bit. Serialization stopped at the limit; nothing was sent.
+    TooLarge {
+        /// The largest archive a message may have, in bytes.
+        max: usize,
+    },
+    /// The port belongs to another process: this process is a copy made by `fork`
+    /// without `exec`, which shares the parent's shared memory and descriptors. Using an
+    /// inherited port would corrupt the parent's channel, so it is refused; spawn processes
+    /// with [`spawn`](crate::spawn) instead. Nothing was sent.
+    WrongProcess,
 }
 
 /// A failed post: why it failed, and every transferable handed back untouched.
@@ -88,6 +100,16 @@ impl fmt::Display for PostError {
             PostErrorKind::DataClone(why) => write!(f, "DataCloneError: {why}"),
             PostErrorKind::Os(e) => write!(f, "the operating system refused: {e}"),
             PostErrorKind::Closed => f.write_str("InvalidStateError: the channel is closed"),
+            PostErrorKind::TooLarge { max } => {
+                write!(
+                    f,
+                    "the message is too large: its archive would exceed {max} bytes"
+                )
+            }
+            PostErrorKind::WrongProcess => f.write_str(
+                "the port belongs to another process (this one is a fork of it): \
+                 inherited ports cannot be used after fork without exec",
+            ),
             PostErrorKind::Reentrant => {
                 f.write_str("post_message re-entered on the same port during serialization")
             }

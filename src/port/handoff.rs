@@ -5,9 +5,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::error::Error;
+use crate::shm::heap::{self, Heap};
 use crate::shm::segment::Segment;
 use crate::shm::wake::WaitStrategy;
 use crate::sys;
+use crate::wire::transfer::MAX_HEAPS_PER_CHANNEL;
 
 use super::MessagePort;
 
@@ -63,12 +65,36 @@ impl MessagePort {
 
     /// Takes over an end that arrived as descriptors: checks that `socket` is a socket,
     /// opens and validates the segment, and attaches to `side` from its published state.
-    pub(crate) fn arrive(segment: OwnedFd, socket: OwnedFd, side: usize) -> Result<Self, Error> {
-        if side > 1 || !sys::is_socket(socket.as_fd()) {
+    ///
+    /// `heaps` is the heap table of the ring it reads, as [`heap_table_to_carry`] gave it
+    /// where it came from: the records queued for it may name those heaps by index.
+    ///
+    /// [`heap_table_to_carry`]: Self::heap_table_to_carry
+    pub(crate) fn arrive(
+        segment: OwnedFd,
+        socket: OwnedFd,
+        side: usize,
+        heaps: Vec<OwnedFd>,
+    ) -> Result<Self, Error> {
+        if side > 1 || !sys::is_socket(socket.as_fd()) || heaps.len() > MAX_HEAPS_PER_CHANNEL {
             return Err(Error::BadBootstrap("a port's descriptors are malformed"));
         }
+        let table = heaps
+            .into_iter()
+            .map(|fd| heap::adopt(fd).map(Some))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::InvalidSegment)?;
         let seg = Segment::open(segment)?;
-        MessagePort::attach(Arc::new(seg), side, Some(socket), WaitStrategy::default())
+        let port = MessagePort::attach(Arc::new(seg), side, Some(socket), WaitStrategy::default())?;
+        *port.heaps_received.borrow_mut() = table;
+        Ok(port)
+    }
+
+    /// The heap table of the ring this port reads, for a move: up to its first lost entry
+    /// (whose writer has been asked to start over, so nothing after it is needed).
+    pub(crate) fn heap_table_to_carry(&self) -> Vec<Arc<Heap>> {
+        let table = self.heaps_received.borrow();
+        table.iter().map_while(Clone::clone).collect()
     }
 
     /// This end's socket, created with its peer's on first need. A channel whose two ports

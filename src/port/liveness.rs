@@ -102,4 +102,28 @@ impl MessagePort {
             crate::wire::doorbell::ring(sock);
         }
     }
+
+    /// Receives and drops what is still queued for this closing port, so the buffers and
+    /// ports in unread transfers are freed now (a pooled slot in transit would otherwise
+    /// stay taken for the life of its heap). The peer has been told we are gone, so it
+    /// stops posting; at most a ring's worth of records is taken.
+    /// Ports found in the queue are dropped too and discard theirs, to a bounded depth: a
+    /// peer can nest ports in ports, and the stack must not follow it down.
+    pub(super) fn discard_incoming(&self) {
+        thread_local!(static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+        const MAX_DEPTH: u32 = 4;
+        if DEPTH.get() >= MAX_DEPTH {
+            return;
+        }
+        DEPTH.set(DEPTH.get() + 1);
+        let most = self.seg.capacity() / 24 + 1;
+        let mut ignore = |_: &[u8], _: u64| Ok(());
+        for _ in 0..most {
+            match self.try_recv_with(false, &mut ignore) {
+                Ok(_) | Err(TryRecvError::MessageError(_)) => {}
+                Err(_) => break,
+            }
+        }
+        DEPTH.set(DEPTH.get() - 1);
+    }
 }

@@ -19,6 +19,7 @@ pub use channel::{ChannelBuilder, MessageChannel};
 pub use error::{PostError, PostErrorKind};
 use liveness::LIVENESS_EVERY;
 pub(crate) use post::RoomWait;
+pub use raw::RawMessage;
 pub(crate) use readiness::SocketWatcher;
 pub(crate) use recv::Decoder;
 pub use transferable::Transferable;
@@ -36,7 +37,8 @@ use crate::shm::buffer::ArrayBuffer;
 use crate::shm::ring::{Consumer, Corrupt, Producer};
 use crate::shm::segment::Segment;
 use crate::shm::wake::{WaitStrategy, Waiter};
-use crate::wire::codec::FingerprintCache;
+use crate::sys;
+use crate::wire::codec::{self, FingerprintCache};
 
 /// A received message: the web's `MessageEvent`.
 #[derive(Debug)]
@@ -105,6 +107,17 @@ pub struct MessagePort {
     moved: Cell<bool>,
     /// This port's place in the async reactor, made by its first pending `recv_async`.
     watcher: std::cell::OnceCell<Box<dyn SocketWatcher>>,
+    /// The heaps whose descriptors this handle has sent over the ring it writes, by their
+    /// index in the receiver's heap table (`wire::transfer`, "Heap tables").
+    heaps_sent: RefCell<Vec<(u64, u64)>>,
+    /// The heap table of the ring this port reads: what the writer's items name by index.
+    /// It moves with the port.
+    heaps_received: RefCell<transfer_in::HeapTable>,
+    /// How deep a received archive may nest (see [`MessagePort::set_max_depth`]).
+    max_depth: Cell<usize>,
+    /// The process that created or received this handle. In any other process (a copy
+    /// made by `fork`) the handle is inert: see [`MessagePort::in_owner_process`].
+    pid: u32,
 }
 
 impl fmt::Debug for MessagePort {
@@ -147,7 +160,62 @@ impl MessagePort {
             arena: RefCell::new(None),
             moved: Cell::new(false),
             watcher: std::cell::OnceCell::new(),
+            heaps_sent: RefCell::new(Vec::new()),
+            heaps_received: RefCell::new(Vec::new()),
+            max_depth: Cell::new(codec::DEFAULT_MAX_DEPTH),
+            pid: sys::current_pid(),
         })
+    }
+
+    /// The largest archive a message may have, in bytes: 2 GiB minus 64 KiB. The wire
+    /// format's relative pointers are 32-bit; a post whose archive would be larger fails
+    /// with [`PostErrorKind::TooLarge`].
+    pub const MAX_MESSAGE_LEN: usize = codec::MAX_ARCHIVE_LEN;
+
+    /// How many levels of pointers (boxes, vectors, strings, ...) a message received on
+    /// this port may nest; 512 unless changed.
+    pub fn max_depth(&self) -> usize {
+        self.max_depth.get()
+    }
+
+    /// Changes how deep a received message may nest. A deeper message is refused with
+    /// [`MessageError::TooDeep`](crate::MessageError::TooDeep) (the web's `messageerror`,
+    /// consumed; the port keeps working).
+    ///
+    /// The limit is what keeps a hostile or buggy peer from overflowing the receiving
+    /// thread's stack: rkyv's validator and deserializer recurse once per level. The stack
+    /// each level takes depends on the type; docs/design.md ("Limits and hostile inputs")
+    /// has measurements. The default, 512, leaves most of a 2 MiB thread stack (the
+    /// default for spawned threads) free for the types measured; raise it only together
+    /// with the stack of the receiving thread. `usize::MAX` removes the limit. A port that
+    /// moves to another process (spawned or transferred) arrives with the default.
+    ///
+    /// ```
+    /// use shmport::{MessageError, RecvError};
+    ///
+    /// let ch = shmport::MessageChannel::new()?;
+    /// ch.port2.set_max_depth(2);
+    /// ch.port1.post_message(&vec![vec![1u8]], [])?; // two levels
+    /// ch.port1.post_message(&vec![vec![vec![1u8]]], [])?; // three
+    /// assert!(ch.port2.recv::<Vec<Vec<u8>>>().is_ok());
+    /// assert!(matches!(
+    ///     ch.port2.recv::<Vec<Vec<Vec<u8>>>>(),
+    ///     Err(RecvError::MessageError(MessageError::TooDeep { max_depth: 2 }))
+    /// ));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_max_depth(&self, levels: usize) {
+        self.max_depth.set(levels);
+    }
+
+    /// False in a process that did not create or receive this handle: a copy made by
+    /// `fork` without `exec`, which inherited the parent's memory. There every post fails
+    /// with [`PostErrorKind::WrongProcess`], every receive reports `Disconnected` without
+    /// touching the channel, and dropping the handle closes nothing (the parent's port
+    /// keeps working). One compare of a cached process id.
+    #[inline]
+    pub(crate) fn in_owner_process(&self) -> bool {
+        self.pid == sys::current_pid()
     }
 
     /// The largest encoded message this port's channel carries inside its ring, in bytes.
@@ -192,6 +260,11 @@ impl MessagePort {
 
 impl Drop for MessagePort {
     fn drop(&mut self) {
+        if !self.in_owner_process() {
+            // A forked copy: the channel, the closed flag and the reactor's epoll (shared
+            // with the parent) are the parent's. Only our copies of the descriptors close.
+            return;
+        }
         // Before the socket closes, and also when the end moved on: the socket's open file
         // then lives on elsewhere, and our reactor must stop watching it.
         if let (Some(watcher), Some(sock)) = (self.watcher.take(), self.sock.get()) {
@@ -199,6 +272,7 @@ impl Drop for MessagePort {
         }
         if !self.moved.get() {
             self.announce_close();
+            self.discard_incoming();
         }
     }
 }

@@ -21,6 +21,17 @@ pub(crate) enum RoomWait {
     Until(Instant),
 }
 
+impl From<codec::EncodeError> for PostErrorKind {
+    fn from(e: codec::EncodeError) -> Self {
+        match e {
+            codec::EncodeError::Value(e) => PostErrorKind::Encode(e),
+            codec::EncodeError::TooLarge => PostErrorKind::TooLarge {
+                max: codec::MAX_ARCHIVE_LEN,
+            },
+        }
+    }
+}
+
 impl MessagePort {
     /// Posts a message to the entangled port, waiting while its ring is full.
     ///
@@ -31,11 +42,13 @@ impl MessagePort {
     /// # Errors
     ///
     /// [`PostErrorKind::Disconnected`] when the peer is gone (S16), [`PostErrorKind::Encode`]
-    /// when the value cannot be serialized (S5), [`PostErrorKind::DataClone`] for an
-    /// invalid transfer list, [`PostErrorKind::Os`] when the operating system refuses the
-    /// shared memory a large message needs or the descriptor passing a transfer needs.
-    /// In every case nothing is sent and the transfer list is handed back
-    /// ([`PostError::into_inner`]).
+    /// when the value cannot be serialized (S5), [`PostErrorKind::TooLarge`] when its
+    /// archive would exceed [`MAX_MESSAGE_LEN`](Self::MAX_MESSAGE_LEN),
+    /// [`PostErrorKind::DataClone`] for an invalid transfer list, [`PostErrorKind::Os`] when
+    /// the operating system refuses the shared memory a large message needs or the
+    /// descriptor passing a transfer needs, [`PostErrorKind::WrongProcess`] in a copy of
+    /// the port's process made by `fork`. In every case nothing is sent and the transfer
+    /// list is handed back ([`PostError::into_inner`]).
     ///
     /// ```
     /// use shmport::MessageChannel;
@@ -74,6 +87,10 @@ impl MessagePort {
         wait: RoomWait,
     ) -> Result<(), PostError> {
         let mut transfer = transfer.into_iter().peekable();
+        if !self.in_owner_process() {
+            let kind = PostErrorKind::WrongProcess;
+            return Err(PostError::new(kind, transfer.collect()));
+        }
         if transfer.peek().is_some() {
             return self.post_with_transfers(msg, transfer.collect(), wait);
         }
@@ -106,7 +123,7 @@ impl MessagePort {
             return fail(PostErrorKind::Reentrant);
         };
         if let Err(e) = codec::encode_to_vec(msg, &mut scratch, arena) {
-            return fail(PostErrorKind::Encode(e));
+            return fail(e.into());
         }
         let len = scratch.len();
         if len > tx.mem().max_payload() {
@@ -134,6 +151,9 @@ impl MessagePort {
         wait: RoomWait,
     ) -> Result<(), PostError> {
         let fail = |kind| Err(PostError::new(kind, Vec::new()));
+        if !self.in_owner_process() {
+            return fail(PostErrorKind::WrongProcess);
+        }
         if self.peer_gone_cheap() {
             return fail(PostErrorKind::Disconnected);
         }

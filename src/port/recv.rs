@@ -22,10 +22,14 @@ impl MessagePort {
     /// # Errors
     ///
     /// [`RecvError::Disconnected`] once the peer is gone and every message it posted has
-    /// been received (S15); [`RecvError::MessageError`] when the next message cannot be
-    /// decoded as `T` (S6): that message is consumed and the port keeps working.
+    /// been received (S15), and at once in a copy of the port's process made by `fork`
+    /// (which must not consume the parent's messages); [`RecvError::MessageError`] when the
+    /// next message cannot be decoded as `T` (S6), nests deeper than
+    /// [`max_depth`](Self::max_depth), or its transferred objects could not be received:
+    /// that message is consumed and the port keeps working.
     pub fn recv<T: Message>(&self) -> Result<MessageEvent<T>, RecvError> {
-        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp);
+        let mut decode =
+            |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp, self.max_depth());
         Self::untimed(self.recv_until(None, &mut decode))
     }
 
@@ -45,7 +49,8 @@ impl MessagePort {
         &self,
         timeout: Duration,
     ) -> Result<MessageEvent<T>, RecvTimeoutError> {
-        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp);
+        let mut decode =
+            |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp, self.max_depth());
         self.recv_until(Instant::now().checked_add(timeout), &mut decode)
     }
 
@@ -74,7 +79,7 @@ impl MessagePort {
     ) -> Result<MessageEvent<R>, RecvError> {
         let mut f = Some(f);
         let mut decode = |bytes: &[u8], tag| {
-            let archived = codec::access::<T>(bytes, tag, &self.recv_fp)?;
+            let archived = codec::access::<T>(bytes, tag, &self.recv_fp, self.max_depth())?;
             Ok(f.take().expect("one record per receive")(archived))
         };
         Self::untimed(self.recv_until(None, &mut decode))
@@ -91,7 +96,7 @@ impl MessagePort {
     ) -> Result<MessageEvent<R>, TryRecvError> {
         let mut f = Some(f);
         let mut decode = |bytes: &[u8], tag| {
-            let archived = codec::access::<T>(bytes, tag, &self.recv_fp)?;
+            let archived = codec::access::<T>(bytes, tag, &self.recv_fp, self.max_depth())?;
             Ok(f.take().expect("one record per receive")(archived))
         };
         self.try_recv_with(true, &mut decode)
@@ -133,7 +138,8 @@ impl MessagePort {
     /// peer is seen at the next call, a dead process within 64 calls);
     /// [`TryRecvError::MessageError`] as for [`recv`](Self::recv).
     pub fn try_recv<T: Message>(&self) -> Result<MessageEvent<T>, TryRecvError> {
-        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp);
+        let mut decode =
+            |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp, self.max_depth());
         self.try_recv_with(true, &mut decode)
     }
 
@@ -142,11 +148,16 @@ impl MessagePort {
         periodic_liveness: bool,
         decode: &mut Decoder<'_, R>,
     ) -> Result<MessageEvent<R>, TryRecvError> {
-        if self.peer.get() == PeerState::Poisoned {
+        if self.peer.get() == PeerState::Poisoned || !self.in_owner_process() {
+            // Poisoned, or a copy of the port in a forked process, which must not touch
+            // the parent's ring.
             return Err(TryRecvError::Disconnected);
         }
         let Ok(mut rx) = self.rx.try_borrow_mut() else {
-            // Called from inside a Deserialize impl of a message on this same port.
+            // Unreachable through the public API: the ring is released before anything
+            // is decoded, so a receive from inside a `Deserialize` impl of a message on
+            // this same port takes the next message. Kept so that a future caller holding
+            // the consumer gets `Empty` rather than a panic.
             return Err(TryRecvError::Empty);
         };
         let record = match rx.peek() {

@@ -158,14 +158,15 @@ mod forged_transfers {
         (slot, generation, ch.port2.recv::<u8>().unwrap())
     }
 
-    /// A 1 MiB buffer: large enough to have a region (and descriptor) of its own.
+    /// A buffer larger than the largest pooled class: it has a region (and descriptor) of
+    /// its own.
     fn own_region() -> ArrayBuffer {
-        ArrayBuffer::new(1 << 20).unwrap()
+        ArrayBuffer::new((64 << 20) + 4096).unwrap()
     }
 
     fn own_fd(region: &ArrayBuffer) -> BorrowedFd<'_> {
         let Wire::Own(fd) = region.wire() else {
-            panic!("a 1 MiB buffer has a region of its own")
+            panic!("a buffer over 64 MiB has a region of its own")
         };
         fd
     }
@@ -226,6 +227,52 @@ mod forged_transfers {
     }
 
     #[test]
+    fn a_buffer_naming_a_heap_the_channel_never_carried_is_a_message_error() {
+        use crate::wire::transfer::{ITEM_SLOT_KNOWN, SlotRef};
+        let ch = MessageChannel::new().unwrap();
+        let named = SlotRef {
+            generation: 1,
+            index: 3,
+        };
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_SLOT_KNOWN, 0, 16, named.pack())],
+            &[],
+            false,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+        ch.port1.post_message(&1u8, []).unwrap();
+        assert_eq!(ch.port2.recv::<u8>().unwrap().data, 1);
+    }
+
+    #[test]
+    fn a_heap_registered_out_of_order_is_a_message_error_and_names_nothing() {
+        use crate::wire::transfer::{ITEM_SLOT_KNOWN, SlotRef};
+        let ch = MessageChannel::new().unwrap();
+        let (heap, slot, generation) = crate::shm::heap::allocate(0).unwrap();
+        heap.send(slot, generation);
+        let skipping = SlotRef {
+            generation,
+            index: 5, // the table is empty: only index 0 may come next
+        };
+        let fd = [heap.fd()];
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_SLOT, slot, 16, skipping.pack())],
+            &fd,
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_SLOT_KNOWN, slot, 16, skipping.pack())],
+            &[],
+            false,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+    }
+
+    #[test]
     fn a_pooled_buffer_descriptor_out_of_the_heap_is_a_message_error() {
         let ch = MessageChannel::new().unwrap();
         let (heap, slot, generation) = crate::shm::heap::allocate(0).unwrap();
@@ -252,7 +299,7 @@ mod forged_transfers {
         let region = own_region();
         post_raw(
             &ch.port1,
-            &[item(ITEM_BUFFER, 0, 2 << 20, 0)],
+            &[item(ITEM_BUFFER, 0, 128 << 20, 0)],
             &[own_fd(&region)],
             true,
         );
@@ -287,7 +334,15 @@ mod forged_transfers {
     fn a_transfer_record_without_its_descriptors_poisons_the_channel() {
         let ch = MessageChannel::new().unwrap();
         ch.port2.socket().unwrap(); // the pair exists, but nothing is sent on it
-        post_raw(&ch.port1, &[item(ITEM_BUFFER, 0, 0, 0)], &[], false);
+        // The record says one descriptor comes with it (a record needing none has no
+        // note), and the note never comes.
+        let region = own_region();
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_BUFFER, 0, 10, 0)],
+            &[own_fd(&region)],
+            false,
+        );
         assert!(matches!(
             ch.port2.recv::<u8>(),
             Err(RecvError::MessageError(MessageError::Corrupt(_)))
@@ -347,5 +402,81 @@ mod received_segments {
         assert!(
             MessagePort::attach(std::sync::Arc::new(seg), 1, Some(s), Default::default()).is_err()
         );
+    }
+}
+
+mod heap_tables {
+    use crate::port::MessageChannel;
+    use crate::shm::buffer::ArrayBuffer;
+    use crate::sys;
+
+    /// Posts a pooled buffer of `len` bytes filled with `fill` from `ch.port1`.
+    fn post_filled(ch: &MessageChannel, len: usize, fill: u8) {
+        let mut buf = ArrayBuffer::new_unzeroed(len).unwrap();
+        buf.fill(fill);
+        ch.port1
+            .post_message(&u64::from(fill), [buf.into()])
+            .unwrap();
+    }
+
+    #[test]
+    fn a_heap_crosses_a_channel_with_its_descriptor_once() {
+        let ch = MessageChannel::new().unwrap();
+        post_filled(&ch, 4096, 1);
+        let socket = ch.port2.socket().unwrap();
+        assert!(
+            sys::readable_now(socket),
+            "the first buffer of a heap has a note"
+        );
+        assert_eq!(ch.port2.recv::<u64>().unwrap().buffers[0][4095], 1);
+        for fill in 2..50 {
+            post_filled(&ch, 4096, fill);
+            assert!(!sys::readable_now(socket), "no note once the heap is known");
+            let ev = ch.port2.recv::<u64>().unwrap();
+            assert!(ev.buffers[0].iter().all(|&b| b == fill));
+        }
+    }
+
+    #[test]
+    fn a_message_too_large_for_the_ring_reuses_its_heap_without_a_descriptor() {
+        let ch = MessageChannel::builder()
+            .capacity(64 << 10)
+            .build()
+            .unwrap();
+        let big = vec![7u8; 1 << 20];
+        ch.port1.post_message(&big, []).unwrap();
+        assert_eq!(ch.port2.recv::<Vec<u8>>().unwrap().data, big);
+        let socket = ch.port2.socket().unwrap();
+        ch.port1.post_message(&big, []).unwrap();
+        assert!(!sys::readable_now(socket), "the body's heap is known");
+        assert_eq!(ch.port2.recv::<Vec<u8>>().unwrap().data, big);
+    }
+
+    #[test]
+    fn buffers_queued_for_a_port_that_moves_arrive_by_heap_index() {
+        let ch = MessageChannel::new().unwrap();
+        let carrier = MessageChannel::new().unwrap();
+        post_filled(&ch, 4096, 1);
+        assert_eq!(ch.port2.recv::<u64>().unwrap().data, 1); // the heap is registered
+        post_filled(&ch, 4096, 2); // queued, naming the heap by index
+        carrier.port1.post_message(&0u8, [ch.port2.into()]).unwrap();
+        let moved = carrier.port2.recv::<u8>().unwrap().ports.remove(0);
+        let ev = moved.recv::<u64>().unwrap();
+        assert!(ev.buffers[0].iter().all(|&b| b == 2));
+    }
+
+    #[test]
+    fn more_heaps_than_a_table_holds_still_travel_with_their_descriptors() {
+        use crate::wire::transfer::MAX_HEAPS_PER_CHANNEL;
+        let ch = MessageChannel::new().unwrap();
+        // Each buffer kept here keeps its slot taken, so new heaps keep being made: 256 KiB
+        // slots, 16 to a heap, so 20 heaps in all.
+        let mut held = Vec::new();
+        for i in 0..(MAX_HEAPS_PER_CHANNEL + 4) * 16 {
+            post_filled(&ch, 256 << 10, i as u8);
+            let mut ev = ch.port2.recv::<u64>().unwrap();
+            assert_eq!(ev.buffers[0][(256 << 10) - 1], i as u8);
+            held.push(ev.buffers.remove(0));
+        }
     }
 }

@@ -8,11 +8,15 @@ use rkyv::util::AlignedVec;
 use crate::error::Error;
 use crate::error::{MessageError, TryRecvError};
 use crate::shm::buffer::ArrayBuffer;
+use crate::shm::heap::{self, Heap};
 use crate::shm::ring::Corrupt;
 use crate::sys;
+use crate::sys::sync::Ordering;
 use crate::wire::doorbell;
 use crate::wire::transfer::{
-    self, ITEM_BODY, ITEM_BUFFER, ITEM_PORT, ITEM_SLOT, Item, SOCKET_MESSAGE, TransferHeader,
+    self, ITEM_BODY, ITEM_BODY_SLOT, ITEM_BODY_SLOT_KNOWN, ITEM_BUFFER, ITEM_PORT, ITEM_SLOT,
+    ITEM_SLOT_KNOWN, Item, MAX_HEAPS_PER_CHANNEL, NO_INDEX, SOCKET_MESSAGE, SlotRef,
+    TransferHeader,
 };
 
 use super::*;
@@ -24,7 +28,8 @@ pub(super) const MAX_DOORBELLS_BEFORE_NOTE: usize = 65_536;
 impl MessagePort {
     /// Rebuilds the objects of a transfer record whose payload is in `scratch`, then
     /// decodes the message. A framing problem (no matching socket message) poisons the
-    /// channel; a bad object or archive is an error for this message only.
+    /// channel; a bad object or archive, or a note whose descriptors the kernel could not
+    /// install, is an error for this message only.
     pub(super) fn receive_transfer<R>(
         &self,
         scratch: &mut AlignedVec<16>,
@@ -36,13 +41,29 @@ impl MessagePort {
             TryRecvError::MessageError(MessageError::Corrupt(why))
         };
         let (header, items) = transfer::parse(scratch).map_err(corrupt)?;
-        let fds = self.receive_note(&header).map_err(corrupt)?;
         let bad = |why| TryRecvError::MessageError(MessageError::Transfer(why));
+        let mut table = self.heaps_received.borrow_mut();
+        let fds = match self.receive_note(&header) {
+            Ok(fds) => fds,
+            Err(Note::OutOfStep(why)) => return Err(corrupt(why)),
+            // The note arrived in step, so the channel is intact: only this message's
+            // objects are lost (the kernel closed the descriptors it could not install,
+            // and those that fit are dropped here). Heaps it registered are lost too:
+            // ask the writer to start its heap table over.
+            Err(Note::Truncated) => {
+                if lose_registrations(&items, &mut table) {
+                    self.ask_writer_to_resend_heaps();
+                }
+                return Err(bad(DESCRIPTORS_LOST));
+            }
+        };
+        let rebuilt = rebuild(&header, &items, fds, &mut table);
+        drop(table);
         let Arrived {
             ports,
             buffers,
             body,
-        } = rebuild(&header, &items, fds).map_err(bad)?;
+        } = rebuilt.map_err(bad)?;
         let data = match body {
             Some(b) => {
                 // Copy, then check: the sender still maps the body.
@@ -63,9 +84,13 @@ impl MessagePort {
     }
 
     /// Receives the note that pairs with the transfer record `header`, skipping the stale
-    /// doorbells queued before it. `Err` when there is none or it is out of step: record
-    /// and socket no longer match, and the channel must be poisoned.
-    fn receive_note(&self, header: &TransferHeader) -> Result<Vec<OwnedFd>, &'static str> {
+    /// doorbells queued before it. `OutOfStep` when there is none or it does not match:
+    /// record and socket no longer agree, and the channel must be poisoned. `Truncated`
+    /// when it matches but the kernel could not give us all its descriptors.
+    fn receive_note(&self, header: &TransferHeader) -> Result<Vec<OwnedFd>, Note> {
+        if header.fds == 0 {
+            return Ok(Vec::new()); // nothing to carry: the writer sent no note
+        }
         let mut note = [0u8; SOCKET_MESSAGE];
         let mut skipped = 0;
         let received = self.socket().and_then(|sock| {
@@ -73,8 +98,8 @@ impl MessagePort {
                 // Doorbells (one byte, no descriptors) queued before the note are stale
                 // news; a protocol-following writer leaves a few at most.
                 match sys::recv_with_fds(sock, &mut note) {
-                    Ok((n, fds))
-                        if doorbell::is_doorbell(&note[..n], &fds)
+                    Ok(r)
+                        if doorbell::is_doorbell(&note[..r.len], &r.fds)
                             && skipped < MAX_DOORBELLS_BEFORE_NOTE =>
                     {
                         skipped += 1;
@@ -83,79 +108,196 @@ impl MessagePort {
                 }
             }
         });
-        let fds = match received {
-            Ok((SOCKET_MESSAGE, fds)) => fds,
-            _ => return Err("transfer record without its descriptors"),
+        let received = match received {
+            Ok(r) if r.len == SOCKET_MESSAGE => r,
+            _ => return Err(Note::OutOfStep("transfer record without its descriptors")),
         };
-        if note[..8] != header.seq.to_le_bytes() || fds.len() != header.fds as usize {
-            return Err("transfer record and descriptors out of step");
+        if note[..8] != header.seq.to_le_bytes() {
+            return Err(Note::OutOfStep(
+                "transfer record and descriptors out of step",
+            ));
         }
-        Ok(fds)
+        if received.truncated {
+            return Err(Note::Truncated);
+        }
+        if received.fds.len() != header.fds as usize {
+            return Err(Note::OutOfStep(
+                "transfer record and descriptors out of step",
+            ));
+        }
+        Ok(received.fds)
     }
 }
 
+impl MessagePort {
+    /// Tells the writer of the ring we read that heap registrations were lost here, so
+    /// that it starts the heap table over.
+    pub(super) fn ask_writer_to_resend_heaps(&self) {
+        // Release: pairs with the writer's Acquire swap in `heaps_already_sent`.
+        let ctrl = self.seg.ring_ctrl(1 - self.side);
+        ctrl.heaps_lost.store(1, Ordering::Release);
+    }
+}
+
+/// What [`MessagePort::receive_note`] found instead of the note of a record.
+enum Note {
+    OutOfStep(&'static str),
+    Truncated,
+}
+
+/// The per-message error of a transfer whose descriptors the kernel cut off.
+const DESCRIPTORS_LOST: &str = "the transferred objects were lost: this process had no free \
+     descriptor when they arrived (RLIMIT_NOFILE), so the kernel could not hand them over";
+
 /// The objects of one transfer record, rebuilt.
+#[derive(Default)]
 struct Arrived {
     ports: Vec<MessagePort>,
     buffers: Vec<ArrayBuffer>,
     body: Option<ArrayBuffer>,
 }
 
-/// Rebuilds every item of a transfer record from the note's descriptors, in item order.
-/// `Err` names the first item that fails its checks; what was rebuilt before is dropped.
+/// A channel direction's heap table, as the receiving port holds it: `None` where a
+/// registration's descriptor was lost (`wire::transfer`, "Heap tables").
+pub(super) type HeapTable = Vec<Option<Arc<Heap>>>;
+
+/// Rebuilds every item of a transfer record from the note's descriptors, in item order,
+/// registering the heaps that came with descriptors in `table` (all of them, even when an
+/// item fails: the sender counts them as carried). `Err` names the first item that failed
+/// its checks; what was rebuilt is dropped.
 fn rebuild(
     header: &TransferHeader,
     items: &[Item],
     fds: Vec<OwnedFd>,
+    table: &mut HeapTable,
 ) -> Result<Arrived, &'static str> {
     let mut fds = fds.into_iter();
-    let mut arrived = Arrived {
-        ports: Vec::new(),
-        buffers: Vec::new(),
-        body: None,
-    };
+    let mut arrived = Arrived::default();
+    let mut first_error = None;
     for (i, item) in items.iter().enumerate() {
-        match item.kind {
-            ITEM_PORT => {
-                let (Some(segment), Some(socket)) = (fds.next(), fds.next()) else {
-                    return Err("a port without its descriptors");
-                };
-                let port = MessagePort::arrive(segment, socket, item.side as usize).map_err(
-                    |e| match e {
-                        Error::BadBootstrap(_) => "a port descriptor is malformed",
-                        Error::InvalidSegment(_) => "a port's segment is invalid",
-                        _ => "a port's rings are invalid",
-                    },
-                )?;
-                arrived.ports.push(port);
-            }
-            ITEM_BUFFER if item.len == 0 => {
-                arrived
-                    .buffers
-                    .push(ArrayBuffer::new(0).map_err(|_| "empty buffer")?);
-            }
-            ITEM_BUFFER => {
-                let fd = fds.next().ok_or("a buffer without its descriptor")?;
-                arrived
-                    .buffers
-                    .push(ArrayBuffer::from_received(fd, item.len)?);
-            }
-            ITEM_SLOT => {
-                let fd = fds.next().ok_or("a buffer without its heap descriptor")?;
-                let generation = u32::try_from(item.reserved).map_err(|_| "bad generation")?;
-                arrived.buffers.push(ArrayBuffer::from_received_slot(
-                    fd, item.side, generation, item.len,
-                )?);
-            }
-            ITEM_BODY if i + 1 == items.len() && header.inline_len == 0 => {
-                let fd = fds.next().ok_or("a message body without its descriptor")?;
-                arrived.body = Some(ArrayBuffer::from_received(fd, item.len)?);
-            }
-            _ => return Err("unknown or misplaced transfer item"),
+        let last = i + 1 == items.len() && header.inline_len == 0;
+        if let Err(why) = rebuild_item(item, last, &mut fds, table, &mut arrived) {
+            first_error.get_or_insert(why);
         }
     }
     if fds.next().is_some() {
-        return Err("more descriptors than transfer items");
+        first_error.get_or_insert("more descriptors than transfer items");
     }
-    Ok(arrived)
+    match first_error {
+        Some(why) => Err(why),
+        None => Ok(arrived),
+    }
+}
+
+/// Rebuilds one item into `arrived`. `last`: the item may be the message's body.
+fn rebuild_item(
+    item: &Item,
+    last: bool,
+    fds: &mut impl Iterator<Item = OwnedFd>,
+    table: &mut HeapTable,
+    arrived: &mut Arrived,
+) -> Result<(), &'static str> {
+    match item.kind {
+        ITEM_PORT => arrived.ports.push(rebuild_port(item, fds)?),
+        ITEM_BUFFER if item.len == 0 => arrived
+            .buffers
+            .push(ArrayBuffer::new(0).map_err(|_| "empty buffer")?),
+        ITEM_BUFFER => {
+            let fd = fds.next().ok_or("a buffer without its descriptor")?;
+            arrived
+                .buffers
+                .push(ArrayBuffer::from_received(fd, item.len)?);
+        }
+        ITEM_SLOT | ITEM_SLOT_KNOWN => {
+            let b = pooled(item, item.kind == ITEM_SLOT, fds, table)?;
+            arrived.buffers.push(b);
+        }
+        ITEM_BODY if last => {
+            let fd = fds.next().ok_or("a message body without its descriptor")?;
+            arrived.body = Some(ArrayBuffer::from_received(fd, item.len)?);
+        }
+        ITEM_BODY_SLOT | ITEM_BODY_SLOT_KNOWN if last => {
+            arrived.body = Some(pooled(item, item.kind == ITEM_BODY_SLOT, fds, table)?);
+        }
+        _ => return Err("unknown or misplaced transfer item"),
+    }
+    Ok(())
+}
+
+/// A moving port: its segment, its socket, and the heaps of its receive table.
+fn rebuild_port(
+    item: &Item,
+    fds: &mut impl Iterator<Item = OwnedFd>,
+) -> Result<MessagePort, &'static str> {
+    if item.len > MAX_HEAPS_PER_CHANNEL as u64 {
+        return Err("a port with more heaps than a channel carries");
+    }
+    let (Some(segment), Some(socket)) = (fds.next(), fds.next()) else {
+        return Err("a port without its descriptors");
+    };
+    let heaps: Vec<OwnedFd> = fds.take(item.len as usize).collect();
+    if heaps.len() as u64 != item.len {
+        return Err("a port without its heap descriptors");
+    }
+    MessagePort::arrive(segment, socket, item.side as usize, heaps).map_err(|e| match e {
+        Error::BadBootstrap(_) => "a port descriptor is malformed",
+        Error::InvalidSegment(_) => "a port's segment or heaps are invalid",
+        _ => "a port's rings are invalid",
+    })
+}
+
+/// A pooled buffer or body: its heap from the item's descriptor (registered in `table`)
+/// or, `with_fd == false`, from `table`; then the slot's ownership.
+fn pooled(
+    item: &Item,
+    with_fd: bool,
+    fds: &mut impl Iterator<Item = OwnedFd>,
+    table: &mut HeapTable,
+) -> Result<ArrayBuffer, &'static str> {
+    let r = SlotRef::unpack(item.reserved);
+    let heap = if with_fd {
+        let fd = fds.next().ok_or("a buffer without its heap descriptor")?;
+        let heap = heap::adopt(fd);
+        register(table, r.index, heap.as_ref().ok().cloned())?;
+        heap?
+    } else {
+        let known = table.get(r.index as usize).cloned().flatten();
+        known.ok_or("a buffer names a heap this channel did not carry")?
+    };
+    ArrayBuffer::from_received_slot(heap, item.side, r.generation, item.len)
+}
+
+/// Puts `heap` at `index` of the table (`NO_INDEX`: nowhere). Indices come in order: at
+/// most the table's length, which appends.
+fn register(
+    table: &mut HeapTable,
+    index: u32,
+    heap: Option<Arc<Heap>>,
+) -> Result<(), &'static str> {
+    if index == NO_INDEX {
+        return Ok(());
+    }
+    let i = index as usize;
+    if i > table.len() || i >= MAX_HEAPS_PER_CHANNEL {
+        return Err("a heap registered out of order");
+    }
+    if i == table.len() {
+        table.push(heap);
+    } else {
+        table[i] = heap;
+    }
+    Ok(())
+}
+
+/// The registrations of a record whose descriptors were lost: their table entries become
+/// unusable. `true` when there was one (the writer must then start its table over).
+fn lose_registrations(items: &[Item], table: &mut HeapTable) -> bool {
+    let mut lost = false;
+    for item in items {
+        if matches!(item.kind, ITEM_SLOT | ITEM_BODY_SLOT) {
+            let index = SlotRef::unpack(item.reserved).index;
+            lost |= index != NO_INDEX && register(table, index, None).is_ok();
+        }
+    }
+    lost
 }

@@ -8,12 +8,15 @@ use rkyv::util::AlignedVec;
 
 use crate::shm::buffer::ArrayBuffer;
 use crate::shm::buffer::Wire;
+use crate::shm::heap::Heap;
 use crate::shm::ring::{Corrupt, Producer};
 use crate::sys;
+use crate::sys::sync::Ordering;
 use crate::wire::codec::{self, Message};
 use crate::wire::transfer::{
-    self, ITEM_BODY, ITEM_BUFFER, ITEM_PORT, ITEM_SLOT, Item, KIND_TRANSFER, MAX_TRANSFER_LIST,
-    SOCKET_MESSAGE, TransferHeader,
+    self, ITEM_BODY, ITEM_BODY_SLOT, ITEM_BODY_SLOT_KNOWN, ITEM_BUFFER, ITEM_PORT, ITEM_SLOT,
+    ITEM_SLOT_KNOWN, Item, KIND_TRANSFER, MAX_HEAPS_PER_CHANNEL, MAX_TRANSFER_LIST, NO_INDEX,
+    SOCKET_MESSAGE, SlotRef, TransferHeader,
 };
 
 use super::*;
@@ -43,6 +46,13 @@ impl MessagePort {
                 list,
             ));
         }
+        if list
+            .iter()
+            .any(|t| matches!(t, Transferable::Port(p) if !p.in_owner_process()))
+        {
+            // A port this process inherited through `fork`: its end is the parent's.
+            return Err(PostError::new(PostErrorKind::WrongProcess, list));
+        }
         let (Ok(mut tx), Ok(mut arena), Ok(mut scratch)) = (
             self.tx.try_borrow_mut(),
             self.arena.try_borrow_mut(),
@@ -52,7 +62,7 @@ impl MessagePort {
         };
         let arena = arena.get_or_insert_with(Arena::new);
         if let Err(e) = codec::encode_to_vec(msg, &mut scratch, arena) {
-            return Err(PostError::new(PostErrorKind::Encode(e), list));
+            return Err(PostError::new(e.into(), list));
         }
         let fp = self.send_fp.get::<T>();
         self.send_encoded(&mut tx, &scratch, fp, list, wait)
@@ -74,34 +84,67 @@ impl MessagePort {
         }
         let inline = transfer::archive_offset(list.len()) + archive.len() <= tx.mem().max_payload();
         let body = match (!inline)
-            .then(|| ArrayBuffer::unpooled_copy(archive))
+            .then(|| ArrayBuffer::body_copy(archive))
             .transpose()
         {
             Ok(body) => body,
             Err(e) => return Err(PostError::new(PostErrorKind::Os(e.into_io()), list)),
         };
-        let described = describe(&list, body.as_ref());
-        let (items, fds) = match described {
+        // Moving ports take their heap tables along (the records queued for them name
+        // heaps by index).
+        let tables: Vec<Vec<Arc<Heap>>> = list
+            .iter()
+            .filter_map(|t| match t {
+                Transferable::Port(p) => Some(p.heap_table_to_carry()),
+                Transferable::Buffer(_) => None,
+            })
+            .collect();
+        let sent = self.heaps_already_sent();
+        let Described {
+            items,
+            fds,
+            new_heaps,
+        } = match describe(&list, body.as_ref(), &tables, &sent) {
             Ok(d) => d,
             Err(e) => return Err(PostError::new(PostErrorKind::Os(e), list)),
         };
+        if fds.len() > sys::MAX_FDS_PER_MESSAGE {
+            let kind = PostErrorKind::DataClone(
+                "the transfer list needs more descriptors than one message carries",
+            );
+            return Err(PostError::new(kind, list));
+        }
         let seq = next_transfer_seq();
         let payload = record_payload(seq, &items, fds.len(), inline.then_some(archive));
         // Room first: once the descriptors are on the socket, the record must follow.
         if let Err(kind) = self.when_room(tx, wait, |tx| tx.fits(payload.len()).is_some()) {
             return Err(PostError::new(kind, list));
         }
-        let Some(moves) = Moves::begin(&list) else {
+        let moves = Moves::begin(&list);
+        let body_sent = body.as_ref().is_none_or(ArrayBuffer::begin_send);
+        let Some(moves) = moves.filter(|_| body_sent) else {
+            if let (true, Some(b)) = (body_sent, &body) {
+                b.unsend();
+            }
             let kind = PostErrorKind::DataClone("a buffer's slot was rewritten by another process");
             return Err(PostError::new(kind, list));
         };
-        if let Err(kind) = self.send_note(seq, items.len(), &fds, !matches!(wait, RoomWait::Never))
-        {
+        let block = !matches!(wait, RoomWait::Never);
+        // No descriptor, no note: the record says so (`fds == 0`).
+        let noted = match fds.is_empty() {
+            true => Ok(()),
+            false => self.send_note(seq, items.len(), &fds, block),
+        };
+        if let Err(kind) = noted {
             drop(moves);
+            if let Some(b) = &body {
+                b.unsend();
+            }
             return Err(PostError::new(kind, list));
         }
         moves.complete();
         drop(fds);
+        self.heaps_sent.borrow_mut().extend(new_heaps);
         if !tx.try_write(&payload, KIND_TRANSFER, fp) {
             // Room was reserved above and only we write this ring: unreachable unless the
             // shared indices were tampered with.
@@ -116,8 +159,22 @@ impl MessagePort {
                 b.into_sent();
             }
         }
-        drop(body);
+        // A pooled body now belongs to the receiver, who frees its slot after copying it.
+        if let Some(b) = body {
+            b.into_sent();
+        }
         Ok(())
+    }
+
+    /// The heaps the reader's table holds, as this handle sent them; none after the reader
+    /// lost registrations (it asks for the table to start over).
+    fn heaps_already_sent(&self) -> Vec<(u64, u64)> {
+        let lost = &self.seg.ring_ctrl(self.side).heaps_lost;
+        // Acquire: pairs with the reader's Release in `ask_writer_to_resend_heaps`.
+        if lost.load(Ordering::Relaxed) != 0 && lost.swap(0, Ordering::Acquire) != 0 {
+            self.heaps_sent.borrow_mut().clear();
+        }
+        self.heaps_sent.borrow().clone()
     }
 
     /// Sends the note that pairs with transfer record `seq`: its sequence number, its item
@@ -145,52 +202,122 @@ impl MessagePort {
     }
 }
 
+/// What a transfer record says and its note carries.
+struct Described<'a> {
+    items: Vec<Item>,
+    /// The note's descriptors, in item order; none means no note.
+    fds: Vec<BorrowedFd<'a>>,
+    /// Heaps this record registers in the receiver's heap table, after `sent`'s.
+    new_heaps: Vec<(u64, u64)>,
+}
+
+impl<'a> Described<'a> {
+    fn item(&mut self, kind: u32, side: u32, len: usize, reserved: u64) {
+        self.items.push(Item {
+            kind,
+            side,
+            len: len as u64,
+            reserved,
+        });
+    }
+
+    /// A pooled slot of `heap`: named by its index when the channel already carries the
+    /// heap, else with its descriptor (registering it while the table has room).
+    #[allow(clippy::too_many_arguments)]
+    fn slot(
+        &mut self,
+        sent: &[(u64, u64)],
+        heap: &'a Arc<Heap>,
+        slot: u32,
+        generation: u32,
+        len: usize,
+        (with_fd, known): (u32, u32),
+    ) {
+        let id = heap.identity();
+        let known_at = sent.iter().chain(&self.new_heaps).position(|&h| h == id);
+        let index = match known_at {
+            Some(i) => {
+                let r = SlotRef {
+                    generation,
+                    index: i as u32,
+                };
+                return self.item(known, slot, len, r.pack());
+            }
+            None if sent.len() + self.new_heaps.len() < MAX_HEAPS_PER_CHANNEL => {
+                self.new_heaps.push(id);
+                (sent.len() + self.new_heaps.len() - 1) as u32
+            }
+            None => NO_INDEX,
+        };
+        self.item(with_fd, slot, len, SlotRef { generation, index }.pack());
+        self.fds.push(heap.fd());
+    }
+}
+
 /// The items of a transfer record and the descriptors of its note, in item order (a port
-/// takes two, a buffer one or none, the body one). Moving ports get their sockets now, if
-/// they never had one.
+/// takes two plus its heap table, a buffer one or none, the body one or none). `sent`: the
+/// heaps the receiver's table already holds. Moving ports get their sockets now, if they
+/// never had one; `tables` holds each moving port's heap table, in list order.
 fn describe<'a>(
     list: &'a [Transferable],
     body: Option<&'a ArrayBuffer>,
-) -> std::io::Result<(Vec<Item>, Vec<BorrowedFd<'a>>)> {
-    let mut items = Vec::with_capacity(list.len() + 1);
-    let mut fds = Vec::with_capacity(2 * list.len() + 1);
-    let item = |kind, side, len: usize, reserved| Item {
-        kind,
-        side,
-        len: len as u64,
-        reserved,
+    tables: &'a [Vec<Arc<Heap>>],
+    sent: &[(u64, u64)],
+) -> std::io::Result<Described<'a>> {
+    let mut d = Described {
+        items: Vec::with_capacity(list.len() + 1),
+        fds: Vec::with_capacity(2 * list.len() + 1),
+        new_heaps: Vec::new(),
     };
+    let mut tables = tables.iter();
     for t in list {
         match t {
             Transferable::Port(p) => {
                 let wire = p.wire()?;
-                items.push(item(ITEM_PORT, wire.side as u32, 0, 0));
-                fds.extend([wire.segment, wire.socket]);
+                let table = tables.next().map_or(&[][..], Vec::as_slice);
+                d.item(ITEM_PORT, wire.side as u32, table.len(), 0);
+                d.fds.extend([wire.segment, wire.socket]);
+                d.fds.extend(table.iter().map(|h| h.fd()));
             }
             Transferable::Buffer(b) => match b.wire() {
-                Wire::Empty => items.push(item(ITEM_BUFFER, 0, 0, 0)),
+                Wire::Empty => d.item(ITEM_BUFFER, 0, 0, 0),
                 Wire::Own(fd) => {
-                    items.push(item(ITEM_BUFFER, 0, b.len(), 0));
-                    fds.push(fd);
+                    d.item(ITEM_BUFFER, 0, b.len(), 0);
+                    d.fds.push(fd);
                 }
                 Wire::Slot {
-                    heap_fd,
+                    heap,
                     slot,
                     generation,
-                } => {
-                    items.push(item(ITEM_SLOT, slot, b.len(), u64::from(generation)));
-                    fds.push(heap_fd);
-                }
+                } => d.slot(
+                    sent,
+                    heap,
+                    slot,
+                    generation,
+                    b.len(),
+                    (ITEM_SLOT, ITEM_SLOT_KNOWN),
+                ),
             },
         }
     }
     if let Some(b) = body {
-        items.push(item(ITEM_BODY, 0, b.len(), 0));
-        if let Wire::Own(fd) = b.wire() {
-            fds.push(fd);
+        match b.wire() {
+            Wire::Slot {
+                heap,
+                slot,
+                generation,
+            } => {
+                let kinds = (ITEM_BODY_SLOT, ITEM_BODY_SLOT_KNOWN);
+                d.slot(sent, heap, slot, generation, b.len(), kinds);
+            }
+            Wire::Own(fd) => {
+                d.item(ITEM_BODY, 0, b.len(), 0);
+                d.fds.push(fd);
+            }
+            Wire::Empty => d.item(ITEM_BODY, 0, 0, 0),
         }
     }
-    Ok((items, fds))
+    Ok(d)
 }
 
 /// The payload of a transfer record: header, items, and the archive when it is inline.

@@ -30,6 +30,9 @@ pub struct ArrayBuffer {
     len: usize,
     /// Set when the buffer moved to another port: dropping the handle then frees nothing.
     sent: bool,
+    /// The process that allocated or received the buffer. A copy of the handle in a
+    /// process forked from it must not free a pooled slot the parent still holds.
+    pid: u32,
 }
 
 enum Region {
@@ -49,7 +52,7 @@ enum Region {
 pub(crate) enum Wire<'a> {
     Empty,
     Slot {
-        heap_fd: BorrowedFd<'a>,
+        heap: &'a Arc<Heap>,
         slot: u32,
         generation: u32,
     },
@@ -73,31 +76,57 @@ impl ArrayBuffer {
         Self::allocate(len, true)
     }
 
-    /// A buffer with a region of its own (never a pooled slot), holding a copy of `bytes`:
-    /// the out-of-ring body of a large message.
-    pub(crate) fn unpooled_copy(bytes: &[u8]) -> Result<ArrayBuffer, Error> {
+    /// A buffer of `len` bytes in shared memory whose contents are **not zeroed**: for a
+    /// producer that overwrites every byte (a frame it fills), it saves a pass over the
+    /// memory.
+    ///
+    /// Buffers up to 64 MiB come from this process's pool of shared heaps, whose slots are
+    /// reused once every holder (in any process) has dropped the buffer on them: the bytes
+    /// are then whatever the last holder left there, which may be data an earlier
+    /// receiver wrote. Larger buffers, and the first use of a slot, are zero-filled by the
+    /// kernel. Never hand such a buffer to code that might read bytes it did not write
+    /// first, if those bytes must not leak between the parties that used the pool.
+    ///
+    /// ```
+    /// let mut frame = shmport::ArrayBuffer::new_unzeroed(1 << 20)?;
+    /// frame.fill(7); // every byte written before anyone reads
+    /// assert!(frame.iter().all(|&b| b == 7));
+    /// # Ok::<(), shmport::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn new_unzeroed(len: usize) -> Result<ArrayBuffer, Error> {
+        Self::allocate(len, false)
+    }
+
+    /// A buffer holding a copy of `bytes`, pooled when it fits a class: the out-of-ring
+    /// body of a large message.
+    pub(crate) fn body_copy(bytes: &[u8]) -> Result<ArrayBuffer, Error> {
         let mut buf = Self::allocate(bytes.len(), false)?;
         buf.copy_from_slice(bytes);
         Ok(buf)
     }
 
-    fn allocate(len: usize, pooled: bool) -> Result<ArrayBuffer, Error> {
-        let class = heap::class_for(len).filter(|_| pooled);
+    fn allocate(len: usize, zeroed: bool) -> Result<ArrayBuffer, Error> {
         let region = if len == 0 {
             Region::Empty
-        } else if let Some(class) = class {
+        } else if let Some(class) = heap::class_for(len) {
             // Pooled: no system call once this process has a heap with a free slot.
             let (heap, slot, generation) =
                 heap::allocate(class).map_err(|e| Error::os("creating a shared heap", e))?;
-            heap::zero(heap.slot_ptr(slot), len);
+            if zeroed {
+                heap::zero(heap.slot_ptr(slot), len);
+            }
             Region::Slot {
                 heap,
                 slot,
                 generation,
             }
         } else {
-            let fd = sys::create_shared_memory("shmport-buffer", len as u64)
-                .map_err(|e| Error::os("memfd_create", e))?;
+            let fd =
+                sys::create_shared_memory("shmport-buffer", len as u64).map_err(Error::from)?;
             let map = sys::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
             Region::Own(map, fd)
         };
@@ -105,6 +134,7 @@ impl ArrayBuffer {
             region,
             len,
             sent: false,
+            pid: sys::current_pid(),
         })
     }
 
@@ -128,6 +158,7 @@ impl ArrayBuffer {
                 region: Region::Empty,
                 len,
                 sent: false,
+                pid: sys::current_pid(),
             });
         }
         let size = sys::object_len(fd.as_fd()).map_err(|_| "buffer region cannot be inspected")?;
@@ -142,18 +173,19 @@ impl ArrayBuffer {
             region: Region::Own(map, fd),
             len,
             sent: false,
+            pid: sys::current_pid(),
         })
     }
 
-    /// Adopts a pooled buffer received from another process: the heap's mapping (cached)
-    /// and the slot's ownership, which fails for a forged, stale or replayed descriptor.
+    /// Takes ownership of a pooled slot that arrived in a message, on `heap` (mapped from
+    /// the item's descriptor or found in the channel's heap table); fails for a forged,
+    /// stale or replayed descriptor.
     pub(crate) fn from_received_slot(
-        heap_fd: OwnedFd,
+        heap: Arc<Heap>,
         slot: u32,
         generation: u32,
         len: u64,
     ) -> Result<ArrayBuffer, &'static str> {
-        let heap = heap::adopt(heap_fd)?;
         heap.receive(slot, generation, len)?;
         Ok(ArrayBuffer {
             region: Region::Slot {
@@ -163,6 +195,7 @@ impl ArrayBuffer {
             },
             len: len as usize,
             sent: false,
+            pid: sys::current_pid(),
         })
     }
 
@@ -176,7 +209,7 @@ impl ArrayBuffer {
                 slot,
                 generation,
             } => Wire::Slot {
-                heap_fd: heap.fd(),
+                heap,
                 slot: *slot,
                 generation: *generation,
             },
@@ -261,6 +294,9 @@ impl DerefMut for ArrayBuffer {
 
 impl Drop for ArrayBuffer {
     fn drop(&mut self) {
+        if self.pid != sys::current_pid() {
+            return; // a copy in a forked process: the slot is the parent's
+        }
         if let (
             false,
             Region::Slot {

@@ -1,4 +1,4 @@
-//! Pooled shared heaps for small `ArrayBuffer`s.
+//! Pooled shared heaps for `ArrayBuffer`s up to 64 MiB and out-of-ring message bodies.
 //!
 //! A heap is one sealed memfd cut into equal slots, with one state word per slot:
 //!
@@ -16,13 +16,13 @@
 //! receiver with a compare-and-swap: a stale or replayed descriptor (wrong generation, or a
 //! slot not in transit) fails that swap and is a `messageerror`, never a second owner.
 //!
-//! Receivers map a heap once and cache the mapping by the object's identity, so a stream
+//! Receivers map a heap once and share the mapping by the object's identity, so a stream
 //! of buffers from one heap costs one `mmap`.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::{self, NonNull};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use memmap2::MmapRaw;
 
@@ -34,10 +34,26 @@ const VERSION: u32 = 1;
 const HEADER: usize = 64;
 const PAGE: usize = 4096;
 
-/// Slot sizes of the pooled classes; larger buffers get a region of their own.
-pub(crate) const CLASSES: [usize; 3] = [4 << 10, 16 << 10, 64 << 10];
-/// Slots per heap of each class.
-const SLOTS: [u32; 3] = [256, 128, 64];
+/// Slot sizes of the pooled classes, up to 64 MiB; larger buffers get a region of
+/// their own. A heap's pages are allocated by the kernel on first touch, so a class's heap
+/// costs memory only for the slots that have been used; a used slot stays resident for
+/// reuse (no page faults the next time).
+pub(crate) const CLASSES: [usize; 8] = [
+    4 << 10,
+    16 << 10,
+    64 << 10,
+    256 << 10,
+    1 << 20,
+    4 << 20,
+    16 << 20,
+    64 << 20,
+];
+/// Slots per heap of each class: about 1 MiB of small slots, then a few large ones, so a
+/// pipeline with a few frames in flight needs one heap per class.
+const SLOTS: [u32; 8] = [256, 128, 64, 16, 16, 8, 8, 4];
+
+/// Classes of this slot size and up allocate first-fit.
+const FIRST_FIT_FROM: usize = 256 << 10;
 
 const FREE: u32 = 0;
 const OWNED: u32 = 1;
@@ -162,6 +178,11 @@ impl Heap {
         unsafe { NonNull::new_unchecked(self.map.as_mut_ptr().add(off)) }
     }
 
+    /// The heap's object identity (device, inode): the same in every process.
+    pub(crate) fn identity(&self) -> (u64, u64) {
+        self.identity
+    }
+
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -265,15 +286,20 @@ impl Heap {
 }
 
 /// This process's heaps, per class, for allocation; and every heap it has mapped, by
-/// identity, so a received heap is mapped once.
+/// identity, so a heap is mapped once while anything holds it.
 struct Pools {
-    own: [Vec<Arc<Heap>>; 3],
-    next: [u32; 3],
-    mapped: HashMap<(u64, u64), Arc<Heap>>,
+    own: [Vec<Arc<Heap>>; CLASSES.len()],
+    next: [u32; CLASSES.len()],
+    /// Weak: a received heap is unmapped, and its descriptor closed, once no buffer of it
+    /// and no channel that names it (`port`'s heap tables) is alive here. This process's
+    /// own heaps stay alive in `own`.
+    mapped: HashMap<(u64, u64), Weak<Heap>>,
     /// Slots this process holds (allocated or received), by heap identity: a peer that
     /// rewrites a slot's state (to "free", or to "in transit" and sends it back) cannot make
     /// us hold a second buffer on it.
     held: std::collections::HashSet<((u64, u64), u32)>,
+    /// `mapped`'s size at which gone heaps are next swept out.
+    sweep_at: usize,
 }
 
 static POOLS: Mutex<Option<Pools>> = Mutex::new(None);
@@ -282,8 +308,9 @@ fn pools<R>(f: impl FnOnce(&mut Pools) -> R) -> R {
     let mut guard = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
     let pools = guard.get_or_insert_with(|| Pools {
         own: Default::default(),
-        next: [0; 3],
+        next: [0; CLASSES.len()],
         mapped: HashMap::new(),
+        sweep_at: 16,
         held: Default::default(),
     });
     f(pools)
@@ -297,7 +324,13 @@ pub(crate) fn class_for(len: usize) -> Option<usize> {
 /// Allocates a slot of class `class`: from a heap with a free slot, or a new heap.
 pub(crate) fn allocate(class: usize) -> std::io::Result<(Arc<Heap>, u32, u32)> {
     pools(|p| {
-        let start = p.next[class];
+        // Small slots round-robin (a short scan); large ones first-fit from slot 0, so a
+        // pipeline keeps reusing the few slots whose pages are already resident.
+        let start = if CLASSES[class] < FIRST_FIT_FROM {
+            p.next[class]
+        } else {
+            0
+        };
         for heap in &p.own[class] {
             while let Some((slot, generation)) = heap.try_take(start) {
                 // A slot we hold that a peer marked free is not free: skip it (it stays
@@ -313,23 +346,41 @@ pub(crate) fn allocate(class: usize) -> std::io::Result<(Arc<Heap>, u32, u32)> {
             .try_take(0)
             .ok_or_else(|| std::io::Error::other("new heap full"))?;
         p.held.insert((heap.identity, slot));
-        p.mapped.insert(heap.identity, Arc::clone(&heap));
+        p.remember(&heap);
         p.own[class].push(Arc::clone(&heap));
         p.next[class] = slot + 1;
         Ok((heap, slot, generation))
     })
 }
 
-/// The mapping of a received heap: cached, or mapped now (and cached).
+/// The mapping of a received heap: the one this process already has, or mapped now.
 pub(crate) fn adopt(fd: OwnedFd) -> Result<Arc<Heap>, &'static str> {
     let identity = sys::file_identity(fd.as_fd()).map_err(|_| "heap cannot be inspected")?;
-    if let Some(h) = pools(|p| p.mapped.get(&identity).cloned()) {
-        return Ok(h); // `fd` closes here: the cached mapping is enough
+    if let Some(h) = pools(|p| p.mapped.get(&identity).and_then(Weak::upgrade)) {
+        return Ok(h); // `fd` closes here: the mapping we have is enough
     }
     let heap = Arc::new(Heap::open(fd)?);
     Ok(pools(|p| {
-        Arc::clone(p.mapped.entry(identity).or_insert(heap))
+        match p.mapped.get(&identity).and_then(Weak::upgrade) {
+            Some(raced) => raced,
+            None => {
+                p.remember(&heap);
+                heap
+            }
+        }
     }))
+}
+
+impl Pools {
+    /// Records `heap` as mapped, and forgets the heaps that are gone (amortized: when the
+    /// table has doubled since the last sweep).
+    fn remember(&mut self, heap: &Arc<Heap>) {
+        if self.mapped.len() >= self.sweep_at {
+            self.mapped.retain(|_, h| h.strong_count() > 0);
+            self.sweep_at = (2 * self.mapped.len()).max(16);
+        }
+        self.mapped.insert(heap.identity, Arc::downgrade(heap));
+    }
 }
 
 /// Zeroes `len` bytes of a freshly taken slot (it may hold an earlier owner's data).

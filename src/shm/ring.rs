@@ -66,7 +66,11 @@ pub(crate) struct RingCtrl {
     pub head: AtomicU64,
     /// 1 while the producer sleeps (or is about to) waiting for room; the futex word.
     pub writer_sleeping: AtomicU32,
-    pad1: UnsafeCell<[u8; 116]>,
+    /// Set by the consumer when it lost heap registrations (their descriptors did not
+    /// arrive); the producer then starts the channel's heap table over. See
+    /// `wire::transfer`, "Heap tables".
+    pub heaps_lost: AtomicU32,
+    pad1: UnsafeCell<[u8; 112]>,
 }
 
 #[cfg(not(loom))]
@@ -78,6 +82,7 @@ const _: () = {
     assert!(offset_of!(RingCtrl, reader_sleeping) == 8);
     assert!(offset_of!(RingCtrl, head) == 128);
     assert!(offset_of!(RingCtrl, writer_sleeping) == 136);
+    assert!(offset_of!(RingCtrl, heaps_lost) == 140);
 };
 
 impl RingCtrl {
@@ -90,7 +95,8 @@ impl RingCtrl {
             pad0: UnsafeCell::new([0; 116]),
             head: AtomicU64::new(0),
             writer_sleeping: AtomicU32::new(0),
-            pad1: UnsafeCell::new([0; 116]),
+            heaps_lost: AtomicU32::new(0),
+            pad1: UnsafeCell::new([0; 112]),
         }
     }
 }

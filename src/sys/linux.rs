@@ -24,13 +24,44 @@ use crate::sys::sync::AtomicU32;
 /// The object has no name, so nothing can leak: the kernel frees it with the last
 /// descriptor or mapping, whichever way the processes holding it end. It is sealed
 /// against resizing so no holder can turn the others' accesses into `SIGBUS`.
-pub(crate) fn create_shared_memory(debug_name: &str, len: u64) -> io::Result<OwnedFd> {
-    let fd = memfd_create(debug_name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+///
+/// The error names the step that failed: a size the kernel refuses fails in `ftruncate`,
+/// not in `memfd_create`.
+pub(crate) fn create_shared_memory(debug_name: &str, len: u64) -> Result<OwnedFd, StepError> {
+    let step = |op| {
+        move |e: Errno| StepError {
+            op,
+            source: e.into(),
+        }
+    };
+    let fd = memfd_create(debug_name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .map_err(step("memfd_create"))?;
     // Owner-only, like a named object would be: reopening it through /proc needs this too.
-    rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o600))?;
-    ftruncate(&fd, len)?;
-    fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o600)).map_err(step("fchmod"))?;
+    ftruncate(&fd, len).map_err(step("ftruncate"))?;
+    fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .map_err(step("fcntl(F_ADD_SEALS)"))?;
     Ok(fd)
+}
+
+/// A system call of a sequence failed: `op` names it.
+#[derive(Debug)]
+pub(crate) struct StepError {
+    pub op: &'static str,
+    pub source: io::Error,
+}
+
+impl From<StepError> for crate::error::Error {
+    fn from(e: StepError) -> Self {
+        crate::error::Error::os(e.op, e.source)
+    }
+}
+
+/// For callers that report an `io::Error`: the kind is kept, the message names the step.
+impl From<StepError> for io::Error {
+    fn from(e: StepError) -> Self {
+        io::Error::new(e.source.kind(), format!("{}: {}", e.op, e.source))
+    }
 }
 
 /// The size of a shared-memory object, as the kernel reports it (never as a peer wrote it).
@@ -203,13 +234,24 @@ pub(crate) fn send_with_fds(
     Ok(())
 }
 
+/// One message received by [`recv_with_fds`].
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// Bytes of the message copied into the buffer (at most its length).
+    pub len: usize,
+    /// The descriptors that arrived, close-on-exec, in the order they were sent.
+    pub fds: Vec<OwnedFd>,
+    /// The kernel could not install every descriptor the message carried (`MSG_CTRUNC`),
+    /// typically because this process is at its `RLIMIT_NOFILE`: the missing ones are lost
+    /// (the kernel closed them), and `fds` holds those that fit, if any.
+    pub truncated: bool,
+}
+
 /// Receives one message sent by [`send_with_fds`] without waiting: its bytes (truncated to
-/// `buf`) and the descriptors it carried, close-on-exec. `WouldBlock` when none is queued.
-pub(crate) fn recv_with_fds(
-    sock: BorrowedFd<'_>,
-    buf: &mut [u8],
-) -> io::Result<(usize, Vec<OwnedFd>)> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+/// `buf`) and the descriptors it carried. `WouldBlock` when none is queued. Descriptors
+/// that did not fit are reported, not an error: the message itself arrived.
+pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, recvmsg};
     use std::mem::MaybeUninit;
     let mut space =
         vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
@@ -226,13 +268,70 @@ pub(crate) fn recv_with_fds(
             fds.extend(rights);
         }
     }
-    if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "descriptors truncated",
-        ));
+    Ok(Received {
+        len: msg.bytes.min(buf.len()),
+        fds,
+        truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+    })
+}
+
+/// This process's id, cheaply: one relaxed load.
+///
+/// glibc has not cached `getpid` since 2.25, so asking is a system call, too slow for a
+/// check on every post and receive. The id is cached here and refreshed in the child of
+/// every `fork` by a `pthread_atfork` child handler, registered by the first call. A child
+/// made without libc's `fork` (a raw `clone`, `vfork`) runs no handler: it keeps the
+/// parent's id, which is harmless only when it execs or exits at once, as `vfork` children
+/// and `posix_spawn` do. If registration fails the id is not cached and every call asks the
+/// kernel.
+#[inline]
+pub(crate) fn current_pid() -> u32 {
+    match CACHED_PID.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => cache_pid(),
+        pid => pid,
     }
-    Ok((msg.bytes.min(buf.len()), fds))
+}
+
+/// 0 until cached (no process has id 0).
+static CACHED_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+#[cold]
+fn cache_pid() -> u32 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Not a `Once`: a fork while another thread is inside `call_once` would leave the
+    // child's `Once` running forever.
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    let pid = getpid_now();
+    if !REGISTERED.swap(true, Ordering::Relaxed) {
+        // SAFETY: `pthread_atfork` is given no prepare or parent handler and a child handler
+        // that only makes a system call (`getpid`, async-signal-safe) and an atomic store,
+        // which is all a handler running in a child of a multithreaded process may do. The
+        // handler is a plain function of this crate, valid for the life of the process.
+        let registered = unsafe { pthread_atfork(None, None, Some(refresh_pid_after_fork)) };
+        if registered == 0 {
+            CACHED_PID.store(pid, Ordering::Relaxed);
+        }
+    }
+    pid
+}
+
+fn getpid_now() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
+
+extern "C" fn refresh_pid_after_fork() {
+    CACHED_PID.store(getpid_now(), std::sync::atomic::Ordering::Relaxed);
+}
+
+// SAFETY (of the declaration): the signature is POSIX's, `int pthread_atfork(void
+// (*)(void), void (*)(void), void (*)(void))`, with null for an absent handler (`None`).
+// The C library that `std` links provides it.
+unsafe extern "C" {
+    fn pthread_atfork(
+        prepare: Option<extern "C" fn()>,
+        parent: Option<extern "C" fn()>,
+        child: Option<extern "C" fn()>,
+    ) -> std::ffi::c_int;
 }
 
 /// The identity of an open file: equal for every descriptor of the same object, in every

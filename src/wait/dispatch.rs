@@ -12,6 +12,16 @@ use crate::wire::codec::Message;
 /// How often a dispatch thread waiting for a message looks at its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(20);
 
+/// The dispatch thread's stack: a main thread's 8 MiB for the handler, plus room for
+/// validating and deserializing a message as deep as the port accepts (measured at under
+/// 1 KiB per level in debug builds and 120 bytes in release, docs/design.md), at most 1 GiB.
+fn dispatch_stack(max_depth: usize) -> usize {
+    const BASE: usize = 8 << 20;
+    const PER_LEVEL: usize = 2 << 10;
+    BASE.saturating_add(max_depth.saturating_mul(PER_LEVEL))
+        .min(1 << 30)
+}
+
 /// A running `onmessage` dispatch; from [`MessagePort::on_message`].
 ///
 /// Dropping it stops the dispatch and closes the port; [`stop`](Self::stop) stops it and
@@ -47,6 +57,10 @@ impl MessagePort {
     /// The port moves into the dispatch, so a second handler cannot be set on it: stop the
     /// first to get the port back.
     ///
+    /// The thread's stack is 8 MiB (a main thread's) plus 2 KiB per level of the port's
+    /// [`max_depth`](Self::max_depth), at most 1 GiB, so a message as deep as the port
+    /// accepts cannot overflow it.
+    ///
     /// ```
     /// use shmport::MessageChannel;
     /// use std::sync::mpsc;
@@ -81,6 +95,7 @@ impl MessagePort {
         let done = Arc::clone(&finished);
         let thread = std::thread::Builder::new()
             .name("shmport-onmessage".into())
+            .stack_size(dispatch_stack(self.max_depth()))
             .spawn(move || {
                 let port = self;
                 let run = std::panic::AssertUnwindSafe(|| {

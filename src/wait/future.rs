@@ -24,7 +24,8 @@ impl MessagePort {
         &self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<MessageEvent<T>, RecvError>> {
-        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, self.recv_fp());
+        let depth = self.max_depth();
+        let mut decode = |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, self.recv_fp(), depth);
         self.poll_recv_with(cx, &mut decode)
     }
 

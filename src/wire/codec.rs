@@ -7,13 +7,18 @@
 
 use std::any::TypeId;
 use std::cell::Cell;
+use std::num::NonZeroUsize;
 
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
-use rkyv::rancor;
+use rkyv::rancor::{self, Source};
 use rkyv::ser::allocator::{Arena, ArenaHandle};
 use rkyv::ser::writer::Buffer;
+use rkyv::ser::{Positional, Writer};
 use rkyv::util::AlignedVec;
+use rkyv::validation::Validator;
+use rkyv::validation::archive::ArchiveValidator;
+use rkyv::validation::shared::SharedValidator;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::MessageError;
@@ -42,20 +47,20 @@ pub(crate) const KIND_MESSAGE: u32 = 2;
 pub trait Message:
     Sized
     + Archive<
-        Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+        Archived: for<'a> CheckBytes<HighValidator<'a, Invalid>>
                       + Deserialize<Self, HighDeserializer<rancor::Error>>,
     > + for<'a, 'b> Serialize<HighSerializer<Buffer<'b>, ArenaHandle<'a>, rancor::Failure>>
-    + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+    + for<'a, 'b> Serialize<HighSerializer<&'b mut Bounded, ArenaHandle<'a>, rancor::Error>>
     + 'static
 {
 }
 
 impl<T> Message for T where
     T: Archive<
-            Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            Archived: for<'a> CheckBytes<HighValidator<'a, Invalid>>
                           + Deserialize<T, HighDeserializer<rancor::Error>>,
         > + for<'a, 'b> Serialize<HighSerializer<Buffer<'b>, ArenaHandle<'a>, rancor::Failure>>
-        + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+        + for<'a, 'b> Serialize<HighSerializer<&'b mut Bounded, ArenaHandle<'a>, rancor::Error>>
         + 'static
 {
 }
@@ -119,20 +124,200 @@ pub(crate) fn encode_into<T: Message>(
         .map(|w| w.pos())
 }
 
+/// The largest archive shmport writes: 2 GiB minus 64 KiB.
+///
+/// The wire format stores relative pointers as signed 32-bit offsets (`pointer_width_32`),
+/// and rkyv panics (or, for positions past 4 GiB, silently truncates) when an offset does
+/// not fit. While every byte written lies below this limit, every offset between two
+/// positions fits, with 64 KiB to spare for a pointer inside an archived struct that is
+/// being resolved at the current position.
+pub(crate) const MAX_ARCHIVE_LEN: usize = (1 << 31) - (1 << 16);
+
+/// The slow path's writer: a scratch vector that refuses to grow past [`MAX_ARCHIVE_LEN`],
+/// so serialization stops with an error before rkyv could meet an offset it cannot store.
+///
+/// Public only because it appears in [`Message`]'s bounds; it cannot be built outside
+/// shmport.
+#[derive(Debug)]
+pub struct Bounded {
+    out: AlignedVec<16>,
+    refused: bool,
+}
+
+impl Positional for Bounded {
+    #[inline]
+    fn pos(&self) -> usize {
+        self.out.len()
+    }
+}
+
+impl<E: Source> Writer<E> for Bounded {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        // `out.len() <= MAX_ARCHIVE_LEN` always holds, so the subtraction cannot wrap.
+        if bytes.len() > MAX_ARCHIVE_LEN - self.out.len() {
+            self.refused = true;
+            return Err(E::new(ArchiveTooLarge));
+        }
+        self.out.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct ArchiveTooLarge;
+
+impl std::fmt::Display for ArchiveTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the archive would exceed {MAX_ARCHIVE_LEN} bytes")
+    }
+}
+
+impl std::error::Error for ArchiveTooLarge {}
+
+/// Why [`encode_to_vec`] failed.
+#[derive(Debug)]
+pub(crate) enum EncodeError {
+    /// The value's own serialization failed (S5).
+    Value(rancor::Error),
+    /// The archive would exceed [`MAX_ARCHIVE_LEN`].
+    TooLarge,
+}
+
 /// Serializes `value` into `out` (cleared first): the slow path, when the ring has no room
-/// or the message is too large for it. Errors are the value's own (S5).
+/// or the message is too large for it.
+///
+/// No panic of rkyv's escapes: the writer stops at [`MAX_ARCHIVE_LEN`], and, as a last
+/// resort for a type whose archived struct puts a pointer more than 64 KiB into itself, a
+/// panic raised by rkyv's infallible offset writing (a `rancor::Panic`) is caught and
+/// reported as `TooLarge`; the arena is then replaced, since it was left mid-use. Panics of
+/// the value's own code are resumed, not swallowed. (With `panic = "abort"` nothing can
+/// be caught; the limit still holds for every ordinary type.) After `TooLarge` the scratch
+/// vector is freed, so a refused giant does not stay allocated.
 pub(crate) fn encode_to_vec<T: Message>(
     value: &T,
     out: &mut AlignedVec<16>,
     arena: &mut Arena,
-) -> Result<(), rancor::Error> {
-    out.clear();
-    let vec = std::mem::take(out);
-    *out = rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
-        value,
-        vec,
-        arena.acquire(),
-    )?;
+) -> Result<(), EncodeError> {
+    let mut bounded = Bounded {
+        out: std::mem::take(out),
+        refused: false,
+    };
+    bounded.out.clear();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
+            value,
+            &mut bounded,
+            arena.acquire(),
+        )
+        .map(drop)
+    }));
+    let result = match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) if bounded.refused => Err(EncodeError::TooLarge),
+        Ok(Err(e)) => Err(EncodeError::Value(e)),
+        Err(payload) if is_rkyv_offset_panic(&*payload) => {
+            *arena = Arena::new();
+            Err(EncodeError::TooLarge)
+        }
+        Err(payload) => std::panic::resume_unwind(payload),
+    };
+    *out = match result {
+        Err(EncodeError::TooLarge) => AlignedVec::new(),
+        _ => bounded.out,
+    };
+    result
+}
+
+/// True for the panic rkyv raises when an infallible step (writing a relative pointer)
+/// fails: `rancor::Panic` formats it as "created a new `Panic` from: ...".
+fn is_rkyv_offset_panic(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied());
+    text.is_some_and(|t| t.starts_with("created a new `Panic` from"))
+}
+
+/// How many levels of pointers (boxes, vectors, strings, ...) a received archive may nest
+/// by default; see [`MessagePort::set_max_depth`](crate::MessagePort::set_max_depth).
+///
+/// rkyv's validator and deserializer recurse once per level: this bound is what keeps a
+/// hostile archive from overflowing the receiver's stack. At this depth, validating and
+/// deserializing the nested types measured (docs/design.md, "Limits and hostile inputs")
+/// take under a tenth of a 2 MiB thread stack.
+pub(crate) const DEFAULT_MAX_DEPTH: usize = 512;
+
+/// Validates `bytes` as an archive of `T` nesting at most `max_depth` levels.
+fn validate<T: Message>(bytes: &[u8], max_depth: usize) -> Result<&T::Archived, MessageError> {
+    // rkyv counts the root as one subtree, and fails when its budget reaches 0.
+    let limit = NonZeroUsize::new(max_depth.saturating_add(2));
+    let mut validator = Validator::new(
+        ArchiveValidator::with_max_depth(bytes, limit),
+        SharedValidator::new(),
+    );
+    rkyv::api::access_with_context::<T::Archived, _, Invalid>(bytes, &mut validator).map_err(|e| {
+        if e.too_deep {
+            MessageError::TooDeep { max_depth }
+        } else {
+            MessageError::Invalid(rancor::Error::new(e))
+        }
+    })
+}
+
+/// The error of validation: like rancor's `Failure` (nothing allocated, no message), but
+/// it remembers whether the failure was rkyv's depth limit, which rkyv reports only as a
+/// trace of a private type.
+///
+/// Public only because it appears in [`Message`]'s bounds.
+#[derive(Debug)]
+pub struct Invalid {
+    too_deep: bool,
+}
+
+/// True for rkyv's `ExceededMaximumSubtreeDepth` (pinned by a test: a deep archive is
+/// `TooDeep`, not `Invalid`).
+fn is_depth_limit<R: ?Sized>() -> bool {
+    std::any::type_name::<R>().ends_with("ExceededMaximumSubtreeDepth")
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.too_deep {
+            "the archive nests too deeply"
+        } else {
+            "the archive is invalid"
+        })
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+impl rancor::Trace for Invalid {
+    fn trace<R>(self, _: R) -> Self
+    where
+        R: std::fmt::Debug + std::fmt::Display + Send + Sync + 'static,
+    {
+        Invalid {
+            too_deep: self.too_deep || is_depth_limit::<R>(),
+        }
+    }
+}
+
+impl Source for Invalid {
+    fn new<T: std::error::Error + Send + Sync + 'static>(_: T) -> Self {
+        Invalid {
+            too_deep: is_depth_limit::<T>(),
+        }
+    }
+}
+
+fn check_tag<T: Message>(tag: u64, fingerprints: &FingerprintCache) -> Result<(), MessageError> {
+    if tag != fingerprints.get::<T>() {
+        return Err(MessageError::TypeMismatch {
+            expected: std::any::type_name::<T>(),
+        });
+    }
     Ok(())
 }
 
@@ -141,25 +326,135 @@ pub(crate) fn access<'b, T: Message>(
     bytes: &'b [u8],
     tag: u64,
     fingerprints: &FingerprintCache,
+    max_depth: usize,
 ) -> Result<&'b T::Archived, MessageError> {
-    if tag != fingerprints.get::<T>() {
-        return Err(MessageError::TypeMismatch {
-            expected: std::any::type_name::<T>(),
-        });
-    }
-    rkyv::access::<T::Archived, rancor::Error>(bytes).map_err(MessageError::Invalid)
+    check_tag::<T>(tag, fingerprints)?;
+    validate::<T>(bytes, max_depth)
 }
 
-/// Validates and deserializes an archive copied out of the ring.
+/// Validates and deserializes an archive copied out of the ring. Deserializing recurses as
+/// validation does, so `max_depth` bounds both.
 pub(crate) fn decode<T: Message>(
     bytes: &[u8],
     tag: u64,
     fingerprints: &FingerprintCache,
+    max_depth: usize,
 ) -> Result<T, MessageError> {
-    if tag != fingerprints.get::<T>() {
-        return Err(MessageError::TypeMismatch {
-            expected: std::any::type_name::<T>(),
+    let archived = access::<T>(bytes, tag, fingerprints, max_depth)?;
+    rkyv::api::high::deserialize::<T, rancor::Error>(archived).map_err(MessageError::Invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::nest::{Nest, Shape};
+
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// Decodes `archive` as a `Nest` with the default limit, as a receive would.
+    fn decode_nest(archive: &[u8]) -> Result<Nest, MessageError> {
+        let mut copy = AlignedVec::<16>::new();
+        copy.extend_from_slice(archive);
+        let fingerprints = FingerprintCache::new();
+        let tag = fingerprint_of::<Nest>();
+        decode::<Nest>(&copy, tag, &fingerprints, DEFAULT_MAX_DEPTH)
+    }
+
+    /// Runs `f` on a thread with a 2 MiB stack, the default for spawned threads.
+    fn on_a_2_mib_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn max_depth_counts_levels_of_pointers() {
+        let fingerprints = FingerprintCache::new();
+        let levels = |bytes: &AlignedVec, tag, limit| {
+            let mut copy = AlignedVec::<16>::new();
+            copy.extend_from_slice(bytes);
+            decode::<Vec<Vec<u8>>>(&copy, tag, &fingerprints, limit).is_ok()
+        };
+        let two = rkyv::to_bytes::<rancor::Error>(&vec![vec![1u8]]).unwrap();
+        let tag = fingerprint_of::<Vec<Vec<u8>>>();
+        assert!(levels(&two, tag, 2));
+        assert!(!levels(&two, tag, 1));
+    }
+
+    #[test]
+    fn a_nest_one_level_past_the_limit_is_too_deep_and_one_at_it_decodes() {
+        on_a_2_mib_stack(|| {
+            let at = Shape::chain(DEFAULT_MAX_DEPTH).archive();
+            assert!(decode_nest(&at).is_ok());
+            let past = Shape::chain(DEFAULT_MAX_DEPTH + 1).archive();
+            assert!(matches!(
+                decode_nest(&past),
+                Err(MessageError::TooDeep {
+                    max_depth: DEFAULT_MAX_DEPTH
+                })
+            ));
         });
     }
-    rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(MessageError::Invalid)
+
+    /// The decoder's property: for archives deep (up to a million levels), wide (up to
+    /// 100,000 children), both, and corrupted at random, decoding on a 2 MiB stack returns
+    /// (never overflows, never panics); a well-formed archive decodes exactly when its
+    /// depth is within the limit.
+    #[test]
+    fn deep_and_wide_archives_decode_or_fail_cleanly_on_a_2_mib_stack() {
+        on_a_2_mib_stack(|| {
+            let mut shapes = Vec::new();
+            for levels in [1, 2, 100, 511, 512, 513, 1_000, 10_000, 100_000, 1_000_000] {
+                shapes.push(Shape::chain(levels));
+            }
+            for width in [1, 1_000, 100_000] {
+                shapes.push(Shape::wide(width));
+            }
+            for (levels, extra) in [(10, 100), (500, 3), (600, 3), (5_000, 2)] {
+                shapes.push(Shape::comb(levels, extra));
+            }
+            let mut rng = 0x2545_f491_4f6c_dd1du64;
+            for shape in &shapes {
+                let depth = shape.depth();
+                let archive = shape.archive();
+                let decoded = decode_nest(&archive);
+                if depth <= DEFAULT_MAX_DEPTH {
+                    assert!(decoded.is_ok(), "depth {depth}: {decoded:?}");
+                } else {
+                    assert!(
+                        matches!(decoded, Err(MessageError::TooDeep { .. })),
+                        "depth {depth}"
+                    );
+                }
+                // Corrupt copies: any outcome but a crash.
+                for _ in 0..20 {
+                    let mut bad = archive.clone();
+                    for _ in 0..1 + xorshift(&mut rng) % 4 {
+                        let at = (xorshift(&mut rng) % bad.len() as u64) as usize;
+                        bad[at] ^= 1 << (xorshift(&mut rng) % 8);
+                    }
+                    let _ = decode_nest(&bad);
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn an_offset_panic_of_rkyv_is_recognised_and_others_are_not() {
+        let rkyv_panic = std::panic::catch_unwind(|| {
+            let _: rancor::Panic = Source::new(ArchiveTooLarge);
+        })
+        .unwrap_err();
+        assert!(is_rkyv_offset_panic(&*rkyv_panic));
+        let other = std::panic::catch_unwind(|| panic!("a handler's own bug")).unwrap_err();
+        assert!(!is_rkyv_offset_panic(&*other));
+    }
 }

@@ -4,4 +4,6 @@
 pub(crate) mod codec;
 pub(crate) mod doorbell;
 pub(crate) mod naming;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod nest;
 pub(crate) mod transfer;

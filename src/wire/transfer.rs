@@ -14,8 +14,22 @@
 //! TransferHeader (24 bytes) | Item x items (24 bytes each) | pad to 16 | archive (inline)
 //! ```
 //!
-//! Descriptors are consumed in item order: a port takes two (segment, socket), a buffer
-//! one (none when empty), a pooled buffer one (its heap), a body one.
+//! Descriptors are consumed in item order: a port takes two (segment, socket) plus one per
+//! heap of its receive table (`len` of them), a buffer one (none when empty), a pooled
+//! buffer or body one (its heap) the first time its heap crosses this channel direction and
+//! none after that, a body of its own one. A record whose items need no descriptor has no
+//! note on the socket (`fds == 0`).
+//!
+//! # Heap tables
+//!
+//! Each direction of a channel has a table of the heaps it has carried, held by the
+//! receiving port: index `i` names the heap whose descriptor came with the item that
+//! registered it (an `ITEM_SLOT` or `ITEM_BODY_SLOT` whose [`SlotRef`] has index `i`).
+//! Later items name it by index alone (`ITEM_SLOT_KNOWN`, `ITEM_BODY_SLOT_KNOWN`), so a
+//! pooled buffer's descriptor crosses the socket once per channel direction. Indices are
+//! registered in order (an index is at most the table's length: equal appends, lower
+//! replaces), at most [`MAX_HEAPS_PER_CHANNEL`]; past that a heap travels with its
+//! descriptor every time ([`NO_INDEX`]). The table moves with the receiving port.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -35,6 +49,40 @@ pub(crate) const ITEM_BODY: u32 = 3;
 /// Item kind: a pooled `ArrayBuffer`: a slot (`side`) of a shared heap, under a generation
 /// (`reserved`); the descriptor is the heap's.
 pub(crate) const ITEM_SLOT: u32 = 4;
+/// Item kind: the body of a message too large for the ring, in a pooled slot (`side`) of a
+/// shared heap under a generation (`reserved`); the descriptor is the heap's. At most one,
+/// last, like [`ITEM_BODY`].
+pub(crate) const ITEM_BODY_SLOT: u32 = 5;
+/// Item kind: as [`ITEM_SLOT`], of a heap in the channel's heap table: no descriptor.
+pub(crate) const ITEM_SLOT_KNOWN: u32 = 6;
+/// Item kind: as [`ITEM_BODY_SLOT`], of a heap in the channel's heap table: no descriptor.
+pub(crate) const ITEM_BODY_SLOT_KNOWN: u32 = 7;
+
+/// Most heaps in one channel direction's heap table.
+pub(crate) const MAX_HEAPS_PER_CHANNEL: usize = 16;
+/// A [`SlotRef`] index meaning "not in the table": the descriptor comes with the item.
+pub(crate) const NO_INDEX: u32 = u32::MAX;
+
+/// The `reserved` field of a pooled slot's item: the slot's generation (low 32 bits) and
+/// the heap's index in the channel's heap table (high 32 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SlotRef {
+    pub generation: u32,
+    pub index: u32,
+}
+
+impl SlotRef {
+    pub(crate) fn pack(self) -> u64 {
+        u64::from(self.generation) | (u64::from(self.index) << 32)
+    }
+
+    pub(crate) fn unpack(reserved: u64) -> SlotRef {
+        SlotRef {
+            generation: reserved as u32,
+            index: (reserved >> 32) as u32,
+        }
+    }
+}
 
 /// Fixed header of a transfer record's payload.
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]

@@ -68,6 +68,22 @@ pub fn post_one_then_park(port: MessagePort) {
     unreachable!("the parent kills this process");
 }
 
+/// The type fingerprint shmport tags a record of `T` with (docs/layout.md, "Kind 2:
+/// message"), for tests that write records into a ring themselves.
+pub fn fingerprint<T: shmport::rkyv::Archive>() -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(std::any::type_name::<T>().as_bytes());
+    eat(&(std::mem::size_of::<T::Archived>() as u64).to_le_bytes());
+    eat(&(std::mem::align_of::<T::Archived>() as u64).to_le_bytes());
+    h
+}
+
 /// The shmport segments this process has mapped, read from /proc/self/maps.
 pub fn shmport_mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps")

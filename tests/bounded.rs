@@ -1,0 +1,109 @@
+//! Long-running processes stay bounded (P9): what a dropped channel had in flight is freed.
+
+mod common;
+
+use std::sync::Mutex;
+
+use shmport::{ArrayBuffer, MessageChannel, MessagePort};
+
+/// The heaps share one pool per process: tests that count them must not overlap.
+static POOL: Mutex<()> = Mutex::new(());
+
+/// Mappings of pooled shared heaps in this process.
+fn heap_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("shmport-heap"))
+        .count()
+}
+
+/// Posts a pooled buffer of `len` bytes to a port that is then dropped unread, `n` times.
+fn drop_channels_with_an_unread_buffer(len: usize, n: usize) {
+    for i in 0..n {
+        let ch = MessageChannel::new().unwrap();
+        let mut buf = ArrayBuffer::new(len).unwrap();
+        buf[0] = i as u8;
+        ch.port1.post_message(&(i as u64), [buf.into()]).unwrap();
+        drop(ch.port2);
+        drop(ch.port1);
+    }
+}
+
+#[test]
+fn small_buffers_in_flight_to_a_dropped_port_go_back_to_the_pool() {
+    let _serial = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    drop_channels_with_an_unread_buffer(4096, 1);
+    let before = heap_mappings();
+    // 2,000 slots of 4 KiB would need 8 heaps of 256 if each stayed in transit.
+    drop_channels_with_an_unread_buffer(4096, 2_000);
+    assert_eq!(heap_mappings(), before);
+}
+
+#[test]
+fn large_buffers_in_flight_to_a_dropped_port_go_back_to_the_pool() {
+    let _serial = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    drop_channels_with_an_unread_buffer(1 << 20, 1);
+    let before = heap_mappings();
+    // 200 slots of 1 MiB would need 13 heaps of 16 if each stayed in transit.
+    drop_channels_with_an_unread_buffer(1 << 20, 200);
+    assert_eq!(heap_mappings(), before);
+}
+
+/// Sizes a client sends: pooled classes from the smallest to a large one.
+const CLIENT_SIZES: [usize; 3] = [4 << 10, 64 << 10, 1 << 20];
+
+/// A client: sends one buffer of each size, filled, and exits once the server has them.
+fn client(port: MessagePort) {
+    for (i, len) in CLIENT_SIZES.into_iter().enumerate() {
+        let mut buf = ArrayBuffer::new_unzeroed(len).unwrap();
+        buf.fill(i as u8 + 1);
+        port.post_message(&(len as u64), [buf.into()]).unwrap();
+    }
+    port.recv::<u8>().unwrap(); // the server has them all
+}
+
+/// Serves `n` client processes one after the other: receives and checks their buffers.
+fn serve(n: usize) {
+    for _ in 0..n {
+        let MessageChannel { port1, port2, .. } = MessageChannel::new().unwrap();
+        let child = common::spawn_test_child(
+            "a_server_holds_no_more_after_2000_clients_than_after_20",
+            port2,
+        );
+        for (i, len) in CLIENT_SIZES.into_iter().enumerate() {
+            let ev = port1.recv::<u64>().unwrap();
+            assert_eq!(ev.data, len as u64);
+            assert!(ev.buffers[0].iter().all(|&b| b == i as u8 + 1));
+        }
+        port1.post_message(&0u8, []).unwrap();
+        assert!(child.wait().success());
+    }
+}
+
+fn resident_shared_kib() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssShmem:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_server_holds_no_more_after_2000_clients_than_after_20() {
+    common::as_child(client);
+    common::isolated(
+        "a_server_holds_no_more_after_2000_clients_than_after_20",
+        || {
+            serve(20);
+            let (fds, maps, shmem) = (
+                common::open_fds(),
+                common::shmport_mappings(),
+                resident_shared_kib(),
+            );
+            serve(2_000);
+            assert_eq!(common::open_fds(), fds, "descriptors grew");
+            assert_eq!(common::shmport_mappings(), maps, "mappings grew");
+            // Each client's heaps hold at least 1 MiB of its pages: one kept would show.
+            assert!(resident_shared_kib() - shmem < 512, "shared memory grew");
+        },
+    );
+}
