@@ -96,7 +96,7 @@ mod forged_transfers {
 
     use crate::sys;
     use crate::wire::transfer::{
-        self, ITEM_BUFFER, ITEM_PORT, ITEM_SLOT, Item, KIND_TRANSFER, SOCKET_MESSAGE,
+        self, ITEM_BODY, ITEM_BUFFER, ITEM_PORT, ITEM_SLOT, Item, KIND_TRANSFER, SOCKET_MESSAGE,
         TransferHeader,
     };
 
@@ -108,9 +108,13 @@ mod forged_transfers {
     use rkyv::util::AlignedVec;
     use std::os::fd::{AsFd, BorrowedFd};
 
-    /// Posts a transfer record with these items and descriptors, and an archive of `0u8`.
+    /// Posts a transfer record with these items and descriptors, and an archive of `0u8`
+    /// (inline, unless the last item is a body).
     fn post_raw(port: &MessagePort, items: &[Item], fds: &[BorrowedFd<'_>], with_note: bool) {
-        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&0u8).unwrap();
+        let mut archive = rkyv::to_bytes::<rkyv::rancor::Error>(&0u8).unwrap();
+        if items.last().is_some_and(|i| i.kind == ITEM_BODY) {
+            archive.clear();
+        }
         let seq = next_transfer_seq();
         let header = TransferHeader {
             seq,
@@ -304,6 +308,23 @@ mod forged_transfers {
             true,
         );
         assert!(transfer_error(ch.port2.recv::<u8>()));
+    }
+
+    #[test]
+    fn a_message_body_larger_than_an_archive_may_be_is_a_message_error() {
+        let ch = MessageChannel::new().unwrap();
+        // Zero pages: the region costs address space, and the receiver must not copy it.
+        let body = ArrayBuffer::new(crate::wire::codec::MAX_ARCHIVE_LEN + 4096).unwrap();
+        let len = body.len() as u64;
+        post_raw(
+            &ch.port1,
+            &[item(ITEM_BODY, 0, len, 0)],
+            &[own_fd(&body)],
+            true,
+        );
+        assert!(transfer_error(ch.port2.recv::<u8>()));
+        ch.port1.post_message(&1u8, []).unwrap();
+        assert_eq!(ch.port2.recv::<u8>().unwrap().data, 1);
     }
 
     #[test]

@@ -65,6 +65,10 @@ impl MessagePort {
             body,
         } = rebuilt.map_err(bad)?;
         let data = match body {
+            // No sender writes more; refusing it keeps what one message costs us bounded.
+            Some(b) if b.len() > crate::wire::codec::MAX_ARCHIVE_LEN => {
+                return Err(bad("a message body larger than an archive may be"));
+            }
             Some(b) => {
                 // Copy, then check: the sender still maps the body.
                 scratch.clear();
