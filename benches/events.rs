@@ -130,7 +130,7 @@ fn portset_wakeup(c: &mut Criterion) {
             b.iter(|| {
                 k = (k * 7 + 13) % n as u64; // a different member each time
                 ctl.port1.post_message(&k, []).unwrap();
-                let (_, ev) = set.recv::<u64>();
+                let (_, ev) = set.recv::<u64>().unwrap();
                 assert_eq!(ev.unwrap().data, k);
             })
         });
@@ -161,7 +161,7 @@ fn portset_wakeup_path(c: &mut Criterion) {
             b.iter(|| {
                 k = (k * 7 + 13) % n;
                 senders[k].post_message(&(k as u64), []).unwrap();
-                let (_, ev) = set.recv::<u64>();
+                let (_, ev) = set.recv::<u64>().unwrap();
                 assert_eq!(ev.unwrap().data, k as u64);
                 // Arm the member again, so that the next post finds every member asleep.
                 assert_eq!(set.try_wait().unwrap(), None);

@@ -105,7 +105,8 @@ pub fn segment_header(data: &[u8]) {
     );
     if let Ok(seg) = crate::shm::segment::Segment::open(OwnedFd::from(file)) {
         let seg = std::sync::Arc::new(seg);
-        for side in 0..2 {
+        use crate::shm::segment::Side;
+        for side in [Side::ZERO, Side::ONE] {
             if let Ok(port) =
                 crate::MessagePort::attach(seg.clone(), side, None, Default::default())
             {

@@ -310,8 +310,8 @@ mod ring {
 
     use super::check_model;
     use crate::shm::ring::{
-        Consumer, Producer, RECORD_ALIGN, RECORD_HEADER, RecordHeader, RingCtrl, RingMem,
-        record_size,
+        Consumer, Placement, Producer, RECORD_ALIGN, RECORD_HEADER, RecordHeader, RingCtrl,
+        RingMem, record_size,
     };
     use crate::sys::sync::{AtomicU64, Ordering};
 
@@ -418,10 +418,12 @@ mod ring {
         /// Publishes record `i` of `len` payload bytes if there is room now.
         fn put(&mut self, i: u64, len: usize) -> bool {
             self.p.refresh().unwrap();
-            let Some(wrap) = self.p.fits(len) else {
+            let Some(at) = self.p.fits(len) else {
                 return false;
             };
-            let area = self.p.payload_area(wrap).expect("fits promised room");
+            let wrap = at == Placement::AfterWrap;
+            let mut reservation = self.p.reserve(at).expect("fits promised room");
+            let area = reservation.area();
             assert!(area.len() >= len);
             let rec_at = self.ring.offset_of(area.as_ptr()) - RECORD_HEADER;
             let short_rest = CAP - self.last_end < RECORD_HEADER;
@@ -460,8 +462,7 @@ mod ring {
             if wrap && !short_rest {
                 self.ring.shadow_write(self.last_end + 8, RECORD_HEADER - 8);
             }
-            self.p
-                .commit(wrap, len, KIND, (i << 32) | u64::from(checksum(&bytes)));
+            reservation.commit(len, KIND, (i << 32) | u64::from(checksum(&bytes)));
             self.last_end = rec_at + record_size(len);
             true
         }

@@ -35,8 +35,8 @@ fn small_buffers_in_flight_to_a_dropped_port_go_back_to_the_pool() {
     let _serial = POOL.lock().unwrap_or_else(|e| e.into_inner());
     drop_channels_with_an_unread_buffer(4096, 1);
     let before = heap_mappings();
-    // 2,000 slots of 4 KiB would need 8 heaps of 256 if each stayed in transit.
-    drop_channels_with_an_unread_buffer(4096, 2_000);
+    // 100,000 slots of 4 KiB would need 391 heaps of 256 if each stayed in transit.
+    drop_channels_with_an_unread_buffer(4096, 100_000);
     assert_eq!(heap_mappings(), before);
 }
 

@@ -39,7 +39,7 @@ fn messages_queued_before_a_port_joins_are_reported() {
     ch.port1.post_message(&1u8, []).unwrap();
     let mut set = PortSet::new().unwrap();
     let key = set.insert(ch.port2).unwrap();
-    assert_eq!(set.recv::<u8>().0, key);
+    assert_eq!(set.recv::<u8>().unwrap().0, key);
 }
 
 #[test]
@@ -54,7 +54,7 @@ fn a_blocked_wait_is_woken_by_a_post_from_another_thread() {
     let (mut set, mut senders, keys) = set_of(4);
     let sender = senders.remove(1);
     let t = std::thread::spawn(move || sender.post_message(&7u64, []).unwrap());
-    let (key, ev) = set.recv::<u64>();
+    let (key, ev) = set.recv::<u64>().unwrap();
     assert_eq!((key, ev.unwrap().data), (keys[1], 7));
     t.join().unwrap();
 }
@@ -72,7 +72,7 @@ fn a_port_left_with_messages_is_reported_again_after_the_other_ready_ports() {
     assert_ne!(first, second);
     assert!([keys[0], keys[2]].contains(&first) && [keys[0], keys[2]].contains(&second));
     let mut got = Vec::new();
-    while let Some((_, ev)) = set.recv_timeout::<u8>(Duration::ZERO) {
+    while let Some((_, ev)) = set.recv_timeout::<u8>(Duration::ZERO).unwrap() {
         got.push(ev.unwrap().data);
     }
     got.sort();
@@ -90,7 +90,7 @@ fn every_message_on_every_port_is_received_exactly_once_in_order_per_port() {
     });
     let mut last = [None::<u32>; 8];
     for _ in 0..2_000 {
-        let (key, ev) = set.recv::<u32>();
+        let (key, ev) = set.recv::<u32>().unwrap();
         let i = ev.unwrap().data;
         let p = keys.iter().position(|k| *k == key).unwrap();
         assert_eq!(i % 8, p as u32);
@@ -107,7 +107,7 @@ fn every_message_on_every_port_is_received_exactly_once_in_order_per_port() {
 fn a_closed_peer_is_reported_and_its_receive_says_disconnected() {
     let (mut set, mut senders, keys) = set_of(3);
     senders.remove(1).close();
-    let (key, got) = set.recv::<u8>();
+    let (key, got) = set.recv::<u8>().unwrap();
     assert_eq!(key, keys[1]);
     assert!(matches!(got, Err(RecvError::Disconnected)));
 }
@@ -135,7 +135,7 @@ fn a_wake_up_among_1000_ports_looks_at_a_constant_number_of_them() {
     for &i in &[777usize, 3, 999, 500, 0] {
         let before = set.ports_examined();
         senders[i].post_message(&(i as u32), []).unwrap();
-        let (key, ev) = set.recv::<u32>();
+        let (key, ev) = set.recv::<u32>().unwrap();
         assert_eq!((key, ev.unwrap().data), (keys[i], i as u32));
         // Found it, then (next wait) found it empty and armed it again.
         assert_eq!(set.try_wait().unwrap(), None);
@@ -156,13 +156,13 @@ fn transfers_to_a_port_in_a_set_arrive_whole_between_doorbells() {
             .post_message(&round, [Transferable::Buffer(buf)])
             .unwrap();
         senders[1].post_message(&(round + 1_000), []).unwrap();
-        let (key, ev) = set.recv::<u32>();
+        let (key, ev) = set.recv::<u32>().unwrap();
         let ev = ev.unwrap();
         assert_eq!(
             (key, ev.data, ev.buffers[0][0]),
             (keys[1], round, round as u8)
         );
-        assert_eq!(set.recv::<u32>().1.unwrap().data, round + 1_000);
+        assert_eq!(set.recv::<u32>().unwrap().1.unwrap().data, round + 1_000);
     }
 }
 
@@ -178,7 +178,7 @@ fn a_set_is_woken_by_a_post_from_another_process() {
     let (mut set, _senders, _keys) = set_of(10);
     let child = spawn_test_child("a_set_is_woken_by_a_post_from_another_process", ch.port2);
     let key = set.insert(ch.port1).unwrap();
-    let (got, ev) = set.recv::<String>();
+    let (got, ev) = set.recv::<String>().unwrap();
     assert_eq!((got, ev.unwrap().data.as_str()), (key, "from the child"));
     set.get(key).unwrap().post_message(&1u8, []).unwrap();
     assert!(child.wait().success());
@@ -194,9 +194,9 @@ fn a_peer_process_killed_while_the_set_waits_is_reported_as_disconnected() {
     );
     let mut set = PortSet::new().unwrap();
     let key = set.insert(ch.port1).unwrap();
-    assert_eq!(set.recv::<u8>().1.unwrap().data, 1);
+    assert_eq!(set.recv::<u8>().unwrap().1.unwrap().data, 1);
     child.kill();
-    let (got, r) = set.recv::<u8>();
+    let (got, r) = set.recv::<u8>().unwrap();
     assert_eq!(got, key);
     assert!(matches!(r, Err(RecvError::Disconnected)));
 }
@@ -213,6 +213,7 @@ fn a_timed_out_blocking_receive_on_a_member_does_not_cost_the_set_its_wake_ups()
     senders[0].post_message(&2u8, []).unwrap();
     let (key, ev) = set
         .recv_timeout::<u8>(Duration::from_secs(10))
+        .unwrap()
         .expect("the post rang no doorbell");
     assert_eq!((key, ev.unwrap().data), (keys[0], 2));
 }
@@ -228,7 +229,7 @@ fn a_busy_set_of_1000_ports_looks_at_a_constant_number_of_them_per_receive() {
     for _ in 0..2_000 {
         k = (k * 7 + 13) % 1000;
         senders[k].post_message(&(k as u32), []).unwrap();
-        let (key, ev) = set.recv::<u32>();
+        let (key, ev) = set.recv::<u32>().unwrap();
         assert_eq!((key, ev.unwrap().data), (keys[k], k as u32));
     }
     let looked = set.ports_examined();
@@ -254,6 +255,7 @@ fn receiving_a_transfer_directly_from_a_member_does_not_cost_the_set_its_wake_up
     senders[1].post_message(&3u32, []).unwrap();
     let (key, ev) = set
         .recv_timeout::<u32>(Duration::from_secs(10))
+        .unwrap()
         .expect("the set missed the member's next message");
     assert_eq!((key, ev.unwrap().data), (keys[1], 3));
 }

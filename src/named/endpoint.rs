@@ -124,7 +124,7 @@ pub(crate) fn send_new_channel(
     let wire = port2.wire().map_err(|e| Error::os("socketpair", e))?;
     let mut hello = [0u8; 9];
     hello[..8].copy_from_slice(magic);
-    hello[8] = wire.side as u8;
+    hello[8] = wire.side.index() as u8;
     let departure = port2.depart();
     match sys::send_with_fds(conn, &hello, &[wire.segment, wire.socket], true) {
         Ok(()) => {

@@ -51,7 +51,7 @@ pub fn spawn(cmd: &mut Command, port: MessagePort) -> Result<Child, Error> {
         parent_pid: std::process::id(),
         sock_fd: sys::raw(&wire.socket),
         seg_fd: sys::raw(&wire.segment),
-        side: wire.side,
+        side: wire.side.index(),
         heap_fds: heaps.iter().map(|h| sys::raw(&h.fd())).collect(),
     };
     cmd.env(BOOTSTRAP_ENV, boot.format());

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::shm::segment::{DEFAULT_CAPACITY, Segment};
+use crate::shm::segment::{DEFAULT_CAPACITY, Segment, Side};
 use crate::shm::wake::WaitStrategy;
 use crate::sys;
 use crate::wire::codec::DEFAULT_MAX_DEPTH;
@@ -108,8 +108,8 @@ impl ChannelBuilder {
         let seg = Arc::new(Segment::create(capacity)?);
         // No sockets yet: they are created when a port first leaves this process.
         let ch = MessageChannel {
-            port1: MessagePort::attach(Arc::clone(&seg), 0, None, self.wait)?,
-            port2: MessagePort::attach(seg, 1, None, self.wait)?,
+            port1: MessagePort::attach(Arc::clone(&seg), Side::ZERO, None, self.wait)?,
+            port2: MessagePort::attach(seg, Side::ONE, None, self.wait)?,
         };
         ch.port1.set_max_depth(self.max_depth);
         ch.port2.set_max_depth(self.max_depth);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::shm::heap::{self, Heap};
-use crate::shm::segment::Segment;
+use crate::shm::segment::{Segment, Side};
 use crate::shm::wake::WaitStrategy;
 use crate::sys;
 use crate::wire::transfer::MAX_HEAPS_PER_CHANNEL;
@@ -19,7 +19,7 @@ use super::MessagePort;
 pub(crate) struct PortWire<'a> {
     pub segment: BorrowedFd<'a>,
     pub socket: BorrowedFd<'a>,
-    pub side: usize,
+    pub side: Side,
 }
 
 /// A move of a port's end in progress: the port has published its state and is marked
@@ -76,9 +76,10 @@ impl MessagePort {
         side: usize,
         heaps: Vec<OwnedFd>,
     ) -> Result<Self, Error> {
-        if side > 1 || !sys::is_socket(socket.as_fd()) || heaps.len() > MAX_HEAPS_PER_CHANNEL {
+        let side = Side::new(side).filter(|_| heaps.len() <= MAX_HEAPS_PER_CHANNEL);
+        let Some(side) = side.filter(|_| sys::is_socket(socket.as_fd())) else {
             return Err(Error::BadBootstrap("a port's descriptors are malformed"));
-        }
+        };
         let table = heaps
             .into_iter()
             .map(|fd| heap::adopt(fd).map(Some))

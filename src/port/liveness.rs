@@ -21,7 +21,12 @@ impl MessagePort {
             PeerState::Alive => {
                 // Acquire: pairs with the Release store in the peer's `Drop`, so every
                 // record the peer published before closing is visible to our next peek.
-                if self.seg.closed_flag(1 - self.side).load(Ordering::Acquire) != 0 {
+                if self
+                    .seg
+                    .closed_flag(self.side.peer())
+                    .load(Ordering::Acquire)
+                    != 0
+                {
                     self.peer.set(PeerState::Gone);
                     true
                 } else {
@@ -84,7 +89,7 @@ impl MessagePort {
         self.seg.closed_flag(self.side).store(1, Ordering::Release);
         // The peer may sleep waiting for data from us or for room in the ring it fills.
         self.wake_reader(&self.seg.ring_ctrl(self.side).reader_sleeping);
-        wake(&self.seg.ring_ctrl(1 - self.side).writer_sleeping);
+        wake(&self.seg.ring_ctrl(self.side.peer()).writer_sleeping);
     }
 
     /// Wakes the peer waiting for data in the ring we write: a futex wake if it sleeps, a

@@ -35,7 +35,7 @@ use rkyv::util::AlignedVec;
 use crate::error::Error;
 use crate::shm::buffer::ArrayBuffer;
 use crate::shm::ring::{Consumer, Corrupt, Producer};
-use crate::shm::segment::Segment;
+use crate::shm::segment::{Segment, Side};
 use crate::shm::wake::{WaitStrategy, Waiter};
 use crate::sys;
 use crate::wire::codec::{self, FingerprintCache};
@@ -85,7 +85,7 @@ enum PeerState {
 /// ```
 pub struct MessagePort {
     seg: Arc<Segment>,
-    side: usize,
+    side: Side,
     /// This end's socket: set when the port arrives from elsewhere, or created on first
     /// need (see [`MessagePort::socket`]). Ports of a channel that never leaves its process
     /// have none: they cost one descriptor per channel, not three.
@@ -135,13 +135,13 @@ impl MessagePort {
     /// indices (a new channel, or an end that arrived from elsewhere).
     pub(crate) fn attach(
         seg: Arc<Segment>,
-        side: usize,
+        side: Side,
         sock: Option<OwnedFd>,
         wait: WaitStrategy,
     ) -> Result<MessagePort, Error> {
         let bad = |Corrupt(why)| Error::InvalidSegment(why);
         let tx = Producer::attach(seg.ring(side)).map_err(bad)?;
-        let rx = Consumer::attach(seg.ring(1 - side)).map_err(bad)?;
+        let rx = Consumer::attach(seg.ring(side.peer())).map_err(bad)?;
         Ok(MessagePort {
             seg,
             side,

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use rkyv::ser::allocator::Arena;
 
-use crate::shm::ring::{Corrupt, Producer};
+use crate::shm::ring::{Corrupt, Placement, Producer};
 use crate::wire::codec::{self, KIND_MESSAGE, Message};
 
 use super::*;
@@ -216,18 +216,19 @@ impl MessagePort {
         let hint = self.size_hint.get();
         for round in 0..2 {
             let (here, wrapped) = tx.room();
-            for wrap in [false, true] {
-                let Some(room) = (if wrap { wrapped } else { here }) else {
-                    continue;
+            for at in [Placement::InPlace, Placement::AfterWrap] {
+                let room = match at {
+                    Placement::InPlace => here,
+                    Placement::AfterWrap => wrapped.filter(|&w| here.is_none_or(|h| w > h)),
                 };
-                if room < hint || (wrap && wrapped <= here) {
+                if room.is_none_or(|r| r < hint) {
                     continue;
                 }
-                let Some(area) = tx.payload_area(wrap) else {
+                let Some(mut reservation) = tx.reserve(at) else {
                     continue;
                 };
-                if let Some(len) = codec::encode_into(msg, area, arena) {
-                    tx.commit(wrap, len, KIND_MESSAGE, fp);
+                if let Some(len) = codec::encode_into(msg, reservation.area(), arena) {
+                    reservation.commit(len, KIND_MESSAGE, fp);
                     if len != hint {
                         self.size_hint.set(len);
                     }

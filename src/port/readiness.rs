@@ -70,7 +70,7 @@ impl MessagePort {
     /// Clears this port's doorbell request (it leaves a `PortSet`).
     pub(crate) fn disarm(&self) {
         self.seg
-            .ring_ctrl(1 - self.side)
+            .ring_ctrl(self.side.peer())
             .reader_sleeping
             .fetch_and(!WANTS_DOORBELL, Ordering::Relaxed);
     }
@@ -105,7 +105,7 @@ impl MessagePort {
                 wake(&rx.mem().ctrl().writer_sleeping);
             }
         }
-        let word = &self.seg.ring_ctrl(1 - self.side).reader_sleeping;
+        let word = &self.seg.ring_ctrl(self.side.peer()).reader_sleeping;
         word.fetch_or(WANTS_DOORBELL, Ordering::Relaxed);
         // SeqCst fence: pairs with the writer's fence in `wake`: either it sees our bit and
         // rings, or we see its record below.

@@ -112,7 +112,7 @@ impl MessagePort {
             Ok(ev) => Some(Ok(ev)),
             Err(e) => e.settled().map(|e| Err(e.into())),
         };
-        let word = &self.seg.ring_ctrl(1 - self.side).reader_sleeping;
+        let word = &self.seg.ring_ctrl(self.side.peer()).reader_sleeping;
         let peer_dead = || {
             if self.check_liveness_now() {
                 // Drain whatever the peer published before it went.

@@ -7,6 +7,7 @@ mod corrupt_ring {
 
     use crate::wire::codec::KIND_MESSAGE;
 
+    use crate::shm::segment::Side;
     use crate::sys::sync::Ordering;
 
     use crate::MessageChannel;
@@ -48,7 +49,10 @@ mod corrupt_ring {
     #[test]
     fn impossible_ring_metadata_is_reported_once_then_disconnected() {
         let ch = MessageChannel::new().unwrap();
-        ch.port1.seg.ring(0).forge(0, 1, u32::MAX, KIND_MESSAGE);
+        ch.port1
+            .seg
+            .ring(Side::ZERO)
+            .forge(0, 1, u32::MAX, KIND_MESSAGE);
         assert!(matches!(
             ch.port2.recv::<u8>(),
             Err(RecvError::MessageError(MessageError::Corrupt(_)))
@@ -62,7 +66,7 @@ mod corrupt_ring {
     #[test]
     fn the_peer_of_a_poisoned_port_sees_disconnected() {
         let ch = MessageChannel::new().unwrap();
-        ch.port1.seg.ring(0).forge(0, 1, 0, 0);
+        ch.port1.seg.ring(Side::ZERO).forge(0, 1, 0, 0);
         assert!(ch.port2.try_recv::<u8>().is_err());
         assert!(
             ch.port1
@@ -78,7 +82,7 @@ mod corrupt_ring {
         while ch.port1.try_post_message(&[0u8; 64], []).is_ok() {}
         ch.port1
             .seg
-            .ring_ctrl(0)
+            .ring_ctrl(Side::ZERO)
             .head
             .store(1 << 40, Ordering::Relaxed);
         let err = ch.port1.post_message(&[0u8; 64], []).unwrap_err();
@@ -421,7 +425,13 @@ mod received_segments {
         let seg = segment_from_bytes(&img).unwrap();
         let (s, _peer) = sys::socket_pair().unwrap();
         assert!(
-            MessagePort::attach(std::sync::Arc::new(seg), 1, Some(s), Default::default()).is_err()
+            MessagePort::attach(
+                std::sync::Arc::new(seg),
+                crate::shm::segment::Side::ONE,
+                Some(s),
+                Default::default()
+            )
+            .is_err()
         );
     }
 }

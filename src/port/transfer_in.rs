@@ -138,7 +138,7 @@ impl MessagePort {
     /// that it starts the heap table over.
     pub(super) fn ask_writer_to_resend_heaps(&self) {
         // Release: pairs with the writer's Acquire swap in `heaps_already_sent`.
-        let ctrl = self.seg.ring_ctrl(1 - self.side);
+        let ctrl = self.seg.ring_ctrl(self.side.peer());
         ctrl.heaps_lost.store(1, Ordering::Release);
     }
 }

@@ -275,7 +275,7 @@ fn describe<'a>(
             Transferable::Port(p) => {
                 let wire = p.wire()?;
                 let table = tables.next().map_or(&[][..], Vec::as_slice);
-                d.item(ITEM_PORT, wire.side as u32, table.len(), 0);
+                d.item(ITEM_PORT, wire.side.index() as u32, table.len(), 0);
                 d.fds.extend([wire.segment, wire.socket]);
                 d.fds.extend(table.iter().map(|h| h.fd()));
             }

@@ -117,7 +117,9 @@ impl ArrayBuffer {
             let (heap, slot, generation) =
                 heap::allocate(class).map_err(|e| Error::os("creating a shared heap", e))?;
             if zeroed {
-                heap::zero(heap.slot_ptr(slot), len);
+                // SAFETY: the slot was just taken for this buffer (no one else holds it),
+                // and `len` fits its class.
+                unsafe { heap::zero(heap.slot_ptr(slot), len) };
             }
             Region::Slot {
                 heap,

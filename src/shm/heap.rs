@@ -384,7 +384,12 @@ impl Pools {
 }
 
 /// Zeroes `len` bytes of a freshly taken slot (it may hold an earlier owner's data).
-pub(crate) fn zero(ptr: NonNull<u8>, len: usize) {
-    // SAFETY: callers pass a slot they own, of at least `len` bytes.
+///
+/// # Safety
+///
+/// `ptr` is the start of a slot the caller owns (no other handle reads or writes it), of
+/// at least `len` bytes.
+pub(crate) unsafe fn zero(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: our contract.
     unsafe { ptr::write_bytes(ptr.as_ptr(), 0, len) };
 }

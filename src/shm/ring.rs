@@ -87,7 +87,7 @@ const _: () = {
 
 impl RingCtrl {
     /// A control block for an empty ring (for rings over heap memory in tests and fuzzing).
-    #[cfg(any(test, loom, feature = "fuzzing"))]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn new() -> Self {
         RingCtrl {
             tail: AtomicU64::new(0),
@@ -186,31 +186,44 @@ impl RingMem {
     }
 
     /// The mark word of a record starting at `off` (under loom: its slot in the mark table).
+    ///
+    /// # Safety
+    ///
+    /// `off + RECORD_HEADER <= cap` and `off` is a multiple of `RECORD_ALIGN`.
     #[cfg(loom)]
-    fn mark(&self, off: usize) -> &AtomicU64 {
+    unsafe fn mark(&self, off: usize) -> &AtomicU64 {
         debug_assert!(off + RECORD_HEADER <= self.cap && off % RECORD_ALIGN == 0);
         let marks = self
             .marks
             .expect("a ring under loom needs RingMem::with_loom_marks");
-        // SAFETY: `off < cap`, so the slot is one of the `cap / 8` atomics the table holds
-        // (contract of `with_loom_marks`).
+        // SAFETY: `off < cap` (our contract), so the slot is one of the `cap / 8` atomics
+        // the table holds (contract of `with_loom_marks`).
         unsafe { &*marks.as_ptr().add(off / RECORD_ALIGN) }
     }
 
     /// The mark word of a record starting at `off`.
+    ///
+    /// # Safety
+    ///
+    /// `off + RECORD_HEADER <= cap` and `off` is a multiple of `RECORD_ALIGN`.
     #[cfg(not(loom))]
-    fn mark(&self, off: usize) -> &AtomicU64 {
+    unsafe fn mark(&self, off: usize) -> &AtomicU64 {
         debug_assert!(off + RECORD_HEADER <= self.cap && off % RECORD_ALIGN == 0);
-        // SAFETY: `off + 24 <= cap` (callers check) and `off` is 8-aligned in an 8-aligned
+        // SAFETY: `off + 24 <= cap` (our contract) and `off` is 8-aligned in an 8-aligned
         // area, so this is an aligned, in-bounds 8-byte location. Every access to a mark is
         // atomic; the protocol gives the rest of the record's bytes to one side at a time,
         // so the plain writes of payload bytes never overlap a mark being polled.
         unsafe { &*self.data.as_ptr().add(off).cast::<AtomicU64>() }
     }
 
-    fn read_fields(&self, off: usize) -> RecordHeader {
+    /// A copy of the header fields of the record at `off`.
+    ///
+    /// # Safety
+    ///
+    /// As [`mark`](Self::mark).
+    unsafe fn read_fields(&self, off: usize) -> RecordHeader {
         debug_assert!(off + RECORD_HEADER <= self.cap);
-        // SAFETY: in bounds as in `mark`. A volatile copy: a hostile peer may be writing, and
+        // SAFETY: in bounds as in `mark` (our contract). A volatile copy: a hostile peer may be writing, and
         // whatever we get is checked before use.
         unsafe {
             self.data
@@ -222,10 +235,14 @@ impl RingMem {
     }
 
     /// Writes a whole record header, mark last (Release): the record is then published.
-    fn publish(&self, off: usize, pos: u64, fields: RecordHeader) {
+    ///
+    /// # Safety
+    ///
+    /// As [`mark`](Self::mark), and `[off, off + 24)` lies in the free part of the ring,
+    /// which the protocol gives to the producer alone until the mark is stored.
+    unsafe fn publish(&self, off: usize, pos: u64, fields: RecordHeader) {
         debug_assert!(off + RECORD_HEADER <= self.cap);
-        // SAFETY: in bounds as in `mark`; [off, off + 24) lies in the free part of the ring,
-        // which the protocol gives to the producer alone until the mark is stored.
+        // SAFETY: in bounds and ours alone (our contract).
         unsafe {
             self.data
                 .as_ptr()
@@ -235,7 +252,8 @@ impl RingMem {
         };
         // Release: pairs with the consumer's Acquire load of the mark in `Consumer::peek`;
         // the header fields and every payload byte are visible before the mark is.
-        self.mark(off).store(pos + 1, Ordering::Release);
+        // SAFETY: our contract is `mark`'s.
+        unsafe { self.mark(off) }.store(pos + 1, Ordering::Release);
     }
 }
 
@@ -244,7 +262,10 @@ impl RingMem {
     /// Publishes an arbitrary header at `off`, as a buggy or hostile producer could.
     pub(crate) fn forge(&self, off: usize, mark: u64, len: u32, kind: u32) {
         let fields = RecordHeader { len, kind, tag: 0 };
-        self.publish(off, mark.wrapping_sub(1), fields);
+        assert!(off + RECORD_HEADER <= self.cap && off % RECORD_ALIGN == 0);
+        // SAFETY: in bounds and aligned (asserted); the test owns the ring, so no producer
+        // writes meanwhile.
+        unsafe { self.publish(off, mark.wrapping_sub(1), fields) };
     }
 }
 
@@ -322,48 +343,37 @@ impl Producer {
         (fit(here), fit(wrapped))
     }
 
-    /// Where a payload of `len` bytes can be placed now: `Some(false)` in place,
-    /// `Some(true)` after wrapping, `None` not yet.
-    pub(crate) fn fits(&self, len: usize) -> Option<bool> {
+    /// Where a payload of `len` bytes can be placed now; `None`: not yet.
+    pub(crate) fn fits(&self, len: usize) -> Option<Placement> {
         let (here, wrapped) = self.room();
         if here.is_some_and(|r| len <= r) {
-            Some(false)
+            Some(Placement::InPlace)
         } else if wrapped.is_some_and(|r| len <= r) {
-            Some(true)
+            Some(Placement::AfterWrap)
         } else {
             None
         }
     }
 
-    /// The payload area of the next record: in place, or at the start of the ring when
-    /// `wrap` is set. Its length is what [`room`](Self::room) reported; `None` when not even
-    /// a header fits there.
-    pub(crate) fn payload_area(&mut self, wrap: bool) -> Option<&mut [MaybeUninit<u8>]> {
+    /// Reserves the payload area of the next record at `at`: as many bytes as
+    /// [`room`](Self::room) reports there. `None` when not even a header fits there.
+    pub(crate) fn reserve(&mut self, at: Placement) -> Option<Reservation<'_>> {
         let (here, wrapped) = self.room();
-        let (off, len) = if wrap {
-            (0, wrapped?)
-        } else {
-            (self.tail_off, here?)
+        let room = match at {
+            Placement::InPlace => here?,
+            Placement::AfterWrap => wrapped?,
         };
-        // SAFETY: `room` only reports bytes in the free part of the ring, which the protocol
-        // gives to this producer alone (the consumer reads no further than the last
-        // published mark); `off + 24 + len <= cap` by construction of `free_regions`.
-        // MaybeUninit: we make no claim about the bytes' current contents. The borrow of
-        // `self` keeps the mapping alive and prevents a second area from being handed out.
-        Some(unsafe {
-            let start = self.mem.data.as_ptr().add(off + RECORD_HEADER);
-            std::slice::from_raw_parts_mut(start.cast::<MaybeUninit<u8>>(), len)
+        Some(Reservation {
+            producer: self,
+            at,
+            room,
         })
     }
 
-    /// Publishes a record whose `len` payload bytes were written to `payload_area(wrap)`.
-    pub(crate) fn commit(&mut self, wrap: bool, len: usize, kind: u32, tag: u64) {
-        let (here, wrapped) = self.room();
-        let room = if wrap { wrapped } else { here };
-        assert!(
-            room.is_some_and(|r| len <= r) && kind != 0 && kind != KIND_PAD,
-            "shmport bug: commit of {len} bytes beyond the payload area"
-        );
+    /// Publishes a record of `len` payload bytes written at `at` (`len` within the room
+    /// reserved there, and the producer unchanged since: the `Reservation` holds it).
+    fn publish_record(&mut self, at: Placement, len: usize, kind: u32, tag: u64) {
+        let wrap = at == Placement::AfterWrap;
         let pad_at = self.tail_off;
         let pad_pos = self.tail;
         if wrap {
@@ -390,7 +400,9 @@ impl Producer {
             kind,
             tag,
         };
-        self.mem.publish(rec_at, rec_pos, fields);
+        // SAFETY: the record fits at `rec_at` (`size <= room` as reserved, so its header
+        // does), 8-aligned like every record offset, in free ring memory.
+        unsafe { self.mem.publish(rec_at, rec_pos, fields) };
         let pad_len = self.mem.cap - pad_at;
         if wrap && pad_len >= RECORD_HEADER {
             let pad = RecordHeader {
@@ -398,7 +410,9 @@ impl Producer {
                 kind: KIND_PAD,
                 tag: 0,
             };
-            self.mem.publish(pad_at, pad_pos, pad);
+            // SAFETY: `pad_len >= 24` bytes from `pad_at` to the end are free (the wrap
+            // reserved them), and `pad_at` is 8-aligned.
+            unsafe { self.mem.publish(pad_at, pad_pos, pad) };
         }
         // Release: pairs with the Acquire load in `Producer::attach` when this role moves.
         self.mem.ctrl().tail.store(self.tail, Ordering::Release);
@@ -417,18 +431,17 @@ impl Producer {
             off = 0;
         }
         if pos < self.head_cache + self.mem.cap as u64 {
-            self.mem.mark(off).store(0, Ordering::Relaxed);
+            // SAFETY: `off + 24 <= cap` (a shorter remainder was skipped above), 8-aligned.
+            unsafe { self.mem.mark(off) }.store(0, Ordering::Relaxed);
         }
     }
 
     /// Copies `bytes` into one record if there is room now; returns whether it did.
     pub(crate) fn try_write(&mut self, bytes: &[u8], kind: u32, tag: u64) -> bool {
-        let Some(wrap) = self.fits(bytes.len()) else {
+        let Some(mut r) = self.fits(bytes.len()).and_then(|at| self.reserve(at)) else {
             return false;
         };
-        let Some(area) = self.payload_area(wrap) else {
-            return false;
-        };
+        let area = r.area();
         // SAFETY: `fits` guarantees `bytes.len() <= area.len()`; `area` is free ring memory
         // owned by this producer and cannot overlap a caller's slice, which is either
         // process-private memory or a part of some ring we do not write.
@@ -439,8 +452,62 @@ impl Producer {
                 bytes.len(),
             )
         };
-        self.commit(wrap, bytes.len(), kind, tag);
+        r.commit(bytes.len(), kind, tag);
         true
+    }
+}
+
+/// Where the next record goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// At the producer's position.
+    InPlace,
+    /// At the start of the data area, behind a padding record over the rest of the lap.
+    AfterWrap,
+}
+
+/// The payload area of the next record, reserved for the producer that made it; dropped
+/// without [`commit`](Reservation::commit), nothing is published.
+pub(crate) struct Reservation<'a> {
+    producer: &'a mut Producer,
+    at: Placement,
+    room: usize,
+}
+
+impl Reservation<'_> {
+    /// The reserved bytes: free ring memory no one else reads or writes until the commit.
+    /// `MaybeUninit`: nothing is claimed about what they hold now.
+    pub(crate) fn area(&mut self) -> &mut [MaybeUninit<u8>] {
+        let off = match self.at {
+            Placement::InPlace => self.producer.tail_off,
+            Placement::AfterWrap => 0,
+        };
+        // SAFETY: `room` only reports bytes in the free part of the ring, which the protocol
+        // gives to this producer alone (the consumer reads no further than the last
+        // published mark); `off + 24 + room <= cap` by construction of `free_regions`. The
+        // reservation borrows the producer mutably, so the indices cannot change and no
+        // second area can be handed out while this one lives; the producer's `RingMem`
+        // keeps the mapping valid for as long as the producer is used.
+        unsafe {
+            let start = self.producer.mem.data.as_ptr().add(off + RECORD_HEADER);
+            std::slice::from_raw_parts_mut(start.cast::<MaybeUninit<u8>>(), self.room)
+        }
+    }
+
+    /// Publishes the record: its first `len` bytes of [`area`](Self::area) are its
+    /// payload, of kind `kind` and type tag `tag`.
+    ///
+    /// # Panics
+    ///
+    /// If `len` exceeds the reserved area, or `kind` is 0 or padding: bugs in shmport,
+    /// never caused by a peer.
+    pub(crate) fn commit(self, len: usize, kind: u32, tag: u64) {
+        assert!(
+            len <= self.room && kind != 0 && kind != KIND_PAD,
+            "shmport bug: commit of {len} bytes beyond the reserved {} bytes",
+            self.room
+        );
+        self.producer.publish_record(self.at, len, kind, tag);
     }
 }
 
@@ -510,13 +577,16 @@ impl Consumer {
             };
             // Acquire: pairs with the producer's Release store of the mark in
             // `RingMem::publish`: the record's bytes are visible once its mark is.
-            let mark = self.mem.mark(off).load(Ordering::Acquire);
+            // SAFETY: `off + 24 <= cap` (a shorter remainder was skipped above), 8-aligned
+            // (record offsets are).
+            let mark = unsafe { self.mem.mark(off) }.load(Ordering::Acquire);
             if mark != head + 1 {
                 return Ok(None);
             }
             let to_end = self.mem.cap - off;
             (self.head, self.head_off) = (head, off);
-            let header = self.mem.read_fields(self.head_off);
+            // SAFETY: `head_off == off`, in bounds as just above.
+            let header = unsafe { self.mem.read_fields(self.head_off) };
             if header.kind == KIND_PAD {
                 if header.len as usize != to_end - RECORD_HEADER {
                     return Err(Corrupt("padding record of the wrong length"));
@@ -829,8 +899,8 @@ mod tests {
             rng ^= rng << 17;
             let len = (rng % 200) as usize / 8 * 8;
             p.refresh().unwrap();
-            if let Some(wrap) = p.fits(len) {
-                let start = if wrap {
+            if let Some(at) = p.fits(len) {
+                let start = if at == Placement::AfterWrap {
                     pos_of_next.next_multiple_of(cap as u64)
                 } else {
                     pos_of_next
@@ -850,7 +920,11 @@ mod tests {
                 }
                 if got != sent {
                     let off = c.head_off;
-                    let mark = ring.mem().mark(off.min(cap - 8)).load(Ordering::Relaxed);
+                    // `at + 24 <= cap`, and record offsets are 8-aligned.
+                    let at = off.min(cap - RECORD_HEADER);
+                    let mem = ring.mem();
+                    // SAFETY: as above.
+                    let mark = unsafe { mem.mark(at) }.load(Ordering::Relaxed);
                     panic!(
                         "got {got} sent {sent}: consumer head {} off {off} mark {mark}; producer tail {} off {} head_cache {}",
                         c.head, p.tail, p.tail_off, p.head_cache

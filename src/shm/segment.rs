@@ -63,6 +63,31 @@ const _: () = {
     assert!(size_of::<Header>() <= DATA_OFFSET);
 };
 
+/// One end of a channel: side 0 writes ring 0 and reads ring 1, side 1 the reverse. Its
+/// `closed` flag and socket slot are its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Side(u8);
+
+impl Side {
+    pub(crate) const ZERO: Side = Side(0);
+    pub(crate) const ONE: Side = Side(1);
+
+    /// The side numbered `n`, if there is one (0 or 1).
+    pub(crate) fn new(n: usize) -> Option<Side> {
+        (n <= 1).then_some(Side(n as u8))
+    }
+
+    /// The other end.
+    pub(crate) fn peer(self) -> Side {
+        Side(self.0 ^ 1)
+    }
+
+    /// 0 or 1: its number on the wire, and the index of the ring it writes.
+    pub(crate) fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
 /// A mapped channel segment. Only raw pointers into it are handed out.
 pub(crate) struct Segment {
     map: MmapRaw,
@@ -179,26 +204,26 @@ impl Segment {
 
     /// The socket end left for side `side` by its peer, or a new pair: one end for `side`,
     /// the other left for the peer.
-    pub(crate) fn take_or_create_socket(&self, side: usize) -> std::io::Result<OwnedFd> {
+    pub(crate) fn take_or_create_socket(&self, side: Side) -> std::io::Result<OwnedFd> {
         let mut slots = self
             .sockets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(mine) = slots[side & 1].take() {
+        if let Some(mine) = slots[side.index()].take() {
             return Ok(mine);
         }
         let (mine, theirs) = sys::socket_pair()?;
-        slots[(side & 1) ^ 1] = Some(theirs);
+        slots[side.peer().index()] = Some(theirs);
         Ok(mine)
     }
 
     /// The socket end left for side `side`, if its peer created the pair.
-    pub(crate) fn take_deposited_socket(&self, side: usize) -> Option<OwnedFd> {
+    pub(crate) fn take_deposited_socket(&self, side: Side) -> Option<OwnedFd> {
         let mut slots = self
             .sockets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slots[side & 1].take()
+        slots[side.index()].take()
     }
 
     /// Which shared-memory object this is: equal for every mapping of the same channel.
@@ -211,23 +236,23 @@ impl Segment {
         self.capacity
     }
 
-    /// The `closed` flag of side `side` (0 or 1).
-    pub(crate) fn closed_flag(&self, side: usize) -> &AtomicU32 {
+    /// The `closed` flag of `side`.
+    pub(crate) fn closed_flag(&self, side: Side) -> &AtomicU32 {
         // SAFETY: the header is in bounds and aligned (checked at create/open); atomics may
-        // be shared with other processes; `side & 1` keeps the index in range.
-        unsafe { &(*self.header()).closed[side & 1] }
+        // be shared with other processes; a side's index is 0 or 1.
+        unsafe { &(*self.header()).closed[side.index()] }
     }
 
-    /// The control block of ring `idx` (0 or 1).
-    pub(crate) fn ring_ctrl(&self, idx: usize) -> &RingCtrl {
+    /// The control block of the ring `writer` writes.
+    pub(crate) fn ring_ctrl(&self, writer: Side) -> &RingCtrl {
         // SAFETY: in bounds and aligned (checked at create/open); every shared field of a
         // RingCtrl is an atomic.
-        unsafe { &(*self.header()).rings[idx & 1] }
+        unsafe { &(*self.header()).rings[writer.index()] }
     }
 
-    /// Raw access to ring `idx` (0 or 1). Valid while `self` lives.
-    pub(crate) fn ring(&self, idx: usize) -> RingMem {
-        let idx = idx & 1;
+    /// Raw access to the ring `writer` writes. Valid while `self` lives.
+    pub(crate) fn ring(&self, writer: Side) -> RingMem {
+        let idx = writer.index();
         let base = self.map.as_mut_ptr();
         // SAFETY: header and data areas are in bounds: len >= DATA_OFFSET + 2 * capacity
         // was checked at create/open.

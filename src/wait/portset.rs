@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::error::{RecvError, TryRecvError};
+use crate::error::RecvError;
 use crate::port::{MessageEvent, MessagePort};
 use crate::shm::wake::{WaitStrategy, Waiter};
 use crate::sys::{self, Readiness};
@@ -80,7 +80,7 @@ struct Member {
 ///     senders.push(ch.port1);
 /// }
 /// senders[2].post_message(&String::from("from the third"), [])?;
-/// let (key, ev) = set.recv::<String>();
+/// let (key, ev) = set.recv::<String>()?;
 /// assert_eq!(key, keys[2]);
 /// assert_eq!(ev?.data, "from the third");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -118,6 +118,16 @@ pub struct InsertError {
     pub error: Error,
     /// The port, untouched: nothing queued on it was lost.
     pub port: Box<MessagePort>,
+}
+
+impl InsertError {
+    /// The port, handed back untouched (as [`PostError::into_inner`] hands back a transfer
+    /// list).
+    ///
+    /// [`PostError::into_inner`]: crate::PostError::into_inner
+    pub fn into_inner(self) -> MessagePort {
+        *self.port
+    }
 }
 
 impl fmt::Display for InsertError {
@@ -268,15 +278,18 @@ impl PortSet {
     /// receive on that port returned (a message, a `messageerror`, or `Disconnected` when
     /// its peer is gone; remove such a port).
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// If `epoll_wait` fails (see [`wait`](Self::wait)), which does not happen short of a
-    /// kernel bug.
-    pub fn recv<T: Message>(&mut self) -> (PortKey, Result<MessageEvent<T>, RecvError>) {
+    /// As [`wait`](Self::wait): the kernel refused to wait (which does not happen short
+    /// of a kernel bug). What a member's receive returned is the inner `Result`.
+    #[allow(clippy::type_complexity)]
+    pub fn recv<T: Message>(
+        &mut self,
+    ) -> Result<(PortKey, Result<MessageEvent<T>, RecvError>), Error> {
         loop {
-            let key = self.wait().expect("epoll_wait failed");
+            let key = self.wait()?;
             if let Some(got) = self.receive_from(key) {
-                return got;
+                return Ok(got);
             }
         }
     }
@@ -291,26 +304,28 @@ impl PortSet {
         let port = &self.member(key).expect("wait returns members").port;
         match port.try_recv::<T>() {
             Ok(ev) => Some((key, Ok(ev))),
-            Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => Some((key, Err(RecvError::Disconnected))),
-            Err(TryRecvError::MessageError(e)) => Some((key, Err(RecvError::MessageError(e)))),
+            Err(e) => e.settled().map(|e| (key, Err(e))),
         }
     }
 
-    /// As [`recv`](Self::recv), giving up after `timeout` with `None`.
+    /// As [`recv`](Self::recv), giving up after `timeout` with `Ok(None)` (what
+    /// [`MessagePort::recv_timeout`] reports as `Timeout`).
     ///
-    /// # Panics
+    /// # Errors
     ///
     /// As [`recv`](Self::recv).
+    #[allow(clippy::type_complexity)]
     pub fn recv_timeout<T: Message>(
         &mut self,
         timeout: Duration,
-    ) -> Option<(PortKey, Result<MessageEvent<T>, RecvError>)> {
+    ) -> Result<Option<(PortKey, Result<MessageEvent<T>, RecvError>)>, Error> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
-            let key = self.wait_deadline(deadline).expect("epoll_wait failed")?;
+            let Some(key) = self.wait_deadline(deadline)? else {
+                return Ok(None);
+            };
             if let Some(got) = self.receive_from(key) {
-                return Some(got);
+                return Ok(Some(got));
             }
         }
     }
