@@ -128,8 +128,8 @@ impl Segment {
     /// Creates and initializes a new segment with two rings of `capacity` bytes each.
     pub(crate) fn create(capacity: usize) -> Result<Segment, Error> {
         let len = Self::len_for(capacity);
-        let fd = sys::create_shared_memory("shmport-channel", len as u64)
-            .map_err(|e| Error::os("memfd_create", e))?;
+        // The error names the step that failed (memfd_create, ftruncate, ...).
+        let fd = sys::create_shared_memory("shmport-channel", len as u64).map_err(Error::from)?;
         let map = sys::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
         let hdr = map.as_mut_ptr().cast::<Header>();
         // SAFETY: the mapping is at least DATA_OFFSET >= size_of::<Header>() bytes, page

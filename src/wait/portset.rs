@@ -183,12 +183,15 @@ impl PortSet {
             });
         };
         let key = PortKey(key);
-        let registered = port
-            .news_fd()
-            .and_then(|fd| sys::epoll_watch(self.epoll.as_fd(), fd, key.token()));
-        if let Err(e) = registered {
+        let registered = match port.news_fd() {
+            // The channel's socket pair, created now if its ports never left the process.
+            Err(e) => Err(Error::os("socketpair", e)),
+            Ok(fd) => sys::epoll_watch(self.epoll.as_fd(), fd, key.token())
+                .map_err(|e| Error::os("epoll_ctl", e)),
+        };
+        if let Err(error) = registered {
             return Err(InsertError {
-                error: Error::os("registering a port with epoll", e),
+                error,
                 port: Box::new(port),
             });
         }
