@@ -443,3 +443,27 @@ fn a_heap_whose_descriptor_was_lost_is_sent_again_and_the_channel_recovers() {
     assert_eq!(ch.port1.recv::<u8>().unwrap().data, 2);
     assert!(child.wait().success());
 }
+
+#[test]
+fn large_and_small_messages_in_turn_arrive_whole_and_in_order() {
+    let ch = MessageChannel::builder()
+        .capacity(64 * 1024)
+        .build()
+        .unwrap();
+    // Sizes that grow, shrink below the ring's limit and grow past the last large one.
+    let sizes = [
+        1 << 20,
+        10,
+        1 << 20,
+        (1 << 20) + 4096,
+        100,
+        3 << 20,
+        1 << 20,
+    ];
+    for (i, &n) in sizes.iter().enumerate() {
+        ch.port1.post_message(&vec![i as u8; n], []).unwrap();
+    }
+    for (i, &n) in sizes.iter().enumerate() {
+        assert_eq!(ch.port2.recv::<Vec<u8>>().unwrap().data, vec![i as u8; n]);
+    }
+}

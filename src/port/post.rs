@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use rkyv::ser::allocator::Arena;
 
+use crate::shm::buffer::ArrayBuffer;
 use crate::shm::ring::{Corrupt, Placement, Producer};
 use crate::wire::codec::{self, KIND_MESSAGE, Message};
 
@@ -118,6 +119,13 @@ impl MessagePort {
                 return fail(PostErrorKind::Disconnected);
             }
         }
+        // Too large for the ring last time: try serializing straight into a pooled body
+        // (one pass over the bytes instead of two).
+        if self.size_hint.get() > tx.mem().max_payload() {
+            if let Some(body) = self.encode_body(msg, arena) {
+                return self.send_body(&mut tx, body, fp, wait);
+            }
+        }
         // Slow path: the ring has no room now, or the message is bigger than predicted.
         let Ok(mut scratch) = self.tx_scratch.try_borrow_mut() else {
             return fail(PostErrorKind::Reentrant);
@@ -128,6 +136,7 @@ impl MessagePort {
         let len = scratch.len();
         if len > tx.mem().max_payload() {
             // Too large for one record: the archive travels outside the ring.
+            self.size_hint.set(len);
             return self.send_encoded(&mut tx, &scratch, fp, Vec::new(), wait);
         }
         self.size_hint.set(len);
@@ -203,6 +212,16 @@ impl MessagePort {
             RoomWait::Never => attempt().or_else(gone),
         };
         outcome.unwrap_or(Err(PostErrorKind::Full))
+    }
+
+    /// Serializes `msg` into a pooled buffer sized for the last message's archive, if it
+    /// fits there; the size hint follows the archive's length.
+    fn encode_body<T: Message>(&self, msg: &T, arena: &mut Arena) -> Option<ArrayBuffer> {
+        let mut body = ArrayBuffer::pooled_for(self.size_hint.get())?;
+        let len = codec::encode_into_bytes(msg, &mut body, arena)?;
+        body.truncate(len);
+        self.size_hint.set(len);
+        Some(body)
     }
 
     /// Serializes `msg` directly into the ring if it fits now. `Ok(false)`: no room.

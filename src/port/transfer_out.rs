@@ -79,16 +79,43 @@ impl MessagePort {
         list: Vec<Transferable>,
         wait: RoomWait,
     ) -> Result<(), PostError> {
+        let inline = transfer::archive_offset(list.len()) + archive.len() <= tx.mem().max_payload();
+        if inline {
+            return self.send_record(tx, Archive::Inline(archive), fp, list, wait);
+        }
+        match ArrayBuffer::body_copy(archive) {
+            Ok(body) => self.send_record(tx, Archive::Body(body), fp, list, wait),
+            Err(e) => Err(PostError::new(PostErrorKind::Os(e.into_io()), list)),
+        }
+    }
+
+    /// Sends a message whose archive was serialized straight into `body` (a buffer of
+    /// this process's pool) as a transfer record without transfer list.
+    pub(super) fn send_body(
+        &self,
+        tx: &mut Producer,
+        body: ArrayBuffer,
+        fp: u64,
+        wait: RoomWait,
+    ) -> Result<(), PostError> {
+        self.send_record(tx, Archive::Body(body), fp, Vec::new(), wait)
+    }
+
+    /// Sends one transfer record, its archive inline or in a body, with its note.
+    fn send_record(
+        &self,
+        tx: &mut Producer,
+        archive: Archive<'_>,
+        fp: u64,
+        list: Vec<Transferable>,
+        wait: RoomWait,
+    ) -> Result<(), PostError> {
         if self.peer_gone_cheap() {
             return Err(PostError::new(PostErrorKind::Disconnected, list));
         }
-        let inline = transfer::archive_offset(list.len()) + archive.len() <= tx.mem().max_payload();
-        let body = match (!inline)
-            .then(|| ArrayBuffer::body_copy(archive))
-            .transpose()
-        {
-            Ok(body) => body,
-            Err(e) => return Err(PostError::new(PostErrorKind::Os(e.into_io()), list)),
+        let (inline, body) = match archive {
+            Archive::Inline(bytes) => (Some(bytes), None),
+            Archive::Body(body) => (None, Some(body)),
         };
         // Moving ports take their heap tables along (the records queued for them name
         // heaps by index).
@@ -115,7 +142,7 @@ impl MessagePort {
             return Err(PostError::new(kind, list));
         }
         let seq = next_transfer_seq();
-        let payload = record_payload(seq, &items, fds.len(), inline.then_some(archive));
+        let payload = record_payload(seq, &items, fds.len(), inline);
         // Room first: once the descriptors are on the socket, the record must follow.
         if let Err(kind) = self.when_room(tx, wait, |tx| tx.fits(payload.len()).is_some()) {
             return Err(PostError::new(kind, list));
@@ -200,6 +227,14 @@ impl MessagePort {
             _ => PostErrorKind::Os(e),
         })
     }
+}
+
+/// Where a transfer record's archive travels.
+enum Archive<'a> {
+    /// In the record, after the items.
+    Inline(&'a [u8]),
+    /// In a buffer of its own, the record's last item.
+    Body(ArrayBuffer),
 }
 
 /// What a transfer record says and its note carries.

@@ -109,6 +109,20 @@ impl ArrayBuffer {
         Ok(buf)
     }
 
+    /// An unzeroed pooled buffer with room for at least `len` bytes (its slot's whole size),
+    /// to serialize a large message into; `None` when `len` is larger than any slot, or
+    /// the pool cannot grow.
+    pub(crate) fn pooled_for(len: usize) -> Option<ArrayBuffer> {
+        let class = heap::class_for(len)?;
+        Self::allocate(heap::CLASSES[class], false).ok()
+    }
+
+    /// Shortens the buffer to its first `len` bytes (a body whose archive is shorter than
+    /// the slot it was written into). The slot stays whole in the pool.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     fn allocate(len: usize, zeroed: bool) -> Result<ArrayBuffer, Error> {
         let region = if len == 0 {
             Region::Empty

@@ -124,6 +124,22 @@ pub(crate) fn encode_into<T: Message>(
         .map(|w| w.pos())
 }
 
+/// Serializes `value` into `area` (a pooled buffer this process holds, for a message too
+/// large for the ring); `None` if it does not fit, or if serializing fails (the slow path
+/// then reports why). `area` is far below [`MAX_ARCHIVE_LEN`], so no offset can overflow.
+pub(crate) fn encode_into_bytes<T: Message>(
+    value: &T,
+    area: &mut [u8],
+    arena: &mut Arena,
+) -> Option<usize> {
+    use rkyv::ser::Positional;
+    debug_assert!(area.len() <= MAX_ARCHIVE_LEN);
+    let writer = Buffer::from(area);
+    rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Failure>(value, writer, arena.acquire())
+        .ok()
+        .map(|w| w.pos())
+}
+
 /// The largest archive shmport writes: 2 GiB minus 64 KiB.
 ///
 /// The wire format stores relative pointers as signed 32-bit offsets (`pointer_width_32`),
