@@ -135,6 +135,7 @@ impl MessagePort {
             Ok(d) => d,
             Err(e) => return Err(PostError::new(PostErrorKind::Os(e), list)),
         };
+        drop(sent);
         if fds.len() > sys::MAX_FDS_PER_MESSAGE {
             let kind = PostErrorKind::DataClone(
                 "the transfer list needs more descriptors than one message carries",
@@ -195,13 +196,13 @@ impl MessagePort {
 
     /// The heaps the reader's table holds, as this handle sent them; none after the reader
     /// lost registrations (it asks for the table to start over).
-    fn heaps_already_sent(&self) -> Vec<(u64, u64)> {
+    fn heaps_already_sent(&self) -> std::cell::Ref<'_, Vec<(u64, u64)>> {
         let lost = &self.seg.ring_ctrl(self.side).heaps_lost;
         // Acquire: pairs with the reader's Release in `ask_writer_to_resend_heaps`.
         if lost.load(Ordering::Relaxed) != 0 && lost.swap(0, Ordering::Acquire) != 0 {
             self.heaps_sent.borrow_mut().clear();
         }
-        self.heaps_sent.borrow().clone()
+        self.heaps_sent.borrow()
     }
 
     /// Sends the note that pairs with transfer record `seq`: its sequence number, its item
@@ -414,5 +415,5 @@ impl Drop for Moves<'_> {
 pub(super) fn next_transfer_seq() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    (u64::from(std::process::id()) << 40) ^ n
+    (u64::from(sys::current_pid()) << 40) ^ n
 }

@@ -71,6 +71,9 @@ pub(crate) struct Heap {
     slot_size: usize,
     slots: u32,
     identity: (u64, u64),
+    /// The slots this process holds, one bit each: process-private, never shared. One
+    /// `Heap` exists per heap and process while anything of it is alive (`Pools::mapped`).
+    held: Box<[std::sync::atomic::AtomicU64]>,
 }
 
 // SAFETY: the mapping is reached through atomics (slot states) and through slot byte
@@ -108,6 +111,7 @@ impl Heap {
             slot_size,
             slots,
             identity,
+            held: held_bits(slots),
         })
     }
 
@@ -148,6 +152,7 @@ impl Heap {
             slot_size: slot_size as usize,
             slots,
             identity,
+            held: held_bits(slots),
         })
     }
 
@@ -256,7 +261,7 @@ impl Heap {
         if slot >= self.slots || len > self.slot_size as u64 || generation > u32::MAX >> 2 {
             return Err("buffer descriptor out of the heap's bounds");
         }
-        if !pools(|p| p.held.insert((self.identity, slot))) {
+        if !self.hold(slot) {
             return Err("buffer descriptor names a slot this process already holds");
         }
         // Acquire: pairs with the sender's Release in `send`.
@@ -274,15 +279,33 @@ impl Heap {
             })
     }
 
-    /// Ends this process's hold on a received slot (it was freed or sent on).
-    pub(crate) fn forget_held(&self, slot: u32) {
-        pools(|p| p.held.remove(&(self.identity, slot)));
+    /// Records that this process holds `slot` (allocated or received); `false` when it
+    /// already did. A peer that rewrites a slot's state (to "free", or to "in transit" and
+    /// sends it back) cannot make us hold a second buffer on it.
+    fn hold(&self, slot: u32) -> bool {
+        let bit = 1u64 << (slot % 64);
+        let word = &self.held[slot as usize / 64];
+        word.fetch_or(bit, std::sync::atomic::Ordering::Relaxed) & bit == 0
     }
 
-    /// Restores the hold on a received slot whose sending failed.
-    pub(crate) fn hold_again(&self, slot: u32) {
-        pools(|p| p.held.insert((self.identity, slot)));
+    /// Ends this process's hold on a slot (it was freed or sent on).
+    pub(crate) fn forget_held(&self, slot: u32) {
+        let bit = 1u64 << (slot % 64);
+        let word = &self.held[slot as usize / 64];
+        word.fetch_and(!bit, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// Restores the hold on a slot whose sending failed.
+    pub(crate) fn hold_again(&self, slot: u32) {
+        self.hold(slot);
+    }
+}
+
+/// One clear bit per slot.
+fn held_bits(slots: u32) -> Box<[std::sync::atomic::AtomicU64]> {
+    (0..slots.div_ceil(64))
+        .map(|_| Default::default())
+        .collect()
 }
 
 /// This process's heaps, per class, for allocation; and every heap it has mapped, by
@@ -294,10 +317,6 @@ struct Pools {
     /// and no channel that names it (`port`'s heap tables) is alive here. This process's
     /// own heaps stay alive in `own`.
     mapped: HashMap<(u64, u64), Weak<Heap>>,
-    /// Slots this process holds (allocated or received), by heap identity: a peer that
-    /// rewrites a slot's state (to "free", or to "in transit" and sends it back) cannot make
-    /// us hold a second buffer on it.
-    held: std::collections::HashSet<((u64, u64), u32)>,
     /// `mapped`'s size at which gone heaps are next swept out.
     sweep_at: usize,
 }
@@ -311,7 +330,6 @@ fn pools<R>(f: impl FnOnce(&mut Pools) -> R) -> R {
         next: [0; CLASSES.len()],
         mapped: HashMap::new(),
         sweep_at: 16,
-        held: Default::default(),
     });
     f(pools)
 }
@@ -335,7 +353,7 @@ pub(crate) fn allocate(class: usize) -> std::io::Result<(Arc<Heap>, u32, u32)> {
             while let Some((slot, generation)) = heap.try_take(start) {
                 // A slot we hold that a peer marked free is not free: skip it (it stays
                 // taken; the peer only made it leak).
-                if p.held.insert((heap.identity, slot)) {
+                if heap.hold(slot) {
                     p.next[class] = slot.wrapping_add(1);
                     return Ok((Arc::clone(heap), slot, generation));
                 }
@@ -345,7 +363,7 @@ pub(crate) fn allocate(class: usize) -> std::io::Result<(Arc<Heap>, u32, u32)> {
         let (slot, generation) = heap
             .try_take(0)
             .ok_or_else(|| std::io::Error::other("new heap full"))?;
-        p.held.insert((heap.identity, slot));
+        heap.hold(slot);
         p.remember(&heap);
         p.own[class].push(Arc::clone(&heap));
         p.next[class] = slot + 1;
