@@ -94,6 +94,8 @@ pub struct MessagePort {
     rx: RefCell<Consumer>,
     rx_scratch: RefCell<AlignedVec<16>>,
     tx_scratch: RefCell<AlignedVec<16>>,
+    /// The payload of the transfer record being posted (reused).
+    tx_record: RefCell<AlignedVec<16>>,
     send_fp: FingerprintCache,
     recv_fp: FingerprintCache,
     recv_wait: Waiter,
@@ -150,6 +152,7 @@ impl MessagePort {
             rx: RefCell::new(rx),
             rx_scratch: RefCell::new(AlignedVec::new()),
             tx_scratch: RefCell::new(AlignedVec::new()),
+            tx_record: RefCell::new(AlignedVec::new()),
             send_fp: FingerprintCache::new(),
             recv_fp: FingerprintCache::new(),
             recv_wait: Waiter::new(wait),

@@ -143,7 +143,10 @@ impl MessagePort {
             return Err(PostError::new(kind, list));
         }
         let seq = next_transfer_seq();
-        let payload = record_payload(seq, &items, fds.len(), inline);
+        let Ok(mut payload) = self.tx_record.try_borrow_mut() else {
+            return Err(PostError::new(PostErrorKind::Reentrant, list));
+        };
+        record_payload(&mut payload, seq, &items, fds.len(), inline);
         // Room first: once the descriptors are on the socket, the record must follow.
         if let Err(kind) = self.when_room(tx, wait, |tx| tx.fits(payload.len()).is_some()) {
             return Err(PostError::new(kind, list));
@@ -357,7 +360,13 @@ fn describe<'a>(
 }
 
 /// The payload of a transfer record: header, items, and the archive when it is inline.
-fn record_payload(seq: u64, items: &[Item], fds: usize, inline: Option<&[u8]>) -> AlignedVec<16> {
+fn record_payload(
+    payload: &mut AlignedVec<16>,
+    seq: u64,
+    items: &[Item],
+    fds: usize,
+    inline: Option<&[u8]>,
+) {
     let header = TransferHeader {
         seq,
         items: items.len() as u32,
@@ -365,14 +374,13 @@ fn record_payload(seq: u64, items: &[Item], fds: usize, inline: Option<&[u8]>) -
         inline_len: inline.map_or(0, |a| a.len() as u32),
         reserved: 0,
     };
-    let mut payload = AlignedVec::<16>::new();
+    payload.clear();
     payload.extend_from_slice(bytemuck::bytes_of(&header));
     payload.extend_from_slice(bytemuck::cast_slice(items));
     payload.resize(transfer::archive_offset(items.len()), 0);
     if let Some(archive) = inline {
         payload.extend_from_slice(archive);
     }
-    payload
 }
 
 /// The moves of a transfer list in progress: moving ports have published their state and
