@@ -130,13 +130,17 @@ pub fn transfer_record(data: &[u8]) {
         return;
     };
     heap.send(slot, generation);
+    // The items against a heap table holding that heap: indices named, registered out of
+    // order or beyond the table, slots and generations forged (no descriptors: an item
+    // that needs one fails).
+    let mut table = vec![Some(heap.clone())];
+    let _ = crate::port::transfer_in::rebuild_without_descriptors(&header, &items, &mut table);
     for item in &items {
         if item.kind == ITEM_SLOT {
-            if let Ok(generation) = u32::try_from(item.reserved) {
-                if heap.receive(item.side, generation, item.len).is_ok() {
-                    heap.forget_held(item.side);
-                    heap.release(item.side, generation);
-                }
+            let generation = transfer::SlotRef::unpack(item.reserved).generation;
+            if heap.receive(item.side, generation, item.len).is_ok() {
+                heap.forget_held(item.side);
+                heap.release(item.side, generation);
             }
         }
     }

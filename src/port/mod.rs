@@ -11,7 +11,7 @@ mod readiness;
 mod recv;
 #[cfg(all(test, not(loom)))]
 mod tests;
-mod transfer_in;
+pub(crate) mod transfer_in;
 mod transfer_out;
 mod transferable;
 

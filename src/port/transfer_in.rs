@@ -161,9 +161,20 @@ struct Arrived {
     body: Option<ArrayBuffer>,
 }
 
+/// The fuzz targets' way in: rebuilds a record's items against `table` with no
+/// descriptors (so every item that needs one fails, and table lookups are exercised).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn rebuild_without_descriptors(
+    header: &TransferHeader,
+    items: &[Item],
+    table: &mut HeapTable,
+) -> bool {
+    rebuild(header, items, Vec::new(), table).is_ok()
+}
+
 /// A channel direction's heap table, as the receiving port holds it: `None` where a
 /// registration's descriptor was lost (`wire::transfer`, "Heap tables").
-pub(super) type HeapTable = Vec<Option<Arc<Heap>>>;
+pub(crate) type HeapTable = Vec<Option<Arc<Heap>>>;
 
 /// Rebuilds every item of a transfer record from the note's descriptors, in item order,
 /// registering the heaps that came with descriptors in `table` (all of them, even when an
