@@ -126,7 +126,7 @@ pub fn transfer_record(data: &[u8]) {
     let Ok((header, items)) = transfer::parse(&payload) else {
         return;
     };
-    let Ok((heap, slot, generation)) = crate::shm::heap::allocate(0) else {
+    let Ok(Some((heap, slot, generation))) = crate::shm::heap::allocate(0) else {
         return;
     };
     heap.send(slot, generation);

@@ -107,3 +107,44 @@ fn a_server_holds_no_more_after_2000_clients_than_after_20() {
         },
     );
 }
+
+#[test]
+fn a_pool_at_its_limit_gives_new_buffers_regions_of_their_own() {
+    common::isolated(
+        "a_pool_at_its_limit_gives_new_buffers_regions_of_their_own",
+        || {
+            ArrayBuffer::set_pool_limit(0);
+            let ch = MessageChannel::new().unwrap();
+            for len in [100, 1 << 20] {
+                let mut buf = ArrayBuffer::new(len).unwrap();
+                buf[len - 1] = 9;
+                ch.port1.post_message(&0u8, [buf.into()]).unwrap();
+                assert_eq!(ch.port2.recv::<u8>().unwrap().buffers[0][len - 1], 9);
+            }
+            assert_eq!(heap_mappings(), 0, "no heap was made past the limit");
+        },
+    );
+}
+
+#[test]
+fn trimming_the_pool_hands_the_pages_of_free_large_slots_back() {
+    common::isolated(
+        "trimming_the_pool_hands_the_pages_of_free_large_slots_back",
+        || {
+            let frames: Vec<ArrayBuffer> = (0..4)
+                .map(|i| {
+                    let mut f = ArrayBuffer::new_unzeroed(16 << 20).unwrap();
+                    f.fill(i);
+                    f
+                })
+                .collect();
+            drop(frames);
+            let resident = resident_shared_kib();
+            assert!(ArrayBuffer::trim_pool() >= 64 << 20);
+            // The 64 MiB the frames touched are no longer resident.
+            assert!(resident - resident_shared_kib() >= 60 << 10);
+            let again = ArrayBuffer::new(16 << 20).unwrap(); // the slot works again
+            assert!(again.iter().all(|&b| b == 0));
+        },
+    );
+}

@@ -188,7 +188,7 @@ mod forged_transfers {
         let ch = MessageChannel::new().unwrap();
         let (slot, generation, first) = deliver_a_pooled_buffer(&ch);
         // Replay the same descriptor: the slot is owned by the receiver now, not in transit.
-        let (heap, ..) = crate::shm::heap::allocate(0).unwrap();
+        let (heap, ..) = crate::shm::heap::allocate(0).unwrap().unwrap();
         post_raw(
             &ch.port1,
             &[item(ITEM_SLOT, slot, 100, generation.into())],
@@ -206,7 +206,7 @@ mod forged_transfers {
         let ch = MessageChannel::new().unwrap();
         let (slot, generation, _held) = deliver_a_pooled_buffer(&ch);
         // A hostile peer flips the slot back to "in transit" and replays the descriptor.
-        let (heap, ..) = crate::shm::heap::allocate(0).unwrap();
+        let (heap, ..) = crate::shm::heap::allocate(0).unwrap().unwrap();
         let state = heap_state_word(&heap, slot);
         state.store((generation << 2) | 2, std::sync::atomic::Ordering::Relaxed);
         post_raw(
@@ -224,7 +224,7 @@ mod forged_transfers {
         let Wire::Slot { slot, .. } = a.wire() else {
             panic!("pooled")
         };
-        let (heap, ..) = crate::shm::heap::allocate(0).unwrap();
+        let (heap, ..) = crate::shm::heap::allocate(0).unwrap().unwrap();
         heap_state_word(&heap, slot).store(0, std::sync::atomic::Ordering::Relaxed);
         let others: Vec<ArrayBuffer> = (0..600).map(|_| ArrayBuffer::new(100).unwrap()).collect();
         assert!(others.iter().all(|b| b.as_ptr() != a.as_ptr()));
@@ -257,7 +257,7 @@ mod forged_transfers {
     fn a_heap_registered_out_of_order_is_a_message_error_and_names_nothing() {
         use crate::wire::transfer::{ITEM_SLOT_KNOWN, SlotRef};
         let ch = MessageChannel::new().unwrap();
-        let (heap, slot, generation) = crate::shm::heap::allocate(0).unwrap();
+        let (heap, slot, generation) = crate::shm::heap::allocate(0).unwrap().unwrap();
         heap.send(slot, generation);
         let skipping = SlotRef {
             generation,
@@ -283,7 +283,7 @@ mod forged_transfers {
     #[test]
     fn a_pooled_buffer_descriptor_out_of_the_heap_is_a_message_error() {
         let ch = MessageChannel::new().unwrap();
-        let (heap, slot, generation) = crate::shm::heap::allocate(0).unwrap();
+        let (heap, slot, generation) = crate::shm::heap::allocate(0).unwrap().unwrap();
         heap.send(slot, generation);
         post_raw(
             &ch.port1,

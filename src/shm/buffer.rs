@@ -101,6 +101,36 @@ impl ArrayBuffer {
         Self::allocate(len, false)
     }
 
+    /// Caps the shared memory this process's buffer pool may hold, in bytes (default
+    /// 1 GiB). Past it, new buffers get a region of their own (a memfd each, as buffers
+    /// over 64 MiB always do) instead of a new pooled heap; heaps already made stay.
+    ///
+    /// ```
+    /// shmport::ArrayBuffer::set_pool_limit(256 << 20);
+    /// let frame = shmport::ArrayBuffer::new(1 << 20)?; // pooled while under the limit
+    /// # drop(frame);
+    /// # shmport::ArrayBuffer::set_pool_limit(1 << 30);
+    /// # Ok::<(), shmport::Error>(())
+    /// ```
+    pub fn set_pool_limit(bytes: usize) {
+        heap::set_pool_limit(bytes);
+    }
+
+    /// Hands the memory of this process's free pooled slots of 256 KiB and up back to the
+    /// operating system (their pages are released; the slots stay in the pool and are
+    /// faulted in again when reused). Returns the bytes of slots released. Call it after a
+    /// burst of large frames, or from an idle timer: the pool never trims by itself.
+    ///
+    /// ```
+    /// drop(shmport::ArrayBuffer::new(4 << 20)?);
+    /// let released = shmport::ArrayBuffer::trim_pool();
+    /// assert!(released >= 4 << 20);
+    /// # Ok::<(), shmport::Error>(())
+    /// ```
+    pub fn trim_pool() -> usize {
+        heap::trim()
+    }
+
     /// A buffer holding a copy of `bytes`, pooled when it fits a class: the out-of-ring
     /// body of a large message.
     pub(crate) fn body_copy(bytes: &[u8]) -> Result<ArrayBuffer, Error> {
@@ -124,12 +154,16 @@ impl ArrayBuffer {
     }
 
     fn allocate(len: usize, zeroed: bool) -> Result<ArrayBuffer, Error> {
+        let pooled = match heap::class_for(len) {
+            Some(class) if len > 0 => {
+                heap::allocate(class).map_err(|e| Error::os("creating a shared heap", e))?
+            }
+            _ => None,
+        };
         let region = if len == 0 {
             Region::Empty
-        } else if let Some(class) = heap::class_for(len) {
+        } else if let Some((heap, slot, generation)) = pooled {
             // Pooled: no system call once this process has a heap with a free slot.
-            let (heap, slot, generation) =
-                heap::allocate(class).map_err(|e| Error::os("creating a shared heap", e))?;
             if zeroed {
                 // SAFETY: the slot was just taken for this buffer (no one else holds it),
                 // and `len` fits its class.
@@ -141,6 +175,8 @@ impl ArrayBuffer {
                 generation,
             }
         } else {
+            // Larger than a slot, or the pool is at its limit: a region of its own (the
+            // kernel zero-fills it).
             let fd =
                 sys::create_shared_memory("shmport-buffer", len as u64).map_err(Error::from)?;
             let map = sys::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;

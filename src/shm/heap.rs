@@ -87,9 +87,14 @@ impl Heap {
         (HEADER + 4 * slots as usize).next_multiple_of(PAGE)
     }
 
+    /// The length of a heap of `class`.
+    fn len_of(class: usize) -> usize {
+        Self::data_offset(SLOTS[class]) + SLOTS[class] as usize * CLASSES[class]
+    }
+
     fn create(class: usize) -> std::io::Result<Heap> {
         let (slot_size, slots) = (CLASSES[class], SLOTS[class]);
-        let len = Self::data_offset(slots) + slots as usize * slot_size;
+        let len = Self::len_of(class);
         let fd = sys::create_shared_memory("shmport-heap", len as u64)?;
         let map = sys::map_shared(fd.as_fd(), len)?;
         let base = map.as_mut_ptr();
@@ -279,6 +284,22 @@ impl Heap {
             })
     }
 
+    /// Hands the pages of every free slot back to the kernel (they read as zero when
+    /// touched again); the bytes of the slots released.
+    fn release_free_pages(&self) -> usize {
+        let mut released = 0;
+        for slot in 0..self.slots {
+            if self.state(slot).load(Ordering::Relaxed) & STATE_MASK != FREE {
+                continue;
+            }
+            let at = Self::data_offset(self.slots) + slot as usize * self.slot_size;
+            if sys::release_pages(self.fd(), at as u64, self.slot_size as u64).is_ok() {
+                released += self.slot_size;
+            }
+        }
+        released
+    }
+
     /// Records that this process holds `slot` (allocated or received); `false` when it
     /// already did. A peer that rewrites a slot's state (to "free", or to "in transit" and
     /// sends it back) cannot make us hold a second buffer on it.
@@ -319,6 +340,37 @@ struct Pools {
     mapped: HashMap<(u64, u64), Weak<Heap>>,
     /// `mapped`'s size at which gone heaps are next swept out.
     sweep_at: usize,
+    /// Bytes of the heaps this process created, and the most it may create.
+    pool_bytes: usize,
+    limit: usize,
+}
+
+/// The pool's default limit: 1 GiB of heaps.
+const DEFAULT_POOL_LIMIT: usize = 1 << 30;
+
+/// Caps the bytes of heaps this process creates (heaps already made stay).
+pub(crate) fn set_pool_limit(bytes: usize) {
+    pools(|p| p.limit = bytes);
+}
+
+/// Releases the pages of every free slot of 256 KiB and up in this process's heaps; the
+/// bytes of the slots released. Only this process allocates from its heaps, under the
+/// pools' lock held here, so no slot found free is taken meanwhile; one freed by another
+/// process during the sweep is released at the next.
+pub(crate) fn trim() -> usize {
+    pools(|p| {
+        let mut released = 0;
+        for heaps in p
+            .own
+            .iter()
+            .filter(|h| h.first().is_some_and(|h| h.slot_size >= FIRST_FIT_FROM))
+        {
+            for heap in heaps {
+                released += heap.release_free_pages();
+            }
+        }
+        released
+    })
 }
 
 static POOLS: Mutex<Option<Pools>> = Mutex::new(None);
@@ -330,6 +382,8 @@ fn pools<R>(f: impl FnOnce(&mut Pools) -> R) -> R {
         next: [0; CLASSES.len()],
         mapped: HashMap::new(),
         sweep_at: 16,
+        pool_bytes: 0,
+        limit: DEFAULT_POOL_LIMIT,
     });
     f(pools)
 }
@@ -340,7 +394,10 @@ pub(crate) fn class_for(len: usize) -> Option<usize> {
 }
 
 /// Allocates a slot of class `class`: from a heap with a free slot, or a new heap.
-pub(crate) fn allocate(class: usize) -> std::io::Result<(Arc<Heap>, u32, u32)> {
+///
+/// `Ok(None)` when no heap has a free slot and a new one would take the pool past its
+/// limit ([`set_pool_limit`]).
+pub(crate) fn allocate(class: usize) -> std::io::Result<Option<(Arc<Heap>, u32, u32)>> {
     pools(|p| {
         // Small slots round-robin (a short scan); large ones first-fit from slot 0, so a
         // pipeline keeps reusing the few slots whose pages are already resident.
@@ -355,11 +412,16 @@ pub(crate) fn allocate(class: usize) -> std::io::Result<(Arc<Heap>, u32, u32)> {
                 // taken; the peer only made it leak).
                 if heap.hold(slot) {
                     p.next[class] = slot.wrapping_add(1);
-                    return Ok((Arc::clone(heap), slot, generation));
+                    return Ok(Some((Arc::clone(heap), slot, generation)));
                 }
             }
         }
+        let len = Heap::len_of(class);
+        if p.pool_bytes + len > p.limit {
+            return Ok(None);
+        }
         let heap = Arc::new(Heap::create(class)?);
+        p.pool_bytes += len;
         let (slot, generation) = heap
             .try_take(0)
             .ok_or_else(|| std::io::Error::other("new heap full"))?;
@@ -367,7 +429,7 @@ pub(crate) fn allocate(class: usize) -> std::io::Result<(Arc<Heap>, u32, u32)> {
         p.remember(&heap);
         p.own[class].push(Arc::clone(&heap));
         p.next[class] = slot + 1;
-        Ok((heap, slot, generation))
+        Ok(Some((heap, slot, generation)))
     })
 }
 

@@ -70,6 +70,14 @@ pub(crate) fn object_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
     u64::try_from(st.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
 }
 
+/// Releases the pages of `[offset, offset + len)` of a shared-memory object (a hole
+/// punched in the memfd: the range reads as zeros and takes no memory until written).
+pub(crate) fn release_pages(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    use rustix::fs::{FallocateFlags, fallocate};
+    let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    fallocate(fd, mode, offset, len).map_err(io::Error::from)
+}
+
 /// Maps `len` bytes of `fd` shared and read-write, reachable only through raw pointers.
 pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<MmapRaw> {
     MmapOptions::new().len(len).map_raw(&fd)
