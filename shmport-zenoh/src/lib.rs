@@ -1,0 +1,679 @@
+//! A shmport [`MessagePort`] whose peer lives on another host, bridged over
+//! [Zenoh](https://zenoh.io) 1.x in peer mode.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use shmport_zenoh::{Bridge, BridgeConfig};
+//!
+//! // Host A
+//! let bridge = Bridge::open(BridgeConfig::new().listen("127.0.0.1:7447"))?;
+//! let port = bridge.bind("jobs")?.accept()?;
+//! let job = port.recv::<String>()?.data;
+//!
+//! // Host B
+//! let bridge = Bridge::open(BridgeConfig::new().connect("127.0.0.1:7447"))?;
+//! let port = bridge.connect("jobs", Duration::from_secs(5))?;
+//! port.post_message(&String::from("resize 4k.png"), [])?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The port is an ordinary local `MessagePort`: `post_message`, `recv`, `PortSet`,
+//! `recv_async` and `on_message` work on it unchanged. Its entangled end belongs to the
+//! bridge, which forwards every message, undecoded ([`MessagePort::recv_raw`] /
+//! [`MessagePort::post_raw`]), to the bridge on the other host, which posts it into the
+//! far port. The final receiver validates and type-checks it as on one host.
+//!
+//! # Semantics across hosts
+//!
+//! - **Order, nothing lost, nothing duplicated.** Each direction of a channel is a
+//!   stream of frames numbered from 0. A gap or a duplicate, a Zenoh transport torn down,
+//!   or the peer bridge's liveliness token disappearing ends the channel: the local port
+//!   receives what arrived intact, then `Disconnected`. A channel never resumes.
+//! - **Backpressure end to end.** The receiving bridge grants credit (messages and body
+//!   bytes) as its local ring accepts messages; a sender without credit leaves messages in
+//!   its local ring, so a slow consumer makes the remote `post_message` wait. The bridge
+//!   never makes Zenoh queue more than the receiver granted, so Zenoh neither drops
+//!   (every publisher uses `CongestionControl::Block`) nor stalls its shared send queue,
+//!   and one stalled channel does not delay another.
+//! - **Transfers.** A transferred [`ArrayBuffer`](shmport::ArrayBuffer) travels as bytes,
+//!   in chunks, and arrives as a shared-memory buffer, copied once on arrival (any size:
+//!   more than Zenoh's 1 GiB message limit works). A transferred port stays with the
+//!   sending bridge, which proxies it on a channel of its own: its queued messages follow,
+//!   in order; relayed back and forth, it still works.
+//! - **Close and death.** Closing or dropping a port: the far side receives everything
+//!   posted before, then `Disconnected`. A killed remote process is noticed when its TCP
+//!   connection drops (milliseconds); a silent one (stopped, cable pulled) after one Zenoh
+//!   lease ([`BridgeConfig::lease`]).
+//!
+//! # Threads, not async
+//!
+//! Zenoh runs its own runtime for the network; the bridge adds one plain thread per
+//! channel (a *pump*) and uses Zenoh's blocking API (`zenoh::Wait`). A pump owns its
+//! bridge-side port and waits on it with a [`PortSet`](shmport::PortSet), which also
+//! holds a small local channel that Zenoh's callbacks ring when frames arrive. Threads
+//! because every operation on the local side is a synchronous `MessagePort` call, because
+//! a channel blocked by its consumer must not hold anything another channel needs, and
+//! because the bridge then pulls no async runtime into programs that have none.
+//!
+//! # Security
+//!
+//! Nothing listens unless [`BridgeConfig::listen`] says so, and multicast scouting is
+//! off. Every frame from the network is untrusted: lengths, counts, sequence numbers and
+//! credit are checked ([`frame`]), and a violation ends that channel only. To restrict
+//! who may connect, listen on a private interface and use Zenoh's TLS transport with
+//! mutual authentication (the `tls` feature; `tls/host:port` endpoints, certificates in
+//! `transport/link/tls` of a Zenoh config given to [`Bridge::from_session`]); a
+//! [realm](BridgeConfig::realm) separates deployments that share a network, but is not
+//! access control.
+//!
+//! # Stable type identity
+//!
+//! A message's type fingerprint hashes its Rust type name, so two separately built
+//! programs can disagree about the same type. Declare a stable name
+//! ([`StableType`], [`BridgeConfig::message_type`]); the two bridges exchange their names
+//! and fingerprints in the handshake and translate incoming fingerprints. Types without
+//! a name travel with the sender's fingerprint, which is right for the same build.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod frame;
+mod pump;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use shmport::{MessageChannel, MessagePort, RawMessage};
+use zenoh::Wait;
+use zenoh::liveliness::LivelinessToken;
+use zenoh::pubsub::Subscriber;
+use zenoh::query::Query;
+use zenoh::sample::SampleKind;
+
+pub use zenoh;
+
+use frame::Hello;
+
+/// A message type with a name that stays the same across builds, compilers and module
+/// paths: what two separately built programs agree on.
+///
+/// ```
+/// use shmport::rkyv::{Archive, Deserialize, Serialize};
+///
+/// #[derive(Archive, Serialize, Deserialize)]
+/// #[rkyv(crate = shmport::rkyv)] // shmport's rkyv, so both ends use the same one
+/// struct Job { id: u64 }
+///
+/// impl shmport_zenoh::StableType for Job {
+///     const STABLE_NAME: &'static str = "example.Job/1";
+/// }
+/// let config = shmport_zenoh::BridgeConfig::new().message_type::<Job>();
+/// ```
+pub trait StableType: shmport::Message {
+    /// The type's stable name; change it when the type's layout changes.
+    const STABLE_NAME: &'static str;
+}
+
+/// How to open a [`Bridge`].
+#[derive(Clone, Debug)]
+pub struct BridgeConfig {
+    listen: Vec<String>,
+    connect: Vec<String>,
+    realm: String,
+    lease: Duration,
+    multicast_scouting: bool,
+    window_messages: u64,
+    window_bytes: u64,
+    types: Vec<(String, u64)>,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BridgeConfig {
+    /// No endpoints, realm `shmport`, a 10 s lease, multicast scouting off, a window of
+    /// 1,024 messages and 32 MiB per channel direction.
+    pub fn new() -> Self {
+        BridgeConfig {
+            listen: Vec::new(),
+            connect: Vec::new(),
+            realm: "shmport".into(),
+            lease: Duration::from_secs(10),
+            multicast_scouting: false,
+            window_messages: 1024,
+            window_bytes: 32 << 20,
+            types: Vec::new(),
+        }
+    }
+
+    /// Listens on `endpoint`: `host:port` (TCP) or a Zenoh locator such as
+    /// `tcp/0.0.0.0:7447` or, with the `tls` feature, `tls/host:port`.
+    pub fn listen(mut self, endpoint: &str) -> Self {
+        self.listen.push(locator(endpoint));
+        self
+    }
+
+    /// Connects to `endpoint` (as for [`listen`](Self::listen)); Zenoh retries until
+    /// the peer is up.
+    pub fn connect(mut self, endpoint: &str) -> Self {
+        self.connect.push(locator(endpoint));
+        self
+    }
+
+    /// The key-expression prefix of every key the bridge uses (default `shmport`): bridges
+    /// of different realms on one network do not see each other's names.
+    pub fn realm(mut self, realm: &str) -> Self {
+        self.realm = realm.into();
+        self
+    }
+
+    /// How long a silent peer (stopped, unreachable) is trusted: after one lease its
+    /// channels end with `Disconnected`. Zenoh sends four keep-alives per lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Turns Zenoh's multicast scouting on (off by default: peers meet only at the
+    /// configured endpoints).
+    pub fn multicast_scouting(mut self, on: bool) -> Self {
+        self.multicast_scouting = on;
+        self
+    }
+
+    /// The credit this bridge grants per channel direction: at most `messages` messages
+    /// and `bytes` body bytes in flight or waiting in the bridge beyond the local ring.
+    /// `bytes` is raised to at least 4 MiB (two chunks).
+    pub fn window(mut self, messages: u64, bytes: u64) -> Self {
+        self.window_messages = messages.max(1);
+        self.window_bytes = bytes.max(2 * pump::CHUNK as u64);
+        self
+    }
+
+    /// Declares `T`'s stable name for the handshake (see [`StableType`]).
+    pub fn message_type<T: StableType>(self) -> Self {
+        self.message_type_named::<T>(T::STABLE_NAME)
+    }
+
+    /// Declares a stable name for a type this crate cannot implement [`StableType`] for
+    /// (`String`, `Vec<u8>`, another crate's type).
+    pub fn message_type_named<T: shmport::Message>(mut self, name: &str) -> Self {
+        self.types
+            .push((name.into(), RawMessage::fingerprint_of::<T>()));
+        self
+    }
+
+    /// The Zenoh configuration this config stands for: peer mode, the endpoints, the
+    /// lease, scouting.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::Zenoh`] when Zenoh refuses a value (a malformed endpoint).
+    pub fn zenoh_config(&self) -> Result<zenoh::Config, BridgeError> {
+        let mut c = zenoh::Config::default();
+        let json = |v: &[String]| {
+            let items: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+            format!("[{}]", items.join(","))
+        };
+        let set = |c: &mut zenoh::Config, k: &str, v: &str| {
+            c.insert_json5(k, v).map_err(BridgeError::Zenoh)
+        };
+        set(&mut c, "mode", "\"peer\"")?;
+        set(&mut c, "listen/endpoints", &json(&self.listen))?;
+        set(&mut c, "connect/endpoints", &json(&self.connect))?;
+        let multicast = if self.multicast_scouting {
+            "true"
+        } else {
+            "false"
+        };
+        set(&mut c, "scouting/multicast/enabled", multicast)?;
+        let lease = self.lease.as_millis().max(10).to_string();
+        set(&mut c, "transport/link/tx/lease", &lease)?;
+        Ok(c)
+    }
+}
+
+fn locator(endpoint: &str) -> String {
+    if endpoint.contains('/') {
+        endpoint.into()
+    } else {
+        format!("tcp/{endpoint}")
+    }
+}
+
+/// Why a bridge operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BridgeError {
+    /// Zenoh refused (opening the session, declaring a key, a query).
+    Zenoh(zenoh::Error),
+    /// shmport refused (a channel for the local port).
+    Shmport(shmport::Error),
+    /// A name or realm that cannot be part of a key expression.
+    InvalidName(&'static str),
+    /// Nobody answered in time (connect), or the peer was not seen alive in time.
+    Timeout,
+    /// The peer answered with something that is not a handshake of this version.
+    Protocol(frame::FrameError),
+}
+
+impl fmt::Display for BridgeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BridgeError::Zenoh(e) => write!(f, "zenoh: {e}"),
+            BridgeError::Shmport(e) => write!(f, "shmport: {e}"),
+            BridgeError::InvalidName(why) => write!(f, "invalid name: {why}"),
+            BridgeError::Timeout => write!(f, "timed out"),
+            BridgeError::Protocol(e) => write!(f, "protocol: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BridgeError {}
+
+impl From<shmport::Error> for BridgeError {
+    fn from(e: shmport::Error) -> Self {
+        BridgeError::Shmport(e)
+    }
+}
+
+/// Which peer bridges are alive, and the channels to tell when one goes.
+#[derive(Default)]
+struct Peers {
+    alive: HashSet<String>,
+    gone: HashSet<String>,
+    watchers: HashMap<String, Vec<Weak<pump::Shared>>>,
+}
+
+struct PeerTable {
+    peers: Mutex<Peers>,
+    changed: Condvar,
+}
+
+impl PeerTable {
+    fn on_sample(&self, prefix: &str, key: &str, kind: SampleKind) {
+        let Some(id) = key.strip_prefix(prefix) else {
+            return;
+        };
+        let mut p = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        match kind {
+            SampleKind::Put => {
+                p.alive.insert(id.to_string());
+            }
+            SampleKind::Delete => {
+                p.alive.remove(id);
+                p.gone.insert(id.to_string());
+                for w in p.watchers.remove(id).unwrap_or_default() {
+                    if let Some(shared) = w.upgrade() {
+                        shared.peer_gone();
+                    }
+                }
+            }
+        }
+        drop(p);
+        self.changed.notify_all();
+    }
+
+    /// Tells `shared` when `peer` goes (at once if it already went).
+    fn watch(&self, peer: &str, shared: &Arc<pump::Shared>) {
+        let mut p = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if p.gone.contains(peer) {
+            drop(p);
+            shared.peer_gone();
+            return;
+        }
+        let list = p.watchers.entry(peer.to_string()).or_default();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(shared));
+    }
+
+    /// Waits until `peer`'s token is seen (true) or it went or the deadline passed.
+    fn wait_alive(&self, peer: &str, deadline: Instant) -> bool {
+        let mut p = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if p.alive.contains(peer) {
+                return true;
+            }
+            if p.gone.contains(peer) {
+                return false;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            p = self
+                .changed
+                .wait_timeout(p, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// What every channel of a bridge shares.
+pub(crate) struct Core {
+    session: zenoh::Session,
+    realm: String,
+    id: String,
+    types: Vec<(String, u64)>,
+    window_messages: u64,
+    window_bytes: u64,
+    peers: Arc<PeerTable>,
+    pumps: Mutex<usize>,
+    pumps_done: Condvar,
+    _token: LivelinessToken,
+    _live: Subscriber<()>,
+}
+
+impl Core {
+    fn hello(&self, channel: u64) -> Hello {
+        Hello {
+            channel,
+            bridge: self.id.clone(),
+            types: self.types.clone(),
+        }
+    }
+
+    /// Remote fingerprint -> local fingerprint, for the names both sides declared.
+    fn translation(&self, theirs: &[(String, u64)]) -> HashMap<u64, u64> {
+        let ours: HashMap<&str, u64> = self.types.iter().map(|(n, f)| (n.as_str(), *f)).collect();
+        theirs
+            .iter()
+            .filter_map(|(n, f)| ours.get(n.as_str()).map(|&l| (*f, l)))
+            .collect()
+    }
+
+    fn channel_key(&self, channel: u64, to_origin: bool) -> String {
+        let end = if to_origin { "o" } else { "r" };
+        format!("{}/ch/{channel:016x}/{end}", self.realm)
+    }
+}
+
+/// A bridge: one Zenoh session, and the channels it carries.
+///
+/// Dropping it does not end its channels (each holds what it needs); [`close`](Self::close)
+/// waits for them.
+pub struct Bridge {
+    core: Arc<Core>,
+}
+
+impl fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bridge")
+            .field("id", &self.core.id)
+            .field("realm", &self.core.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bridge {
+    /// Opens a Zenoh session as `config` says and a bridge on it.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::Zenoh`] when the session cannot open (an endpoint that cannot be
+    /// bound), [`BridgeError::InvalidName`] for a realm with wildcards.
+    pub fn open(config: BridgeConfig) -> Result<Bridge, BridgeError> {
+        let session = zenoh::open(config.zenoh_config()?)
+            .wait()
+            .map_err(BridgeError::Zenoh)?;
+        Bridge::from_session(session, config)
+    }
+
+    /// A bridge on an existing session (its endpoints, lease and scouting are the
+    /// session's; `config`'s realm, window and types apply).
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn from_session(
+        session: zenoh::Session,
+        config: BridgeConfig,
+    ) -> Result<Bridge, BridgeError> {
+        check_key_part(&config.realm, true)?;
+        let id = format!("{}-{:016x}", session.zid(), pump::random_u64());
+        let prefix = format!("{}/live/", config.realm);
+        let peers = Arc::new(PeerTable {
+            peers: Mutex::new(Peers::default()),
+            changed: Condvar::new(),
+        });
+        let table = peers.clone();
+        let cb_prefix = prefix.clone();
+        let live = session
+            .liveliness()
+            .declare_subscriber(format!("{prefix}*"))
+            .history(true)
+            .callback(move |s| table.on_sample(&cb_prefix, s.key_expr().as_str(), s.kind()))
+            .wait()
+            .map_err(BridgeError::Zenoh)?;
+        let token = session
+            .liveliness()
+            .declare_token(format!("{prefix}{id}"))
+            .wait()
+            .map_err(BridgeError::Zenoh)?;
+        Ok(Bridge {
+            core: Arc::new(Core {
+                session,
+                realm: config.realm,
+                id,
+                types: config.types,
+                window_messages: config.window_messages,
+                window_bytes: config.window_bytes,
+                peers,
+                pumps: Mutex::new(0),
+                pumps_done: Condvar::new(),
+                _token: token,
+                _live: live,
+            }),
+        })
+    }
+
+    /// This bridge's id: its liveliness token is `<realm>/live/<id>`.
+    pub fn id(&self) -> &str {
+        &self.core.id
+    }
+
+    /// The Zenoh session.
+    pub fn session(&self) -> &zenoh::Session {
+        &self.core.session
+    }
+
+    /// Offers `name` to remote [`connect`](Self::connect)s.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::InvalidName`] for a name with `/` or wildcards,
+    /// [`BridgeError::Zenoh`] if the name cannot be declared.
+    pub fn bind(&self, name: &str) -> Result<Listener, BridgeError> {
+        check_key_part(name, false)?;
+        let queryable = self
+            .core
+            .session
+            .declare_queryable(format!("{}/svc/{name}", self.core.realm))
+            .wait()
+            .map_err(BridgeError::Zenoh)?;
+        Ok(Listener {
+            core: self.core.clone(),
+            queryable,
+        })
+    }
+
+    /// Connects to the remote listener of `name`, waiting at most `timeout` for it to
+    /// answer (the session may still be connecting), and returns the local end.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::Timeout`] when nobody answered, [`BridgeError::Protocol`] for an
+    /// answer that is not a handshake, [`BridgeError::Shmport`] when the local channel
+    /// cannot be made, [`BridgeError::Zenoh`] when a key cannot be declared.
+    pub fn connect(&self, name: &str, timeout: Duration) -> Result<MessagePort, BridgeError> {
+        check_key_part(name, false)?;
+        let deadline = Instant::now() + timeout;
+        let core = &self.core;
+        let channel = pump::random_u64();
+        let ch = MessageChannel::new()?;
+        let end = pump::End::declare(core, channel, true)?;
+        let hello = core.hello(channel).encode();
+        let key = format!("{}/svc/{name}", core.realm);
+        let answer = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(BridgeError::Timeout);
+            }
+            let replies = core
+                .session
+                .get(&key)
+                .payload(hello.clone())
+                .timeout(left)
+                .wait()
+                .map_err(BridgeError::Zenoh)?;
+            let mut got = None;
+            while let Ok(reply) = replies.recv() {
+                if let Ok(sample) = reply.result() {
+                    got = Some(Hello::decode(&sample.payload().to_bytes()));
+                    break;
+                }
+            }
+            match got {
+                Some(Ok(h)) if h.channel == channel => break h,
+                Some(Ok(_)) => {
+                    return Err(BridgeError::Protocol(frame::FrameError("wrong channel")));
+                }
+                Some(Err(e)) => return Err(BridgeError::Protocol(e)),
+                // No listener known yet (the session may still be connecting): ask again.
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        if !core.peers.wait_alive(&answer.bridge, deadline) {
+            return Err(BridgeError::Timeout);
+        }
+        let map = Arc::new(core.translation(&answer.types));
+        end.start(core, answer.bridge, ch.port1, map);
+        Ok(ch.port2)
+    }
+
+    /// Waits until every channel of this bridge has ended (both ports closed, or the
+    /// peer gone) or `timeout` passed, then closes the session: what a program does
+    /// before it exits, so that what it posted last leaves the host. True when every
+    /// channel had ended.
+    pub fn close(self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut n = self.core.pumps.lock().unwrap_or_else(|e| e.into_inner());
+        while *n > 0 {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            n = self
+                .core
+                .pumps_done
+                .wait_timeout(n, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let all = *n == 0;
+        drop(n);
+        let _ = self.core.session.close().wait();
+        all
+    }
+}
+
+/// A name offered by [`Bridge::bind`]; [`accept`](Self::accept) takes the next connection.
+pub struct Listener {
+    core: Arc<Core>,
+    queryable: zenoh::query::Queryable<zenoh::handlers::FifoChannelHandler<Query>>,
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener").finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Waits for the next remote `connect` and returns the local end of its channel.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::Zenoh`] when the session closed, [`BridgeError::Shmport`] when the
+    /// local channel cannot be made.
+    pub fn accept(&self) -> Result<MessagePort, BridgeError> {
+        loop {
+            let query = self.queryable.recv().map_err(BridgeError::Zenoh)?;
+            if let Some(port) = self.answer(query)? {
+                return Ok(port);
+            }
+        }
+    }
+
+    /// As [`accept`](Self::accept), giving up after `timeout` with `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`accept`](Self::accept).
+    pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<MessagePort>, BridgeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(query) = self
+                .queryable
+                .recv_deadline(deadline)
+                .map_err(BridgeError::Zenoh)?
+            else {
+                return Ok(None);
+            };
+            if let Some(port) = self.answer(query)? {
+                return Ok(Some(port));
+            }
+        }
+    }
+
+    /// Answers one connect: `None` when it was not a valid handshake (it is refused and
+    /// the listener goes on).
+    fn answer(&self, query: Query) -> Result<Option<MessagePort>, BridgeError> {
+        let core = &self.core;
+        let hello = match query.payload().map(|p| Hello::decode(&p.to_bytes())) {
+            Some(Ok(h)) => h,
+            _ => {
+                let _ = query.reply_err("not a shmport-zenoh handshake").wait();
+                return Ok(None);
+            }
+        };
+        let ch = MessageChannel::new()?;
+        let end = pump::End::declare(core, hello.channel, false)?;
+        query
+            .reply(query.key_expr().clone(), core.hello(hello.channel).encode())
+            .wait()
+            .map_err(BridgeError::Zenoh)?;
+        drop(query);
+        if !core
+            .peers
+            .wait_alive(&hello.bridge, Instant::now() + Duration::from_secs(10))
+        {
+            return Ok(None);
+        }
+        let map = Arc::new(core.translation(&hello.types));
+        end.start(core, hello.bridge, ch.port1, map);
+        Ok(Some(ch.port2))
+    }
+}
+
+/// Checks that `s` can be part of a key expression: no wildcards, and no `/` unless
+/// `chunks` (a realm may have several).
+fn check_key_part(s: &str, chunks: bool) -> Result<(), BridgeError> {
+    if s.is_empty() {
+        return Err(BridgeError::InvalidName("empty"));
+    }
+    if s.contains(['*', '$', '?', '#']) {
+        return Err(BridgeError::InvalidName("wildcard characters (* $ ? #)"));
+    }
+    if !chunks && s.contains('/') {
+        return Err(BridgeError::InvalidName("a name is one key chunk: no '/'"));
+    }
+    if s.starts_with('/') || s.ends_with('/') || s.contains("//") {
+        return Err(BridgeError::InvalidName("empty key chunk"));
+    }
+    Ok(())
+}
