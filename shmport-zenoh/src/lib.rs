@@ -96,6 +96,11 @@ pub use zenoh;
 
 use frame::Hello;
 
+/// The README's code blocks, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// A message type with a name that stays the same across builds, compilers and module
 /// paths: what two separately built programs agree on.
 ///
