@@ -7,8 +7,9 @@
 //!
 //! The parent listens on a loopback port and spawns itself as the remote side. Raw Zenoh
 //! is used the way an application would: a publisher with `CongestionControl::Block`
-//! and a subscriber with Zenoh's default FIFO channel, read by an application thread;
-//! the echo side republishes what it reads.
+//! and a subscriber with Zenoh's default FIFO channel, read by an application thread
+//! that takes each payload as one contiguous slice (`to_bytes`); the echo side
+//! republishes what it reads, as the bridge's echo side reposts the raw archive.
 
 use std::time::{Duration, Instant};
 
@@ -135,7 +136,8 @@ impl Raw {
         for _ in 0..n {
             let t = Instant::now();
             self.echo.put(msg.to_vec()).wait()?;
-            self.back.recv()?;
+            // The bytes in hand, contiguous, as the bridge's receiver has them.
+            std::hint::black_box(self.back.recv()?.payload().to_bytes().len());
             v.push(t.elapsed());
         }
         Ok(percentiles(v))
@@ -181,7 +183,7 @@ fn remote(addr: &str) -> Result<()> {
             let mut bytes = 0u64;
             for _ in 0..n {
                 match sink_in.recv() {
-                    Ok(s) => bytes += s.payload().len() as u64,
+                    Ok(s) => bytes += s.payload().to_bytes().len() as u64,
                     Err(_) => return,
                 }
             }

@@ -10,13 +10,15 @@
 //!
 //! | kind | layout after the kind byte |
 //! |---|---|
-//! | 1 `Msg` | seq u64, fingerprint u64, archive_len u32, ports u8, buffers u8, port channel ids u64 × ports, buffer lengths u64 × buffers, inline_len u32, inline bytes |
+//! | 1 `Msg` | seq u64, fingerprint u64, archive_len u32, inline_len u32, inline bytes, ports u8, buffers u8, port channel ids u64 × ports, buffer lengths u64 × buffers |
 //! | 2 `Chunk` | seq u64, len u32 (> 0), bytes |
 //! | 3 `Close` | seq u64 |
 //! | 4 `Credit` | messages u64, bytes u64 (cumulative grants) |
 //!
 //! A message's body is its archive followed by its buffers' bytes, in order; the `Msg`
-//! frame carries its first `inline_len` bytes and `Chunk` frames the rest.
+//! frame carries the first `inline_len` bytes of the archive, `Chunk` frames the rest.
+//! (The transfer list follows the inline bytes so that a sender can write the archive
+//! into the frame before it knows what the message transfers.)
 
 /// Frame kinds.
 const KIND_MSG: u8 = 1;
@@ -164,6 +166,11 @@ fn decode_one<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, FrameError> {
             if u64::from(archive_len) > MAX_ARCHIVE_LEN {
                 return Err(FrameError("archive longer than a message may be"));
             }
+            let inline_len = r.u32()?;
+            if inline_len > archive_len {
+                return Err(FrameError("inline bytes beyond the archive"));
+            }
+            let inline = r.take(inline_len as usize)?;
             let (nports, nbufs) = (r.u8()? as usize, r.u8()? as usize);
             if nports + nbufs > MAX_TRANSFER_LIST {
                 return Err(FrameError("transfer list too long"));
@@ -182,11 +189,6 @@ fn decode_one<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, FrameError> {
                     .ok_or(FrameError("body too long"))?;
                 buffers.push(len);
             }
-            let inline_len = r.u32()?;
-            if u64::from(inline_len) > body {
-                return Err(FrameError("inline bytes beyond the body"));
-            }
-            let inline = r.take(inline_len as usize)?;
             Ok(Frame::Msg(MsgHeader {
                 seq,
                 fingerprint,
@@ -218,33 +220,35 @@ fn decode_one<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, FrameError> {
 
 /// Appends a `Msg` frame.
 pub fn put_msg(out: &mut Vec<u8>, h: &MsgHeader<'_>) {
-    put_msg_head(
+    put_msg_prefix(
         out,
         h.seq,
         h.fingerprint,
         h.archive_len,
-        &h.ports,
-        &h.buffers,
         h.inline.len() as u32,
     );
     out.extend_from_slice(h.inline);
+    put_msg_suffix(out, &h.ports, &h.buffers);
 }
 
-/// Appends a `Msg` frame's header announcing `inline_len` inline bytes; the caller
-/// appends them.
-pub fn put_msg_head(
+/// Appends the start of a `Msg` frame announcing `inline_len` inline bytes of the
+/// archive; the caller appends them, then [`put_msg_suffix`].
+pub fn put_msg_prefix(
     out: &mut Vec<u8>,
     seq: u64,
     fingerprint: u64,
     archive_len: u32,
-    ports: &[u64],
-    buffers: &[u64],
     inline_len: u32,
 ) {
     out.push(KIND_MSG);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&fingerprint.to_le_bytes());
     out.extend_from_slice(&archive_len.to_le_bytes());
+    out.extend_from_slice(&inline_len.to_le_bytes());
+}
+
+/// Appends the end of a `Msg` frame: its transfer list.
+pub fn put_msg_suffix(out: &mut Vec<u8>, ports: &[u64], buffers: &[u64]) {
     out.push(ports.len() as u8);
     out.push(buffers.len() as u8);
     for p in ports {
@@ -253,7 +257,6 @@ pub fn put_msg_head(
     for b in buffers {
         out.extend_from_slice(&b.to_le_bytes());
     }
-    out.extend_from_slice(&inline_len.to_le_bytes());
 }
 
 /// Appends the header of a `Chunk` frame of `len` bytes; the caller appends the bytes.
@@ -364,7 +367,7 @@ mod tests {
         let h = MsgHeader {
             seq: 7,
             fingerprint: 0xfeed,
-            archive_len: 3,
+            archive_len: 5,
             ports: vec![11, 12],
             buffers: vec![5],
             inline: b"abcde",

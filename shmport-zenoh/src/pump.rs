@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use shmport::rkyv::util::AlignedVec;
 use shmport::{
-    ArrayBuffer, MessageChannel, MessagePort, PortKey, PortSet, RawMessage, Transferable,
-    TryRecvError,
+    ArrayBuffer, MessageChannel, MessagePort, PortKey, PortSet, Transferable, TryRecvError,
 };
 use zenoh::Wait;
 use zenoh::bytes::ZBytes;
@@ -200,7 +199,8 @@ enum Ended {
     Violation,
 }
 
-/// A message being sent: its body, archive first, then buffers.
+/// The rest of a message being sent: what its `Msg` frame did not carry of the
+/// archive, then the buffers.
 struct Outgoing {
     archive: AlignedVec<16>,
     buffers: Vec<ArrayBuffer>,
@@ -718,11 +718,30 @@ impl Pump {
             if self.sent_msgs >= self.granted_msgs || self.sent_bytes >= self.granted_bytes {
                 return;
             }
-            let Some(port) = self.port() else {
+            let port = match self.in_set {
+                Some(k) => self.set.get(k),
+                None => self.parked.as_ref(),
+            };
+            let Some(port) = port else {
                 return;
             };
-            match port.try_recv_raw() {
-                Ok(raw) => self.start_outgoing(raw),
+            // The archive goes straight from the port's private copy into the frame:
+            // a `Msg` frame's prefix and inline bytes, its transfer list after them.
+            let (out, seq) = (&mut self.out, self.out_seq);
+            let avail = self.granted_bytes - self.sent_bytes;
+            let received = port.try_recv_raw_with(|archive, fingerprint| {
+                let inline = archive.len().min(CHUNK).min(avail as usize);
+                frame::put_msg_prefix(out, seq, fingerprint, archive.len() as u32, inline as u32);
+                out.extend_from_slice(&archive[..inline]);
+                let mut rest = AlignedVec::<16>::new();
+                rest.extend_from_slice(&archive[inline..]);
+                (inline, rest)
+            });
+            match received {
+                Ok(ev) => {
+                    let ((inline, rest), ports, buffers) = (ev.data, ev.ports, ev.buffers);
+                    self.finish_msg_frame(inline, rest, ports, buffers);
+                }
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
                     frame::put_close(&mut self.out, self.out_seq);
@@ -765,17 +784,17 @@ impl Pump {
         true
     }
 
-    fn start_outgoing(&mut self, raw: RawMessage) {
-        let RawMessage {
-            archive,
-            fingerprint,
-            ports,
-            buffers,
-            ..
-        } = raw;
-        let Ok(archive_len) = u32::try_from(archive.len()) else {
-            return;
-        };
+    /// Completes the `Msg` frame whose prefix and `inline` archive bytes are written:
+    /// proxies the transferred ports on channels of their own, appends the transfer
+    /// list, and keeps what is left of the body (`rest` of the archive, then the
+    /// buffers) for `Chunk` frames.
+    fn finish_msg_frame(
+        &mut self,
+        inline: usize,
+        rest: AlignedVec<16>,
+        ports: Vec<MessagePort>,
+        buffers: Vec<ArrayBuffer>,
+    ) {
         let mut ids = Vec::with_capacity(ports.len());
         for port in ports {
             let id = random_u64();
@@ -792,30 +811,18 @@ impl Pump {
             ids.push(id);
         }
         let lens: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
-        let len = lens.iter().fold(archive.len() as u64, |a, b| a + b);
-        let avail = self.granted_bytes - self.sent_bytes;
-        let inline = len.min(CHUNK as u64).min(avail) as usize;
-        frame::put_msg_head(
-            &mut self.out,
-            self.out_seq,
-            fingerprint,
-            archive_len,
-            &ids,
-            &lens,
-            inline as u32,
-        );
-        let mut o = Outgoing {
-            archive,
-            buffers,
-            sent: 0,
-            len,
-        };
-        o.copy_next(inline, &mut self.out);
+        frame::put_msg_suffix(&mut self.out, &ids, &lens);
         self.out_seq += 1;
         self.sent_msgs += 1;
         self.sent_bytes += inline as u64;
-        if o.sent < o.len {
-            self.outgoing = Some(o);
+        let len = lens.iter().fold(rest.len() as u64, |a, b| a + b);
+        if len > 0 {
+            self.outgoing = Some(Outgoing {
+                archive: rest,
+                buffers,
+                sent: 0,
+                len,
+            });
         }
     }
 

@@ -33,7 +33,7 @@ fn valid_sample(rng: &mut Rng) -> Vec<u8> {
                     &MsgHeader {
                         seq,
                         fingerprint: rng.next(),
-                        archive_len: inline.len() as u32,
+                        archive_len: (inline.len() as u64 + rng.below(100)) as u32,
                         ports: (0..rng.below(3)).map(|_| rng.next()).collect(),
                         buffers: (0..rng.below(3)).map(|_| rng.below(1 << 20)).collect(),
                         inline,
@@ -61,7 +61,7 @@ fn check(bytes: &[u8]) {
             Frame::Msg(h) => {
                 assert!(u64::from(h.archive_len) <= frame::MAX_ARCHIVE_LEN);
                 assert!(h.ports.len() + h.buffers.len() <= frame::MAX_TRANSFER_LIST);
-                assert!(h.inline.len() as u64 <= h.body_len());
+                assert!(h.inline.len() <= h.archive_len as usize);
                 assert!(h.body_len() <= frame::MAX_BODY_LEN);
                 h.inline.len()
             }

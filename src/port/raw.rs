@@ -139,6 +139,40 @@ impl MessagePort {
         self.try_recv_with(true, &mut copy_archive).map(into_raw)
     }
 
+    /// [`try_recv_raw`](Self::try_recv_raw), lending the archive to `f` instead of
+    /// copying it out: for a forwarder that writes it somewhere anyway (a network frame).
+    /// `f` gets the archive, in the port's private copy (the peer cannot change it), and
+    /// its fingerprint; what it returns is the event's `data`, with the transferred ports
+    /// and buffers beside it.
+    ///
+    /// ```
+    /// let ch = shmport::MessageChannel::new()?;
+    /// ch.port1.post_message(&String::from("abc"), [])?;
+    /// let mut frame = Vec::new();
+    /// let ev = ch.port2.try_recv_raw_with(|archive, fingerprint| {
+    ///     frame.extend_from_slice(&fingerprint.to_le_bytes());
+    ///     frame.extend_from_slice(archive);
+    /// })?;
+    /// assert!(ev.ports.is_empty() && frame.len() > 8);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`try_recv_raw`](Self::try_recv_raw); `f` is not called then.
+    pub fn try_recv_raw_with<R>(
+        &self,
+        f: impl FnOnce(&[u8], u64) -> R,
+    ) -> Result<MessageEvent<R>, TryRecvError> {
+        let mut f = Some(f);
+        let mut lend = |bytes: &[u8], tag: u64| match f.take() {
+            Some(f) => Ok(f(bytes, tag)),
+            // One record per receive: unreachable.
+            None => Err(MessageError::Corrupt("a receive decoded two records")),
+        };
+        self.try_recv_with(true, &mut lend)
+    }
+
     /// Posts an encoded message: `archive` as [`recv_raw`](Self::recv_raw) or
     /// [`RawMessage::encode`] gave it, tagged with `fingerprint`, with `transfer` moving
     /// alongside. Waits for room, moves the transfer list and fails exactly as

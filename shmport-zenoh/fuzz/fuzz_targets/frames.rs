@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let mut claimed = 0usize;
     for f in &frames {
         if let Frame::Msg(h) = f {
-            assert!(h.inline.len() as u64 <= h.body_len());
+            assert!(h.inline.len() <= h.archive_len as usize);
             claimed += h.inline.len();
         }
         if let Frame::Chunk { bytes, .. } = f {
