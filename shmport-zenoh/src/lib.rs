@@ -554,6 +554,7 @@ impl Bridge {
             }
         };
         if !core.peers.wait_alive(&answer.bridge, deadline) {
+            end.abandon();
             return Err(BridgeError::Timeout);
         }
         let map = Arc::new(core.translation(&answer.types));
@@ -655,8 +656,10 @@ impl Listener {
         drop(query);
         if !core
             .peers
-            .wait_alive(&hello.bridge, Instant::now() + Duration::from_secs(10))
+            .wait_alive(&hello.bridge, Instant::now() + PEER_SEEN_WITHIN)
         {
+            // The connector went (or never announced itself): nothing to accept.
+            end.abandon();
             return Ok(None);
         }
         let map = Arc::new(core.translation(&hello.types));
@@ -664,6 +667,10 @@ impl Listener {
         Ok(Some(ch.port2))
     }
 }
+
+/// How long `accept` waits to see a connector's liveliness token (normally there long
+/// before its handshake: it is declared when its bridge opens).
+const PEER_SEEN_WITHIN: Duration = Duration::from_secs(10);
 
 /// Checks that `s` can be part of a key expression: no wildcards, and no `/` unless
 /// `chunks` (a realm may have several).

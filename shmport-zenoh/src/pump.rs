@@ -153,6 +153,15 @@ impl End {
         })
     }
 
+    /// Gives up on a channel whose handshake was answered: tells the peer's end, which
+    /// may already have handed out its port, that nothing will come (a `Close` as the
+    /// first frame), so its port sees `Disconnected` instead of waiting forever.
+    pub(crate) fn abandon(self) {
+        let mut out = Vec::new();
+        frame::put_close(&mut out, 0);
+        let _ = self.publisher.put(out).wait();
+    }
+
     /// Starts the pump of this end: it owns `port` and talks to `peer`'s bridge.
     pub(crate) fn start(
         self,
