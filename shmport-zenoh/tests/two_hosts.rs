@@ -360,9 +360,7 @@ fn a_channel_works_across_two_network_namespaces() {
         }
     };
     let realm = realm("netns");
-    let endpoint = format!("{}:{}", ns.host_ip, free_port());
-    let bridge =
-        shmport_zenoh::Bridge::open(BridgeConfig::new().realm(&realm).listen(&endpoint)).unwrap();
+    let (bridge, endpoint) = listening_bridge_on(&ns.host_ip, &realm, BridgeConfig::new());
     let listener = bridge.bind("netns").unwrap();
     let mut cmd = std::process::Command::new("ip");
     cmd.args(["netns", "exec", &ns.name])

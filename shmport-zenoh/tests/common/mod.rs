@@ -52,9 +52,21 @@ pub fn realm(test: &str) -> String {
 
 /// The listening side: a bridge on a fresh loopback port, and that endpoint.
 pub fn listening_bridge(realm: &str, config: BridgeConfig) -> (Bridge, String) {
-    let endpoint = format!("127.0.0.1:{}", free_port());
-    let bridge = Bridge::open(config.realm(realm).listen(&endpoint)).unwrap();
-    (bridge, endpoint)
+    listening_bridge_on("127.0.0.1", realm, config)
+}
+
+/// As [`listening_bridge`], on `host`. A port found free may be taken before the bridge
+/// binds it (by another test's outgoing connection): then another port is tried.
+pub fn listening_bridge_on(host: &str, realm: &str, config: BridgeConfig) -> (Bridge, String) {
+    let mut last = None;
+    for _ in 0..20 {
+        let endpoint = format!("{host}:{}", free_port());
+        match Bridge::open(config.clone().realm(realm).listen(&endpoint)) {
+            Ok(bridge) => return (bridge, endpoint),
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no port to listen on: {last:?}");
 }
 
 /// Re-runs this test binary as the remote side of `test`, connecting to `endpoint` in
