@@ -1,0 +1,84 @@
+//! A bridged port is an ordinary local `MessagePort`: a `PortSet`, `recv_async` and
+//! `on_message` work on it unchanged.
+
+mod common;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use common::*;
+use shmport::{MessagePort, PortSet};
+use shmport_zenoh::{Bridge, BridgeConfig};
+
+/// A bridged channel between two bridges of this process.
+fn bridged(test: &str) -> (Bridge, Bridge, MessagePort, MessagePort) {
+    let realm = realm(test);
+    let (a, endpoint) = listening_bridge(&realm, BridgeConfig::new());
+    let listener = a.bind("local").unwrap();
+    let b = Bridge::open(BridgeConfig::new().realm(&realm).connect(&endpoint)).unwrap();
+    let (near, far) = std::thread::scope(|s| {
+        let connecting = s.spawn(|| b.connect("local", PATIENCE).unwrap());
+        let far = listener.accept().unwrap();
+        (connecting.join().unwrap(), far)
+    });
+    (a, b, near, far)
+}
+
+#[test]
+fn a_bridged_port_wakes_a_port_set() {
+    let (_a, _b, near, far) = bridged("portset");
+    let mut set = PortSet::new().unwrap();
+    let key = set.insert(far).unwrap();
+    near.post_message(&String::from("to the set"), []).unwrap();
+    let (who, ev) = set.recv::<String>().unwrap();
+    assert_eq!((who, ev.unwrap().data.as_str()), (key, "to the set"));
+}
+
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// The smallest executor: poll, park until woken.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_bridged_port_completes_recv_async() {
+    let (_a, _b, near, mut far) = bridged("async");
+    let poster = std::thread::spawn(move || {
+        near.post_message(&42u64, []).unwrap();
+        near
+    });
+    let ev = block_on(far.recv_async::<u64>()).unwrap();
+    assert_eq!(ev.data, 42);
+    drop(poster.join().unwrap());
+}
+
+#[test]
+fn a_bridged_port_runs_an_on_message_handler() {
+    let (_a, _b, near, far) = bridged("onmessage");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handler = far
+        .on_message::<u32, _, _>(move |ev| tx.send(ev.data).unwrap(), |e| panic!("{e}"))
+        .unwrap();
+    for i in 0..10u32 {
+        near.post_message(&i, []).unwrap();
+    }
+    let got: Vec<u32> = (0..10).map(|_| rx.recv().unwrap()).collect();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    handler.stop().unwrap();
+}
