@@ -117,31 +117,16 @@ impl MessagePort {
             Archive::Inline(bytes) => (Some(bytes), None),
             Archive::Body(body) => (None, Some(body)),
         };
-        // Moving ports take their heap tables along (the records queued for them name
-        // heaps by index).
-        let tables: Vec<Vec<Arc<Heap>>> = list
-            .iter()
-            .filter_map(|t| match t {
-                Transferable::Port(p) => Some(p.heap_table_to_carry()),
-                Transferable::Buffer(_) => None,
-            })
-            .collect();
-        let sent = self.heaps_already_sent();
+        let tables = carried_tables(&list);
+        let described = self.describe_for_note(&list, body.as_ref(), &tables);
         let Described {
             items,
             fds,
             new_heaps,
-        } = match describe(&list, body.as_ref(), &tables, &sent) {
+        } = match described {
             Ok(d) => d,
-            Err(e) => return Err(PostError::new(PostErrorKind::Os(e), list)),
+            Err(kind) => return Err(PostError::new(kind, list)),
         };
-        drop(sent);
-        if fds.len() > sys::MAX_FDS_PER_MESSAGE {
-            let kind = PostErrorKind::DataClone(
-                "the transfer list needs more descriptors than one message carries",
-            );
-            return Err(PostError::new(kind, list));
-        }
         let seq = next_transfer_seq();
         let Ok(mut payload) = self.tx_record.try_borrow_mut() else {
             return Err(PostError::new(PostErrorKind::Reentrant, list));
@@ -151,27 +136,17 @@ impl MessagePort {
         if let Err(kind) = self.when_room(tx, wait, |tx| tx.fits(payload.len()).is_some()) {
             return Err(PostError::new(kind, list));
         }
-        let moves = Moves::begin(&list);
-        let body_sent = body.as_ref().is_none_or(ArrayBuffer::begin_send);
-        let Some(moves) = moves.filter(|_| body_sent) else {
-            if let (true, Some(b)) = (body_sent, &body) {
-                b.unsend();
-            }
+        let Some(moves) = Moves::begin(&list, body.as_ref()) else {
             let kind = PostErrorKind::DataClone("a buffer's slot was rewritten by another process");
             return Err(PostError::new(kind, list));
         };
-        let block = !matches!(wait, RoomWait::Never);
         // No descriptor, no note: the record says so (`fds == 0`).
-        let noted = match fds.is_empty() {
-            true => Ok(()),
-            false => self.send_note(seq, items.len(), &fds, block),
-        };
-        if let Err(kind) = noted {
-            drop(moves);
-            if let Some(b) = &body {
-                b.unsend();
+        if !fds.is_empty() {
+            let block = !matches!(wait, RoomWait::Never);
+            if let Err(kind) = self.send_note(seq, items.len(), &fds, block) {
+                drop(moves);
+                return Err(PostError::new(kind, list));
             }
-            return Err(PostError::new(kind, list));
         }
         moves.complete();
         drop(fds);
@@ -183,18 +158,27 @@ impl MessagePort {
             return Err(PostError::new(PostErrorKind::Disconnected, Vec::new()));
         }
         self.wake_reader(&tx.mem().ctrl().reader_sleeping);
-        // The moved ports and buffers now live on the other side: drop our handles (the
-        // ports are marked moved, so this closes nothing; the buffers free nothing).
-        for t in list {
-            if let Transferable::Buffer(b) = t {
-                b.into_sent();
-            }
-        }
-        // A pooled body now belongs to the receiver, who frees its slot after copying it.
-        if let Some(b) = body {
-            b.into_sent();
-        }
+        hand_over(list, body);
         Ok(())
+    }
+
+    /// The record's items and the note's descriptors for `list` and `body`, against the
+    /// heaps the reader's table already holds; `DataClone` when one note cannot carry
+    /// them all.
+    fn describe_for_note<'a>(
+        &self,
+        list: &'a [Transferable],
+        body: Option<&'a ArrayBuffer>,
+        tables: &'a [Vec<Arc<Heap>>],
+    ) -> Result<Described<'a>, PostErrorKind> {
+        let sent = self.heaps_already_sent();
+        let described = describe(list, body, tables, &sent).map_err(PostErrorKind::Os)?;
+        if described.fds.len() > sys::MAX_FDS_PER_MESSAGE {
+            return Err(PostErrorKind::DataClone(
+                "the transfer list needs more descriptors than one message carries",
+            ));
+        }
+        Ok(described)
     }
 
     /// The heaps the reader's table holds, as this handle sent them; none after the reader
@@ -293,6 +277,31 @@ impl<'a> Described<'a> {
     }
 }
 
+/// The heap tables of the moving ports, in list order: they travel with them, because
+/// the records queued for a port name heaps by index.
+fn carried_tables(list: &[Transferable]) -> Vec<Vec<Arc<Heap>>> {
+    list.iter()
+        .filter_map(|t| match t {
+            Transferable::Port(p) => Some(p.heap_table_to_carry()),
+            Transferable::Buffer(_) => None,
+        })
+        .collect()
+}
+
+/// The moved ports and buffers now live on the other side: drops our handles (the ports
+/// are marked moved, so this closes nothing; the buffers, and a pooled body, which the
+/// receiver frees after copying it, free nothing).
+fn hand_over(list: Vec<Transferable>, body: Option<ArrayBuffer>) {
+    for t in list {
+        if let Transferable::Buffer(b) = t {
+            b.into_sent();
+        }
+    }
+    if let Some(b) = body {
+        b.into_sent();
+    }
+}
+
 /// The items of a transfer record and the descriptors of its note, in item order (a port
 /// takes two plus its heap table, a buffer one or none, the body one or none). `sent`: the
 /// heaps the receiver's table already holds. Moving ports get their sockets now, if they
@@ -383,24 +392,35 @@ fn record_payload(
     }
 }
 
-/// The moves of a transfer list in progress: moving ports have published their state and
-/// are marked moved, moving buffers' slots are in transit. Dropped without
-/// [`complete`](Moves::complete), every move is undone.
+/// The moves of a transfer list (and of a pooled body) in progress: moving ports have
+/// published their state and are marked moved, moving buffers' slots are in transit.
+/// Dropped without [`complete`](Moves::complete), every move is undone.
 #[must_use = "dropping Moves undoes them"]
 struct Moves<'a> {
     list: &'a [Transferable],
     begun: usize,
+    body: Option<&'a ArrayBuffer>,
 }
 
 impl<'a> Moves<'a> {
     /// Begins every move, or none: `None` when a buffer's slot cannot go in transit.
-    fn begin(list: &'a [Transferable]) -> Option<Self> {
-        let mut moves = Moves { list, begun: 0 };
+    fn begin(list: &'a [Transferable], body: Option<&'a ArrayBuffer>) -> Option<Self> {
+        let mut moves = Moves {
+            list,
+            begun: 0,
+            body: None,
+        };
         for t in list {
             if !t.begin_move() {
                 return None; // `moves` undoes the ones begun
             }
             moves.begun += 1;
+        }
+        if let Some(b) = body {
+            if !b.begin_send() {
+                return None;
+            }
+            moves.body = Some(b);
         }
         Some(moves)
     }
@@ -414,6 +434,9 @@ impl Drop for Moves<'_> {
     fn drop(&mut self) {
         for t in &self.list[..self.begun] {
             t.undo_move();
+        }
+        if let Some(b) = self.body {
+            b.unsend();
         }
     }
 }

@@ -466,8 +466,7 @@ pub(crate) enum Placement {
     AfterWrap,
 }
 
-/// The payload area of the next record, reserved for the producer that made it; dropped
-/// without [`commit`](Reservation::commit), nothing is published.
+/// The next record's payload area, reserved by its producer; dropped uncommitted: nothing.
 pub(crate) struct Reservation<'a> {
     producer: &'a mut Producer,
     at: Placement,
@@ -475,8 +474,8 @@ pub(crate) struct Reservation<'a> {
 }
 
 impl Reservation<'_> {
-    /// The reserved bytes: free ring memory no one else reads or writes until the commit.
-    /// `MaybeUninit`: nothing is claimed about what they hold now.
+    /// The reserved bytes, free ring memory no one else touches until the commit (what
+    /// they hold now is unspecified).
     pub(crate) fn area(&mut self) -> &mut [MaybeUninit<u8>] {
         let off = match self.at {
             Placement::InPlace => self.producer.tail_off,
