@@ -8,7 +8,6 @@ use rkyv::util::AlignedVec;
 
 use crate::error::{MessageError, RecvError, RecvTimeoutError, TryRecvError};
 use crate::wire::codec::{self, KIND_MESSAGE, Message};
-use crate::wire::transfer::MAX_TRANSFER_LIST;
 
 use super::*;
 
@@ -233,24 +232,8 @@ impl MessagePort {
             };
             return Err(PostError::new(kind, list));
         }
-        if list.len() > MAX_TRANSFER_LIST {
-            let kind = PostErrorKind::DataClone("transfer list longer than MAX_TRANSFER_LIST");
+        if let Err(kind) = self.check_transfer_list(&list) {
             return Err(PostError::new(kind, list));
-        }
-        let own = self.seg.identity();
-        if list
-            .iter()
-            .any(|t| matches!(t, Transferable::Port(p) if p.seg.identity() == own))
-        {
-            let kind =
-                PostErrorKind::DataClone("a port cannot be posted to its own entangled peer");
-            return Err(PostError::new(kind, list));
-        }
-        if list
-            .iter()
-            .any(|t| matches!(t, Transferable::Port(p) if !p.in_owner_process()))
-        {
-            return Err(PostError::new(PostErrorKind::WrongProcess, list));
         }
         if self.peer_gone_cheap() {
             return Err(PostError::new(PostErrorKind::Disconnected, list));

@@ -29,29 +29,8 @@ impl MessagePort {
         list: Vec<Transferable>,
         wait: RoomWait,
     ) -> Result<(), PostError> {
-        if list.len() > MAX_TRANSFER_LIST {
-            return Err(PostError::new(
-                PostErrorKind::DataClone("transfer list longer than MAX_TRANSFER_LIST"),
-                list,
-            ));
-        }
-        let own = self.seg.identity();
-        if list
-            .iter()
-            .any(|t| matches!(t, Transferable::Port(p) if p.seg.identity() == own))
-        {
-            // S8: the web silently dooms such a channel; we refuse and hand everything back.
-            return Err(PostError::new(
-                PostErrorKind::DataClone("a port cannot be posted to its own entangled peer"),
-                list,
-            ));
-        }
-        if list
-            .iter()
-            .any(|t| matches!(t, Transferable::Port(p) if !p.in_owner_process()))
-        {
-            // A port this process inherited through `fork`: its end is the parent's.
-            return Err(PostError::new(PostErrorKind::WrongProcess, list));
+        if let Err(kind) = self.check_transfer_list(&list) {
+            return Err(PostError::new(kind, list));
         }
         let (Ok(mut tx), Ok(mut arena), Ok(mut scratch)) = (
             self.tx.try_borrow_mut(),
@@ -66,6 +45,32 @@ impl MessagePort {
         }
         let fp = self.send_fp.get::<T>();
         self.send_encoded(&mut tx, &scratch, fp, list, wait)
+    }
+
+    /// Why `list` cannot go with a post from this port, if it cannot: too long, a port
+    /// posted to its own entangled peer (S8: the web silently dooms such a channel; we
+    /// refuse and hand everything back), or a port this process inherited through `fork`
+    /// (its end is the parent's).
+    pub(super) fn check_transfer_list(&self, list: &[Transferable]) -> Result<(), PostErrorKind> {
+        if list.len() > MAX_TRANSFER_LIST {
+            return Err(PostErrorKind::DataClone(
+                "transfer list longer than MAX_TRANSFER_LIST",
+            ));
+        }
+        let own = self.seg.identity();
+        let mut ports = list.iter().filter_map(|t| match t {
+            Transferable::Port(p) => Some(p),
+            Transferable::Buffer(_) => None,
+        });
+        if ports.clone().any(|p| p.seg.identity() == own) {
+            return Err(PostErrorKind::DataClone(
+                "a port cannot be posted to its own entangled peer",
+            ));
+        }
+        if ports.any(|p| !p.in_owner_process()) {
+            return Err(PostErrorKind::WrongProcess);
+        }
+        Ok(())
     }
 
     /// Sends an encoded archive with a transfer list (possibly empty) as one transfer
