@@ -60,16 +60,10 @@ fn chain_archive(levels: usize) -> Vec<u8> {
 /// tail, adopts the port (whose producer continues after those records), posts a final
 /// `nest(1)`, and waits until the parent closes. Returns in the parent.
 fn hostile_child() {
-    let Ok(boot) = std::env::var(shmport::BOOTSTRAP_ENV) else {
+    if std::env::var_os(shmport::BOOTSTRAP_ENV).is_none() {
         return;
-    };
-    let seg_fd: i32 = boot.split(':').nth(3).unwrap().parse().unwrap();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/proc/self/fd/{seg_fd}"))
-        .unwrap();
-    let map = memmap2::MmapOptions::new().map_raw(&file).unwrap();
+    }
+    let map = common::map_inherited_segment();
     let base = map.as_mut_ptr();
     let cap = (map.len() - 4096) / 2;
     let data = 4096 + cap; // ring 1's data area

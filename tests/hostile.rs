@@ -28,16 +28,8 @@ const MODE_ENV: &str = "SHMPORT_TEST_HOSTILE_MODE";
 fn a_hostile_peer_scribbling_on_the_segment_cannot_crash_or_hang_the_victim() {
     as_child(|port| {
         let episode: u64 = std::env::var(MODE_ENV).unwrap().parse().unwrap();
-        // The segment's descriptor number is in the bootstrap variable; map it ourselves,
-        // as a hostile process holding the port could.
-        let boot = std::env::var(shmport::BOOTSTRAP_ENV).unwrap();
-        let seg_fd: i32 = boot.split(':').nth(3).unwrap().parse().unwrap();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(format!("/proc/self/fd/{seg_fd}"))
-            .unwrap();
-        let map = memmap2::MmapOptions::new().map_raw(&file).unwrap();
+        // Map the segment ourselves, as a hostile process holding the port could.
+        let map = common::map_inherited_segment();
         let (base, len) = (map.as_mut_ptr(), map.len());
         let cap = (len - 4096) / 2;
         let ring1 = 4096 + cap; // child -> parent: the ring the victim reads

@@ -70,18 +70,22 @@ pub fn post_one_then_park(port: MessagePort) {
 
 /// The type fingerprint shmport tags a record of `T` with (docs/layout.md, "Kind 2:
 /// message"), for tests that write records into a ring themselves.
-pub fn fingerprint<T: shmport::rkyv::Archive>() -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    eat(std::any::type_name::<T>().as_bytes());
-    eat(&(std::mem::size_of::<T::Archived>() as u64).to_le_bytes());
-    eat(&(std::mem::align_of::<T::Archived>() as u64).to_le_bytes());
-    h
+pub fn fingerprint<T: shmport::Message>() -> u64 {
+    shmport::RawMessage::fingerprint_of::<T>()
+}
+
+/// In a child started by [`spawn_test_child`]: maps the segment of the port it inherited,
+/// through the descriptor number in the bootstrap variable, as a hostile process holding
+/// the port could.
+pub fn map_inherited_segment() -> memmap2::MmapRaw {
+    let boot = std::env::var(shmport::BOOTSTRAP_ENV).unwrap();
+    let seg_fd: i32 = boot.split(':').nth(3).unwrap().parse().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{seg_fd}"))
+        .unwrap();
+    memmap2::MmapOptions::new().map_raw(&file).unwrap()
 }
 
 /// The shmport segments this process has mapped, read from /proc/self/maps.
