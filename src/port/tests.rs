@@ -230,6 +230,18 @@ mod forged_transfers {
         assert!(others.iter().all(|b| b.as_ptr() != a.as_ptr()));
     }
 
+    #[test]
+    fn a_slot_we_hold_that_a_peer_marks_free_is_not_trimmed() {
+        let mut a = ArrayBuffer::new_unzeroed(256 << 10).unwrap();
+        a.fill(7);
+        let Wire::Slot { heap, slot, .. } = a.wire() else {
+            panic!("pooled")
+        };
+        heap_state_word(heap, slot).store(0, std::sync::atomic::Ordering::Relaxed);
+        ArrayBuffer::trim_pool();
+        assert!(a.iter().all(|&b| b == 7));
+    }
+
     fn heap_state_word(heap: &crate::shm::heap::Heap, slot: u32) -> &std::sync::atomic::AtomicU32 {
         heap.state_for_tests(slot)
     }

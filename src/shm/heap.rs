@@ -285,11 +285,14 @@ impl Heap {
     }
 
     /// Hands the pages of every free slot back to the kernel (they read as zero when
-    /// touched again); the bytes of the slots released.
+    /// touched again); the bytes of the slots released. A slot this process holds is
+    /// never released, whatever its state word says: a peer that marks one of our live
+    /// buffers free must not get its bytes zeroed under us.
     fn release_free_pages(&self) -> usize {
         let mut released = 0;
         for slot in 0..self.slots {
-            if self.state(slot).load(Ordering::Relaxed) & STATE_MASK != FREE {
+            let free = self.state(slot).load(Ordering::Relaxed) & STATE_MASK == FREE;
+            if !free || self.is_held(slot) {
                 continue;
             }
             let at = Self::data_offset(self.slots) + slot as usize * self.slot_size;
@@ -307,6 +310,12 @@ impl Heap {
         let bit = 1u64 << (slot % 64);
         let word = &self.held[slot as usize / 64];
         word.fetch_or(bit, std::sync::atomic::Ordering::Relaxed) & bit == 0
+    }
+
+    /// Whether this process holds `slot`.
+    fn is_held(&self, slot: u32) -> bool {
+        let bit = 1u64 << (slot % 64);
+        self.held[slot as usize / 64].load(std::sync::atomic::Ordering::Relaxed) & bit != 0
     }
 
     /// Ends this process's hold on a slot (it was freed or sent on).
