@@ -319,7 +319,8 @@ fn describe<'a>(
 ) -> std::io::Result<Described<'a>> {
     let mut d = Described {
         items: Vec::with_capacity(list.len() + 1),
-        fds: Vec::with_capacity(2 * list.len() + 1),
+        // Empty until needed: a stream of pooled buffers carries no descriptor.
+        fds: Vec::new(),
         new_heaps: Vec::new(),
     };
     let mut tables = tables.iter();
