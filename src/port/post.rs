@@ -149,38 +149,6 @@ impl MessagePort {
         }
     }
 
-    /// Posts an archive encoded once for many ports (a `BroadcastChannel`'s fan-out):
-    /// `fp` is the fingerprint of the type it encodes. Waits for room as `wait` says, then
-    /// fails with `Full`. A message too large for the ring travels out of it and always
-    /// waits.
-    pub(crate) fn post_encoded(
-        &self,
-        archive: &[u8],
-        fp: u64,
-        wait: RoomWait,
-    ) -> Result<(), PostError> {
-        let fail = |kind| Err(PostError::new(kind, Vec::new()));
-        if !self.in_owner_process() {
-            return fail(PostErrorKind::WrongProcess);
-        }
-        if self.peer_gone_cheap() {
-            return fail(PostErrorKind::Disconnected);
-        }
-        let Ok(mut tx) = self.tx.try_borrow_mut() else {
-            return fail(PostErrorKind::Reentrant);
-        };
-        if archive.len() > tx.mem().max_payload() {
-            return self.send_encoded(&mut tx, archive, fp, Vec::new(), RoomWait::Forever);
-        }
-        match self.when_room(&mut tx, wait, |tx| tx.try_write(archive, KIND_MESSAGE, fp)) {
-            Ok(()) => {
-                self.wake_reader(&tx.mem().ctrl().reader_sleeping);
-                Ok(())
-            }
-            Err(kind) => fail(kind),
-        }
-    }
-
     /// Waits (or, with `block == false`, looks once) until `step` succeeds in writing to
     /// `tx`: each attempt first checks the peer and refreshes the consumer's index.
     /// `Err` when the peer is gone, or when not blocking and the ring is full.

@@ -118,14 +118,4 @@ impl MessagePort {
         }
         false
     }
-
-    /// True when the peer is gone (asking the kernel) and nothing it posted is left.
-    pub(crate) fn peer_gone_and_drained(&self) -> bool {
-        if !self.check_liveness_now() {
-            return false;
-        }
-        self.rx
-            .try_borrow_mut()
-            .is_ok_and(|mut rx| matches!(rx.peek(), Ok(None)))
-    }
 }

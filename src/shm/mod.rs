@@ -2,7 +2,9 @@
 //! heaps and `ArrayBuffer` regions, and the futex word waiters sleep on. Nothing here knows
 //! what a message or a port is.
 
+pub(crate) mod bell;
 pub(crate) mod buffer;
+pub(crate) mod fanout;
 pub(crate) mod heap;
 pub(crate) mod ring;
 pub(crate) mod segment;

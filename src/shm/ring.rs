@@ -42,6 +42,9 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::sys::sync::{AtomicU32, AtomicU64, Ordering};
 
+#[path = "ring_many.rs"]
+mod many;
+
 /// Bytes of record header.
 pub(crate) const RECORD_HEADER: usize = 24;
 /// Records start at and are padded to multiples of this.
@@ -309,7 +312,11 @@ impl Producer {
     pub(crate) fn refresh(&mut self) -> Result<(), Corrupt> {
         // Acquire: pairs with the consumer's Release store in `Consumer::flush`, so the
         // bytes it has finished copying out are not overwritten under it.
-        let head = self.mem.ctrl().head.load(Ordering::Acquire);
+        self.take_head(self.mem.ctrl().head.load(Ordering::Acquire))
+    }
+
+    /// Takes `head` as the consumer index, after the checks every peer value gets.
+    fn take_head(&mut self, head: u64) -> Result<(), Corrupt> {
         check_indices(head, self.tail, self.mem.cap)?;
         if head < self.head_cache {
             return Err(Corrupt("consumer index moved backwards"));
@@ -537,6 +544,8 @@ pub(crate) struct Consumer {
     head_off: usize,
     published_head: u64,
     publish_every: u64,
+    /// Where the head is published: `None`, the ring's `head` (see `many`).
+    cursor: Option<NonNull<AtomicU64>>,
 }
 
 // SAFETY: a Consumer is the only reader of its ring's published records and the only
@@ -555,6 +564,7 @@ impl Consumer {
             head_off: (head % mem.cap as u64) as usize,
             published_head: head,
             publish_every: (mem.cap / 8) as u64,
+            cursor: None,
         })
     }
 
@@ -634,18 +644,6 @@ impl Consumer {
             self.head_off = 0;
         }
         self.head - self.published_head >= self.publish_every && self.flush()
-    }
-
-    /// Publishes every release not yet published; true if there was one.
-    pub(crate) fn flush(&mut self) -> bool {
-        if self.head == self.published_head {
-            return false;
-        }
-        self.published_head = self.head;
-        // Release: pairs with the producer's Acquire load in `Producer::refresh`: our reads
-        // of the released bytes happen before the producer may overwrite them.
-        self.mem.ctrl().head.store(self.head, Ordering::Release);
-        true
     }
 }
 

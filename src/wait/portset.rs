@@ -45,9 +45,6 @@ impl PortKey {
     }
 }
 
-/// Token of the crate's extra descriptor (a `BroadcastChannel`'s listener): no port slot.
-pub(crate) const EXTRA_TOKEN: u64 = u64::MAX;
-
 struct Member {
     port: MessagePort,
     /// In `ready`: may be readable, will be looked at.
@@ -90,8 +87,6 @@ pub struct PortSet {
     members: Slab<Member>,
     ready: VecDeque<PortKey>,
     events: Vec<Readiness>,
-    /// Whether the extra descriptor reported news since the last `take_extra_news`.
-    extra_news: bool,
     examined: u64,
     /// Spin-then-arm policy of `wait` (the ports' own strategies are not used here).
     strategy: Waiter,
@@ -155,7 +150,6 @@ impl PortSet {
             members: Slab::default(),
             ready: VecDeque::new(),
             events: Vec::with_capacity(64),
-            extra_news: false,
             examined: 0,
             strategy: Waiter::new(WaitStrategy::Adaptive),
             idle: Vec::new(),
@@ -351,12 +345,6 @@ impl PortSet {
         self.examined
     }
 
-    /// The port of `key`, for the crate's own use (no requeue: the caller keeps the set's
-    /// bookkeeping true itself).
-    pub(crate) fn port(&self, key: PortKey) -> Option<&MessagePort> {
-        self.member(key).map(|m| &m.port)
-    }
-
     fn member(&self, key: PortKey) -> Option<&Member> {
         self.members.get(key.0)
     }
@@ -365,33 +353,7 @@ impl PortSet {
         self.members.get_mut(key.0)
     }
 
-    /// Watches a descriptor that is not a port (a `BroadcastChannel`'s listener and its
-    /// half-open joins); readiness of any is reported by
-    /// [`take_extra_news`](Self::take_extra_news).
-    pub(crate) fn watch_extra(&mut self, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Error> {
-        sys::epoll_watch(self.epoll.as_fd(), fd, EXTRA_TOKEN)
-            .map_err(|e| Error::os("registering with epoll", e))?;
-        self.extra_news = true;
-        Ok(())
-    }
-
-    /// Stops watching a descriptor given to [`watch_extra`](Self::watch_extra).
-    pub(crate) fn unwatch_extra(&mut self, fd: std::os::fd::BorrowedFd<'_>) {
-        sys::epoll_unwatch(self.epoll.as_fd(), fd);
-    }
-
-    /// True when the extra descriptor reported news not yet taken.
-    pub(crate) fn has_extra_news(&self) -> bool {
-        self.extra_news
-    }
-
-    /// True once after the extra descriptor reported news.
-    pub(crate) fn take_extra_news(&mut self) -> bool {
-        std::mem::take(&mut self.extra_news)
-    }
-
-    /// The next ready member, waiting until `deadline` (`None`: forever). Returns early,
-    /// with `None`, when the extra descriptor has news, so its owner can act on it.
+    /// The next ready member, waiting until `deadline` (`None`: forever).
     pub(crate) fn wait_deadline(
         &mut self,
         deadline: Option<Instant>,
@@ -402,14 +364,11 @@ impl PortSet {
             let spin_until = may_spin.then(|| deadline.unwrap_or(now + BUSY_SLICE));
             match self.next_ready(spin_until) {
                 Next::Ready(key) => return Ok(Some(key)),
-                Next::Busy if !self.extra_news => {
+                Next::Busy => {
                     self.collect(Some(Duration::ZERO))?;
                     continue;
                 }
                 _ => {}
-            }
-            if self.extra_news {
-                return Ok(None);
             }
             let timeout = match deadline {
                 None => None,
@@ -435,10 +394,6 @@ impl PortSet {
         events.clear();
         let r = sys::epoll_wait(self.epoll.as_fd(), timeout, &mut events);
         for ev in &events {
-            if ev.token == EXTRA_TOKEN {
-                self.extra_news = true;
-                continue;
-            }
             let key = PortKey::from_token(ev.token);
             if let Some(m) = self.member_mut(key) {
                 m.hung_up |= ev.hung_up;
