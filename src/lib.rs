@@ -62,12 +62,12 @@
 
 // The layers, bottom to top; each imports only from those below it (`.ci/layers` checks).
 mod error; // errors of setup and receive calls: imports nothing of the crate
-mod named;
+mod named; // meeting by name or by birth: Endpoint, BroadcastChannel, spawn/parent_port
 mod port; // MessagePort and MessageChannel, ArrayBuffer transfers, PostError
 mod shm; // shared memory: segments, rings, heaps, the futex word and waiting on it
 mod sys; // every system call, behind one set of names per operating system
 mod wait; // waiting outside a port: PortSet, async receives, on_message dispatch
-mod wire; // formats of what crosses between processes: records, transfer items, doorbells // meeting by name or by birth: Endpoint, BroadcastChannel, spawn/parent_port
+mod wire; // formats of what crosses between processes: records, transfer items, doorbells
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -80,13 +80,13 @@ pub use named::broadcast::{BroadcastChannel, MAX_BROADCAST_MEMBERS};
 pub use named::endpoint::{Endpoint, MAX_ENDPOINT_NAME};
 pub use named::process::{BOOTSTRAP_ENV, parent_port, spawn};
 pub use port::{
-    ChannelBuilder, MessageChannel, MessageEvent, MessagePort, PostError, PostErrorKind,
-    RawMessage, Transferable,
+    ChannelBuilder, Iter, MessageChannel, MessageEvent, MessagePort, PostError, PostErrorKind,
+    RawMessage, Transferable, TryIter,
 };
 pub use shm::buffer::ArrayBuffer;
 pub use shm::wake::WaitStrategy;
 pub use wait::dispatch::{HandlerPanicked, MessageHandler};
-pub use wait::future::{Messages, RecvFuture};
+pub use wait::future::{Messages, PostFuture, RecvFuture};
 pub use wait::portset::{InsertError, PortKey, PortSet};
 pub use wire::codec::Message;
 

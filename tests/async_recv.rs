@@ -52,7 +52,7 @@ fn block_on<F: Future>(f: F) -> (F::Output, usize) {
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .enable_time()
+        .enable_all()
         .build()
         .unwrap()
 }

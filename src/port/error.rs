@@ -8,7 +8,8 @@ use super::Transferable;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum PostErrorKind {
-    /// The peer's ring is full (only from `try_post_message`).
+    /// The peer's ring is full (only from `try_post_message`, or from
+    /// `post_message_timeout` when the timeout passed).
     Full,
     /// The peer is gone: nobody will ever receive this message (S16).
     Disconnected,

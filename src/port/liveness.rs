@@ -88,14 +88,15 @@ impl MessagePort {
         // Release: pairs with the peer's Acquire load in `peer_gone_cheap`.
         self.seg.closed_flag(self.side).store(1, Ordering::Release);
         // The peer may sleep waiting for data from us or for room in the ring it fills.
-        self.wake_reader(&self.seg.ring_ctrl(self.side).reader_sleeping);
-        wake(&self.seg.ring_ctrl(self.side.peer()).writer_sleeping);
+        self.wake_peer(&self.seg.ring_ctrl(self.side).reader_sleeping);
+        self.wake_peer(&self.seg.ring_ctrl(self.side.peer()).writer_sleeping);
     }
 
-    /// Wakes the peer waiting for data in the ring we write: a futex wake if it sleeps, a
-    /// doorbell on its socket if it waits in a [`PortSet`](crate::PortSet) or a future.
+    /// Wakes the peer waiting on `word` (for data in the ring we write, or for room in the
+    /// ring we read): a futex wake if it sleeps, a doorbell on its socket if it waits in a
+    /// [`PortSet`](crate::PortSet), a future or an event loop.
     #[inline]
-    pub(super) fn wake_reader(&self, word: &crate::sys::sync::AtomicU32) {
+    pub(super) fn wake_peer(&self, word: &crate::sys::sync::AtomicU32) {
         if wake(word) & WANTS_DOORBELL != 0 {
             self.ring_doorbell();
         }

@@ -4,6 +4,7 @@
 mod channel;
 mod error;
 mod handoff;
+mod iter;
 mod liveness;
 mod post;
 mod raw;
@@ -17,6 +18,7 @@ mod transferable;
 
 pub use channel::{ChannelBuilder, MessageChannel};
 pub use error::{PostError, PostErrorKind};
+pub use iter::{Iter, TryIter};
 use liveness::LIVENESS_EVERY;
 pub(crate) use post::RoomWait;
 pub use raw::RawMessage;
@@ -107,6 +109,10 @@ pub struct MessagePort {
     arena: RefCell<Option<Arena>>,
     /// Set when the port's end moves elsewhere (spawn, transfer): Drop must not close it.
     moved: Cell<bool>,
+    /// Set once the port's readiness descriptor was handed out ([`AsFd`]): a receive that
+    /// finds nothing then asks the writer for a doorbell, so the descriptor becomes
+    /// readable at the next post.
+    watched: Cell<bool>,
     /// This port's place in the async reactor, made by its first pending `recv_async`.
     watcher: std::cell::OnceCell<Box<dyn SocketWatcher>>,
     /// The heaps whose descriptors this handle has sent over the ring it writes, by their
@@ -162,6 +168,7 @@ impl MessagePort {
             size_hint: Cell::new(0),
             arena: RefCell::new(None),
             moved: Cell::new(false),
+            watched: Cell::new(false),
             watcher: std::cell::OnceCell::new(),
             heaps_sent: RefCell::new(Vec::new()),
             heaps_received: RefCell::new(Vec::new()),

@@ -81,6 +81,42 @@ impl MessagePort {
         self.post(msg, transfer, RoomWait::Never)
     }
 
+    /// Posts a message, waiting at most `timeout` for room in the peer's ring.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmport::{MessageChannel, PostErrorKind};
+    ///
+    /// let ch = MessageChannel::builder().capacity(4096).build()?;
+    /// // Nobody receives: the ring fills, then a post gives up after the timeout.
+    /// let err = loop {
+    ///     if let Err(e) = ch.port1.post_message_timeout(&[0u8; 512], [], Duration::from_millis(1)) {
+    ///         break e;
+    ///     }
+    /// };
+    /// assert!(matches!(err.kind(), PostErrorKind::Full));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message), plus [`PostErrorKind::Full`] when the ring
+    /// still has no room after `timeout`; nothing is sent and the transfer list is handed
+    /// back. (A message too large for the ring waits only for the ring's room for its
+    /// small record; descriptor passing, if any, may wait on the socket.)
+    pub fn post_message_timeout<T: Message>(
+        &self,
+        msg: &T,
+        transfer: impl IntoIterator<Item = Transferable>,
+        timeout: std::time::Duration,
+    ) -> Result<(), PostError> {
+        let wait = match Instant::now().checked_add(timeout) {
+            Some(deadline) => RoomWait::Until(deadline),
+            None => RoomWait::Forever,
+        };
+        self.post(msg, transfer, wait)
+    }
+
     pub(super) fn post<T: Message>(
         &self,
         msg: &T,
@@ -109,7 +145,7 @@ impl MessagePort {
         let fp = self.send_fp.get::<T>();
         match self.write_in_place(&mut tx, msg, fp, arena) {
             Ok(true) => {
-                self.wake_reader(&tx.mem().ctrl().reader_sleeping);
+                self.wake_peer(&tx.mem().ctrl().reader_sleeping);
                 return Ok(());
             }
             Ok(false) => {}
@@ -142,7 +178,7 @@ impl MessagePort {
         self.size_hint.set(len);
         match self.when_room(&mut tx, wait, |tx| tx.try_write(&scratch, KIND_MESSAGE, fp)) {
             Ok(()) => {
-                self.wake_reader(&tx.mem().ctrl().reader_sleeping);
+                self.wake_peer(&tx.mem().ctrl().reader_sleeping);
                 Ok(())
             }
             Err(kind) => fail(kind),

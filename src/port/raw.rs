@@ -135,7 +135,7 @@ impl MessagePort {
     ///
     /// As [`try_recv`](Self::try_recv), without the type check.
     pub fn try_recv_raw(&self) -> Result<RawMessage, TryRecvError> {
-        self.try_recv_with(true, &mut copy_archive).map(into_raw)
+        self.try_recv_now(&mut copy_archive).map(into_raw)
     }
 
     /// [`try_recv_raw`](Self::try_recv_raw), lending the archive to `f` instead of
@@ -169,7 +169,7 @@ impl MessagePort {
             // One record per receive: unreachable.
             None => Err(MessageError::Corrupt("a receive decoded two records")),
         };
-        self.try_recv_with(true, &mut lend)
+        self.try_recv_now(&mut lend)
     }
 
     /// Posts an encoded message: `archive` as [`recv_raw`](Self::recv_raw) or
@@ -246,7 +246,7 @@ impl MessagePort {
         }
         match self.when_room(&mut tx, wait, |tx| tx.try_write(archive, KIND_MESSAGE, fp)) {
             Ok(()) => {
-                self.wake_reader(&tx.mem().ctrl().reader_sleeping);
+                self.wake_peer(&tx.mem().ctrl().reader_sleeping);
                 Ok(())
             }
             Err(kind) => Err(PostError::new(kind, Vec::new())),

@@ -1,9 +1,11 @@
 //! Readiness for waiters outside the port (`PortSet`, async receives): doorbell requests,
 //! draining doorbells, and "would a receive find something now".
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
-use crate::shm::wake::{WANTS_DOORBELL, wake};
+use crate::error::TryRecvError;
+
+use crate::shm::wake::WANTS_DOORBELL;
 use crate::sys::sync::Ordering;
 use crate::wire::codec::FingerprintCache;
 
@@ -45,6 +47,11 @@ impl MessagePort {
             .as_any()
             .downcast_ref()
             .ok_or_else(|| std::io::Error::other("a port has one kind of socket watcher"))
+    }
+
+    /// True when a watcher was made (of whichever kind).
+    pub(crate) fn has_watcher(&self) -> bool {
+        self.watcher.get().is_some()
     }
 
     /// The watcher made by [`watcher`](Self::watcher), if any.
@@ -102,14 +109,10 @@ impl MessagePort {
         if let Ok(mut rx) = self.rx.try_borrow_mut() {
             // Publish what we consumed, so a writer waiting for room is not left waiting.
             if rx.flush() {
-                wake(&rx.mem().ctrl().writer_sleeping);
+                self.wake_peer(&rx.mem().ctrl().writer_sleeping);
             }
         }
-        let word = &self.seg.ring_ctrl(self.side.peer()).reader_sleeping;
-        word.fetch_or(WANTS_DOORBELL, Ordering::Relaxed);
-        // SeqCst fence: pairs with the writer's fence in `wake`: either it sees our bit and
-        // rings, or we see its record below.
-        crate::sys::sync::fence(Ordering::SeqCst);
+        self.arm_for_data();
         if self.readable_now(false) {
             // Not waiting after all: withdraw the request, or the writer would ring for
             // nothing at its next post, and doorbells would pile up on a busy port.
@@ -117,5 +120,127 @@ impl MessagePort {
             return true;
         }
         false
+    }
+
+    /// Asks the writer to ring this port's socket at its next post or close (a waiter
+    /// outside the port: a future, an event loop). The caller then looks once more.
+    pub(crate) fn arm_for_data(&self) {
+        let word = &self.seg.ring_ctrl(self.side.peer()).reader_sleeping;
+        word.fetch_or(WANTS_DOORBELL, Ordering::Relaxed);
+        // SeqCst fence: pairs with the writer's fence in `wake`: either it sees our bit and
+        // rings, or our next look sees its record.
+        crate::sys::sync::fence(Ordering::SeqCst);
+    }
+
+    /// Asks the reader of the ring this port writes to ring our socket when it frees room
+    /// (or closes): an async post waiting for room. The caller then tries once more.
+    pub(crate) fn arm_for_room(&self) {
+        let word = &self.seg.ring_ctrl(self.side).writer_sleeping;
+        word.fetch_or(WANTS_DOORBELL, Ordering::Relaxed);
+        // SeqCst fence: pairs with the reader's fence in `wake` after it publishes its
+        // index: either it sees our bit and rings, or our next try sees the room.
+        crate::sys::sync::fence(Ordering::SeqCst);
+    }
+
+    /// Withdraws [`arm_for_room`](Self::arm_for_room)'s request: the post went through.
+    pub(crate) fn disarm_room(&self) {
+        self.seg
+            .ring_ctrl(self.side)
+            .writer_sleeping
+            .fetch_and(!WANTS_DOORBELL, Ordering::Relaxed);
+    }
+
+    /// The socket reported a hang-up: ask the kernel whether the peer's process is gone,
+    /// so the next receive or post sees it.
+    pub(crate) fn note_hang_up(&self) {
+        self.check_liveness_now();
+    }
+}
+
+impl MessagePort {
+    /// The descriptor that becomes readable when this port has news, for an event loop of
+    /// your own (epoll, mio, calloop, tokio's `AsyncFd`): the fallible form of
+    /// [`as_fd`](AsFd::as_fd).
+    ///
+    /// Readable means "call [`try_recv`](Self::try_recv) now": a message is queued, or the
+    /// peer is gone. Once this descriptor was asked for, every non-blocking receive that
+    /// finds the queue empty (`try_recv`, `try_recv_archived`, `try_recv_raw`,
+    /// [`try_iter`](Self::try_iter) at its end) asks the peer to make it readable at its
+    /// next post, so the rule is the usual one for edge-triggered readiness: when it is
+    /// readable, receive until `Empty`, then wait again. It works level-triggered too; a
+    /// wake-up can be spurious (the doorbell of a message already received), and the
+    /// following `Empty` consumes it. Ask for it, then receive until `Empty` once before
+    /// the first wait: messages queued before it was asked for rang nothing.
+    ///
+    /// The descriptor is the channel's socket, created on first need; it stays valid while
+    /// the port lives here (a port that moves to another process takes it along).
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use rustix::event::{PollFd, PollFlags, poll};
+    ///
+    /// let ch = shmport::MessageChannel::new()?;
+    /// let fd = ch.port2.readiness_fd()?;
+    /// assert!(ch.port2.try_recv::<u32>().unwrap_err().is_empty()); // arms it
+    /// ch.port1.post_message(&7u32, [])?;
+    /// let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    /// poll(&mut fds, None)?;
+    /// assert_eq!(ch.port2.try_recv::<u32>()?.data, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The operating system refused the socket (the descriptor limit).
+    pub fn readiness_fd(&self) -> std::io::Result<BorrowedFd<'_>> {
+        let fd = self.socket()?;
+        if !self.watched.replace(true) {
+            // From now on every post rings; what is queued already, a receive finds.
+            self.arm_for_data();
+        }
+        Ok(fd)
+    }
+
+    /// A non-blocking receive for the public `try_*` calls: as `try_recv_with`, and when
+    /// the port's descriptor is watched by an event loop and the queue is empty, arms the
+    /// doorbell (consuming the doorbells already there) so the descriptor becomes
+    /// readable at the next post.
+    pub(super) fn try_recv_now<R>(
+        &self,
+        decode: &mut Decoder<'_, R>,
+    ) -> Result<MessageEvent<R>, TryRecvError> {
+        let r = self.try_recv_with(true, decode);
+        if !self.watched.get() || !matches!(r, Err(TryRecvError::Empty)) {
+            return r;
+        }
+        // Consume the doorbells first: one rung after this is news and stays.
+        self.drain_doorbells();
+        if self.ready_or_arm(false) {
+            // Something arrived meanwhile (or the peer went): take it.
+            return self.try_recv_with(false, decode);
+        }
+        Err(TryRecvError::Empty)
+    }
+}
+
+/// The port's readiness descriptor ([`MessagePort::readiness_fd`]).
+///
+/// # Panics
+///
+/// When the operating system refuses the socket the descriptor is (the process's
+/// descriptor limit is reached). Use [`MessagePort::readiness_fd`] to handle that error.
+impl AsFd for MessagePort {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self.readiness_fd() {
+            Ok(fd) => fd,
+            Err(e) => panic!("shmport: no descriptor for the port's readiness: {e}"),
+        }
+    }
+}
+
+/// As [`AsFd`]: the port's readiness descriptor.
+impl AsRawFd for MessagePort {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
     }
 }

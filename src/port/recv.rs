@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{MessageError, RecvError, RecvTimeoutError, TryRecvError};
-use crate::shm::wake::wake;
 use crate::wire::codec::{self, KIND_MESSAGE, Message};
 use crate::wire::transfer::KIND_TRANSFER;
 
@@ -54,6 +53,32 @@ impl MessagePort {
         self.recv_until(Instant::now().checked_add(timeout), &mut decode)
     }
 
+    /// Receives the next message, waiting until `deadline` at the latest; the form of
+    /// [`recv_timeout`](Self::recv_timeout) for loops with one deadline for many receives.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let ch = shmport::MessageChannel::new()?;
+    /// let deadline = Instant::now() + Duration::from_millis(10);
+    /// ch.port1.post_message(&1u8, [])?;
+    /// assert_eq!(ch.port2.recv_deadline::<u8>(deadline)?.data, 1);
+    /// assert!(ch.port2.recv_deadline::<u8>(deadline).unwrap_err().is_timeout());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`recv_timeout`](Self::recv_timeout).
+    pub fn recv_deadline<T: Message>(
+        &self,
+        deadline: Instant,
+    ) -> Result<MessageEvent<T>, RecvTimeoutError> {
+        let mut decode =
+            |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp, self.max_depth());
+        self.recv_until(Some(deadline), &mut decode)
+    }
+
     /// Receives the next message and hands its archived form (rkyv's `Archived<T>`) to `f`
     /// instead of deserializing it: rkyv's zero-copy read, validated.
     ///
@@ -99,7 +124,7 @@ impl MessagePort {
             let archived = codec::access::<T>(bytes, tag, &self.recv_fp, self.max_depth())?;
             Ok(f.take().expect("one record per receive")(archived))
         };
-        self.try_recv_with(true, &mut decode)
+        self.try_recv_now(&mut decode)
     }
 
     pub(super) fn recv_until<R>(
@@ -140,7 +165,7 @@ impl MessagePort {
     pub fn try_recv<T: Message>(&self) -> Result<MessageEvent<T>, TryRecvError> {
         let mut decode =
             |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp, self.max_depth());
-        self.try_recv_with(true, &mut decode)
+        self.try_recv_now(&mut decode)
     }
 
     pub(crate) fn try_recv_with<R>(
@@ -164,7 +189,7 @@ impl MessagePort {
             Ok(Some(r)) => r,
             Ok(None) => {
                 if rx.flush() {
-                    wake(&rx.mem().ctrl().writer_sleeping);
+                    self.wake_peer(&rx.mem().ctrl().writer_sleeping);
                 }
                 let gone = self.peer_gone_cheap()
                     || (periodic_liveness && self.liveness_due() && self.check_liveness_now());
@@ -183,7 +208,7 @@ impl MessagePort {
         let mut scratch = std::mem::take(&mut *self.rx_scratch.borrow_mut());
         rx.copy_payload(&record, &mut scratch);
         if rx.release(record) {
-            wake(&rx.mem().ctrl().writer_sleeping);
+            self.wake_peer(&rx.mem().ctrl().writer_sleeping);
         }
         drop(rx);
         let header = record.header;

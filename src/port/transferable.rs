@@ -30,6 +30,23 @@ impl From<ArrayBuffer> for Transferable {
 }
 
 impl Transferable {
+    /// The port, if this is one (as a transfer list handed back by
+    /// [`PostError::into_inner`](crate::PostError::into_inner) holds them).
+    pub fn into_port(self) -> Option<MessagePort> {
+        match self {
+            Transferable::Port(p) => Some(*p),
+            Transferable::Buffer(_) => None,
+        }
+    }
+
+    /// The buffer, if this is one.
+    pub fn into_buffer(self) -> Option<ArrayBuffer> {
+        match self {
+            Transferable::Buffer(b) => Some(b),
+            Transferable::Port(_) => None,
+        }
+    }
+
     /// Starts moving this object: a port publishes its state and is marked moved (dropping
     /// its handle then closes nothing), a pooled buffer's slot goes in transit. `false`
     /// when the slot was rewritten by another process: nothing was done.

@@ -12,10 +12,10 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use crate::error::{RecvError, TryRecvError};
-use crate::port::Decoder;
-use crate::port::{MessageEvent, MessagePort};
+use crate::error::RecvError;
+use crate::port::{Decoder, MessageEvent, MessagePort, PostError, PostErrorKind, Transferable};
 use crate::wait::reactor::Registration;
+use crate::wait::watch::Wait;
 use crate::wire::codec::{self, Message};
 
 impl MessagePort {
@@ -30,38 +30,70 @@ impl MessagePort {
     }
 
     /// One poll of an async receive: a queued message is returned at once; otherwise the
-    /// task's waker is left with the reactor and the doorbell armed. Only a `Ready` result
-    /// takes anything from the ring, so dropping the future between polls loses nothing.
+    /// task's waker is left where the port's next news wakes it and the doorbell armed.
+    /// Only a `Ready` result takes anything from the ring, so dropping the future between
+    /// polls loses nothing.
     fn poll_recv_with<R>(
         &self,
         cx: &mut Context<'_>,
         decode: &mut Decoder<'_, R>,
     ) -> Poll<Result<MessageEvent<R>, RecvError>> {
-        let done = |r: Result<MessageEvent<R>, TryRecvError>| match r {
-            Ok(ev) => Some(Ok(ev)),
-            Err(e) => e.settled().map(Err),
+        let wait = Wait {
+            port: self,
+            attempt: |hung_up: bool| {
+                if hung_up {
+                    self.note_hang_up();
+                }
+                match self.try_recv_with(!hung_up, decode) {
+                    Ok(ev) => Some(Ok(ev)),
+                    Err(e) => e.settled().map(Err),
+                }
+            },
+            arm: || self.arm_for_data(),
+            disarm: || self.disarm(),
         };
-        if let Some(r) = done(self.try_recv_with(true, decode)) {
-            return Poll::Ready(r);
+        match wait.poll(cx) {
+            Poll::Ready(Ok(r)) => Poll::Ready(r),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(RecvError::Os(e))),
+            Poll::Pending => Poll::Pending,
         }
-        let reg = match self.watcher(Registration::new) {
-            Ok(reg) => reg,
-            Err(e) => return Poll::Ready(Err(RecvError::Os(e))),
+    }
+
+    /// One poll of an async post: posts if the peer's ring has room, else leaves the
+    /// task's waker to be woken when the reader frees room. `list` is taken for each try
+    /// and put back when the ring is full.
+    fn poll_post<T: Message>(
+        &self,
+        cx: &mut Context<'_>,
+        msg: &T,
+        list: &mut Vec<Transferable>,
+    ) -> Poll<Result<(), PostError>> {
+        let wait = Wait {
+            port: self,
+            attempt: |hung_up: bool| {
+                if hung_up {
+                    self.note_hang_up();
+                }
+                match self.try_post_message(msg, std::mem::take(list)) {
+                    Ok(()) => Some(Ok(())),
+                    Err(e) if matches!(e.kind(), PostErrorKind::Full) => {
+                        *list = e.into_inner();
+                        None
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            },
+            arm: || self.arm_for_room(),
+            disarm: || self.disarm_room(),
         };
-        let hung_up = reg.set_waker(cx.waker());
-        let more_doorbells = self.drain_doorbells();
-        if self.ready_or_arm(hung_up) {
-            if let Some(r) = done(self.try_recv_with(false, decode)) {
-                return Poll::Ready(r);
+        match wait.poll(cx) {
+            Poll::Ready(Ok(r)) => Poll::Ready(r),
+            Poll::Ready(Err(e)) => {
+                let list = std::mem::take(list);
+                Poll::Ready(Err(PostError::new(PostErrorKind::Os(e), list)))
             }
-            // Readable a moment ago, empty now: cannot happen with one consumer, but if it
-            // did, ask to be polled again rather than sleep through news.
-            cx.waker().wake_by_ref();
-        } else if more_doorbells {
-            // A flood of doorbells: drain the rest at the next poll, yielding in between.
-            cx.waker().wake_by_ref();
+            Poll::Pending => Poll::Pending,
         }
-        Poll::Pending
     }
 
     /// A receive future or stream was dropped: the reactor forgets its task's waker.
@@ -137,6 +169,66 @@ impl MessagePort {
             _message: PhantomData,
         }
     }
+
+    /// Posts a message, waiting for room in the peer's ring without blocking the thread:
+    /// the async form of [`post_message`](Self::post_message), for any executor.
+    ///
+    /// While the ring has room it costs what `try_post_message` costs; when it is full the
+    /// task sleeps until the reader frees room (the reader rings the channel's socket,
+    /// which the reactor watches) or goes away.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes posts nothing, but drops the ports and
+    /// buffers of its transfer list with it. To keep them, take them back with
+    /// [`PostFuture::cancel`] (for example in a `select!` over `&mut fut`). With an
+    /// empty transfer list it is cancel-safe: the message is posted whole or not at all.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message), plus [`PostErrorKind::Os`] if the kernel
+    /// refuses what waiting without blocking needs; the transfer list is handed back.
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     struct Unpark(std::thread::Thread);
+    /// #     impl std::task::Wake for Unpark {
+    /// #         fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
+    /// #     }
+    /// #     let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    /// #     let mut cx = std::task::Context::from_waker(&waker);
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+    /// #         std::thread::park();
+    /// #     }
+    /// # }
+    ///
+    /// let MessageChannel { mut port1, port2, .. } = MessageChannel::builder().capacity(4096).build()?;
+    /// let reader = std::thread::spawn(move || port2.iter::<Vec<u8>>().count());
+    /// block_on(async {
+    ///     for _ in 0..100 {
+    ///         // 100 KiB through a 4 KiB ring: most posts wait for the reader.
+    ///         port1.post_message_async(&vec![0u8; 1024], []).await?;
+    ///     }
+    ///     Ok::<(), shmport::PostError>(())
+    /// })?;
+    /// drop(port1);
+    /// assert_eq!(reader.join().unwrap(), 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn post_message_async<'a, T: Message>(
+        &'a mut self,
+        msg: &'a T,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> PostFuture<'a, T> {
+        PostFuture {
+            port: self,
+            msg,
+            list: transfer.into_iter().collect(),
+        }
+    }
 }
 
 /// The future of [`MessagePort::recv_async`].
@@ -198,5 +290,38 @@ impl<T: Message> Stream for Messages<'_, T> {
 impl<T> Drop for Messages<'_, T> {
     fn drop(&mut self) {
         self.port.forget_waker();
+    }
+}
+
+/// The future of [`MessagePort::post_message_async`].
+#[must_use = "futures do nothing unless awaited"]
+#[derive(Debug)]
+pub struct PostFuture<'a, T> {
+    port: &'a mut MessagePort,
+    msg: &'a T,
+    list: Vec<Transferable>,
+}
+
+impl<T> PostFuture<'_, T> {
+    /// Gives up on the post and hands back its transfer list: nothing was posted if the
+    /// future had not completed.
+    pub fn cancel(mut self) -> Vec<Transferable> {
+        std::mem::take(&mut self.list)
+    }
+}
+
+impl<T: Message> Future for PostFuture<'_, T> {
+    type Output = Result<(), PostError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.port.poll_post(cx, this.msg, &mut this.list)
+    }
+}
+
+impl<T> Drop for PostFuture<'_, T> {
+    fn drop(&mut self) {
+        self.port.forget_waker();
+        self.port.disarm_room();
     }
 }

@@ -1,8 +1,12 @@
 //! Waiting outside a single blocking receive: many ports at once (`PortSet`), async
-//! receives woken by a reactor thread, and the `on_message` dispatch thread.
+//! receives and posts woken by a reactor thread (or tokio's), and the `on_message`
+//! dispatch thread.
 
 pub(crate) mod dispatch;
 pub(crate) mod future;
 pub(crate) mod portset;
 pub(crate) mod reactor;
 mod slab;
+#[cfg(feature = "tokio")]
+mod tokio;
+mod watch;

@@ -1,0 +1,145 @@
+//! Blocking conveniences as std's and crossbeam's receivers have them: iterators over the
+//! incoming messages, a non-consuming look at the queue, and a non-consuming "is the peer
+//! gone?".
+
+use std::marker::PhantomData;
+
+use crate::error::{MessageError, RecvError, TryRecvError};
+use crate::wire::codec::Message;
+
+use super::*;
+
+impl MessagePort {
+    /// A blocking iterator over the incoming messages, as [`recv`](Self::recv) receives
+    /// them. It ends when the peer is gone and everything it posted has been received; a
+    /// message that cannot be decoded as `T` is an `Err` item and the iteration goes on
+    /// (the web's `messageerror`).
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let MessageChannel { port1, port2, .. } = MessageChannel::new()?;
+    /// for i in 0..3u32 {
+    ///     port1.post_message(&i, [])?;
+    /// }
+    /// drop(port1);
+    /// let got: Vec<u32> = port2.iter::<u32>().map(|r| r.map(|ev| ev.data)).collect::<Result<_, _>>()?;
+    /// assert_eq!(got, [0, 1, 2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn iter<T: Message>(&self) -> Iter<'_, T> {
+        Iter {
+            port: self,
+            done: false,
+            _message: PhantomData,
+        }
+    }
+
+    /// An iterator over the messages queued now, as [`try_recv`](Self::try_recv) receives
+    /// them. It ends when the queue is empty or the peer gone, and never waits; a message
+    /// that cannot be decoded as `T` is an `Err` item.
+    ///
+    /// ```
+    /// use shmport::MessageChannel;
+    ///
+    /// let ch = MessageChannel::new()?;
+    /// ch.port1.post_message(&1u8, [])?;
+    /// ch.port1.post_message(&2u8, [])?;
+    /// assert_eq!(ch.port2.try_iter::<u8>().count(), 2);
+    /// assert_eq!(ch.port2.try_iter::<u8>().count(), 0); // nothing left, the peer is alive
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_iter<T: Message>(&self) -> TryIter<'_, T> {
+        TryIter {
+            port: self,
+            _message: PhantomData,
+        }
+    }
+
+    /// True when no message is queued for this port now. Takes nothing; one look at the
+    /// ring (no system call).
+    ///
+    /// ```
+    /// let ch = shmport::MessageChannel::new()?;
+    /// assert!(ch.port2.is_empty());
+    /// ch.port1.post_message(&1u8, [])?;
+    /// assert!(!ch.port2.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        if self.peer.get() == PeerState::Poisoned || !self.in_owner_process() {
+            return true;
+        }
+        self.rx
+            .try_borrow_mut()
+            .map_or(true, |mut rx| !matches!(rx.peek(), Ok(Some(_)) | Err(_)))
+    }
+
+    /// True when the peer port is gone for good: closed, dropped, or its process exited or
+    /// was killed (one `poll` system call when the peer is in another process). Messages it
+    /// posted before may still be queued: receive them first, a receive says
+    /// `Disconnected` after the last. Takes nothing.
+    ///
+    /// ```
+    /// let ch = shmport::MessageChannel::new()?;
+    /// assert!(!ch.port2.is_peer_gone());
+    /// ch.port1.post_message(&1u8, [])?;
+    /// drop(ch.port1);
+    /// assert!(ch.port2.is_peer_gone());
+    /// assert_eq!(ch.port2.recv::<u8>()?.data, 1); // still delivered (S15)
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_peer_gone(&self) -> bool {
+        self.peer.get() != PeerState::Alive || !self.in_owner_process() || self.check_liveness_now()
+    }
+}
+
+/// The iterator of [`MessagePort::iter`].
+#[must_use = "iterators are lazy and do nothing unless consumed"]
+#[derive(Debug)]
+pub struct Iter<'a, T> {
+    port: &'a MessagePort,
+    done: bool,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T: Message> Iterator for Iter<'_, T> {
+    type Item = Result<MessageEvent<T>, MessageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.port.recv::<T>() {
+            Ok(ev) => Some(Ok(ev)),
+            Err(RecvError::MessageError(e)) => Some(Err(e)),
+            // `Disconnected` (a blocking receive reports nothing else).
+            Err(_) => {
+                self.done = true;
+                None
+            }
+        }
+    }
+}
+
+impl<T: Message> std::iter::FusedIterator for Iter<'_, T> {}
+
+/// The iterator of [`MessagePort::try_iter`].
+#[must_use = "iterators are lazy and do nothing unless consumed"]
+#[derive(Debug)]
+pub struct TryIter<'a, T> {
+    port: &'a MessagePort,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T: Message> Iterator for TryIter<'_, T> {
+    type Item = Result<MessageEvent<T>, MessageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.port.try_recv::<T>() {
+            Ok(ev) => Some(Ok(ev)),
+            Err(TryRecvError::MessageError(e)) => Some(Err(e)),
+            Err(_) => None,
+        }
+    }
+}

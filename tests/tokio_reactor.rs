@@ -1,0 +1,50 @@
+//! With the `tokio` feature, async receives and posts inside a tokio runtime wait through
+//! tokio's reactor: shmport starts no reactor thread of its own.
+//! (`cargo test --release --features tokio --test tokio_reactor`)
+#![cfg(feature = "tokio")]
+
+use shmport::MessageChannel;
+
+fn reactor_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|name| name.trim() == "shmport-reactor")
+        .count()
+}
+
+#[test]
+fn async_receives_and_posts_in_tokio_start_no_reactor_thread() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let MessageChannel {
+        mut port1, port2, ..
+    } = MessageChannel::builder().capacity(4096).build().unwrap();
+    let echo = std::thread::spawn(move || {
+        while let Ok(ev) = port2.recv::<(u32, [u8; 300])>() {
+            if port2.post_message(&ev.data.0, []).is_err() {
+                break;
+            }
+        }
+    });
+    rt.block_on(async {
+        for round in 0..100u32 {
+            // Twenty 300-byte messages through a 4 KiB ring: posts wait for room too.
+            for i in 0..20 {
+                port1
+                    .post_message_async(&(round * 20 + i, [0u8; 300]), [])
+                    .await
+                    .unwrap();
+            }
+            for i in 0..20 {
+                let got = port1.recv_async::<u32>().await.unwrap().data;
+                assert_eq!(got, round * 20 + i);
+            }
+        }
+    });
+    assert_eq!(reactor_threads(), 0);
+    drop(port1);
+    echo.join().unwrap();
+}
