@@ -38,6 +38,14 @@ pub enum Error {
     InvalidName(String),
     /// A live process of this user already serves this endpoint name.
     NameInUse(String),
+    /// [`declare_stable_name`](crate::declare_stable_name) was given an empty name, or
+    /// the type already has another stable name (which stays).
+    StableName {
+        /// The type.
+        type_name: &'static str,
+        /// Its stable name: the one declared before, or the empty one refused.
+        name: &'static str,
+    },
     /// No process of this user serves this endpoint name.
     NoSuchEndpoint(String),
     /// A `BroadcastChannel` name already has
@@ -85,6 +93,15 @@ impl fmt::Display for Error {
             }
             Error::BadBootstrap(why) => write!(f, "malformed bootstrap information: {why}"),
             Error::InvalidSegment(why) => write!(f, "invalid shared-memory segment: {why}"),
+            Error::StableName {
+                type_name,
+                name: "",
+            } => {
+                write!(f, "an empty stable name for {type_name}")
+            }
+            Error::StableName { type_name, name } => {
+                write!(f, "{type_name} already has the stable name {name:?}")
+            }
             Error::InvalidName(name) => write!(
                 f,
                 "invalid endpoint name {name:?}: use 1 to 64 ASCII letters, digits, '.', '_' or '-'"

@@ -79,6 +79,8 @@ pub use error::{Error, MessageError, RecvError, RecvTimeoutError, TryRecvError};
 pub use named::broadcast::{BroadcastChannel, MAX_BROADCAST_MEMBERS};
 pub use named::endpoint::{Endpoint, MAX_ENDPOINT_NAME};
 pub use named::process::{BOOTSTRAP_ENV, parent_port, spawn};
+#[cfg(feature = "serde")]
+pub use port::serde_fingerprint_of;
 pub use port::{
     ChannelBuilder, Iter, MessageChannel, MessageEvent, MessagePort, PostError, PostErrorKind,
     RawMessage, Transferable, TryIter,
@@ -88,7 +90,7 @@ pub use shm::wake::WaitStrategy;
 pub use wait::dispatch::{HandlerPanicked, MessageHandler};
 pub use wait::future::{Messages, PostFuture, RecvFuture};
 pub use wait::portset::{InsertError, PortKey, PortSet};
-pub use wire::codec::Message;
+pub use wire::codec::{Message, declare_stable_name, stable_fingerprint};
 
 /// The rkyv version shmport speaks; derive your messages' traits from here.
 pub use rkyv;

@@ -10,6 +10,8 @@ mod post;
 mod raw;
 mod readiness;
 mod recv;
+#[cfg(feature = "serde")]
+mod serde_codec;
 #[cfg(all(test, not(loom)))]
 mod tests;
 pub(crate) mod transfer_in;
@@ -24,6 +26,8 @@ pub(crate) use post::RoomWait;
 pub use raw::RawMessage;
 pub(crate) use readiness::SocketWatcher;
 pub(crate) use recv::Decoder;
+#[cfg(feature = "serde")]
+pub use serde_codec::serde_fingerprint_of;
 pub use transferable::Transferable;
 
 use std::cell::{Cell, RefCell};

@@ -65,22 +65,117 @@ impl<T> Message for T where
 {
 }
 
-/// The fingerprint of `T`: FNV-1a over its type name and its archived size and alignment.
+/// The fingerprint of `T`: FNV-1a over its name (its stable name if one was declared,
+/// else its type name) and its archived size and alignment.
 ///
-/// Stable across processes built from the same source with the same compiler, which is
-/// what two ends of a channel are expected to be.
+/// With type names, stable across processes built from the same source with the same
+/// compiler; with stable names ([`declare_stable_name`]), across separately built binaries
+/// whose types have the same archived layout.
 pub(crate) fn fingerprint_of<T: Message>() -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
+    stable_fingerprint::<T>(name_of::<T>())
+}
+
+/// FNV-1a, 64-bit.
+pub(crate) struct Fnv(pub(crate) u64);
+
+impl Fnv {
+    pub(crate) fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub(crate) fn eat(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
-    };
-    eat(std::any::type_name::<T>().as_bytes());
-    eat(&(std::mem::size_of::<T::Archived>() as u64).to_le_bytes());
-    eat(&(std::mem::align_of::<T::Archived>() as u64).to_le_bytes());
-    h
+    }
+}
+
+/// Stable names declared by this process, by type; `ANY_STABLE` says whether to look.
+static STABLE_NAMES: std::sync::RwLock<Vec<(TypeId, &'static str)>> =
+    std::sync::RwLock::new(Vec::new());
+static ANY_STABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The name `T`'s fingerprint hashes: its declared stable name, or its type name.
+pub(crate) fn name_of<T: ?Sized + 'static>() -> &'static str {
+    if ANY_STABLE.load(std::sync::atomic::Ordering::Acquire) {
+        let id = TypeId::of::<T>();
+        let names = STABLE_NAMES
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(&(_, name)) = names.iter().find(|(t, _)| *t == id) {
+            return name;
+        }
+    }
+    std::any::type_name::<T>()
+}
+
+/// Declares a stable name for message type `T`, used instead of its type name in the
+/// fingerprint that type-checks every message of `T` (S6).
+///
+/// The type name (`my_crate::proto::Frame`) is what the fingerprint hashes by default:
+/// the same in two processes built from one source with one compiler, but not promised
+/// across compiler versions, and changed by moving the type to another module. Two
+/// programs built separately (a plugin and its host, two releases of a service, the two
+/// ends of a [bridge to another host](https://docs.rs/shmport-zenoh)) declare the same
+/// name for the type in both, before its first message is posted or received:
+///
+/// ```
+/// use shmport::rkyv::{Archive, Deserialize, Serialize};
+///
+/// #[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
+/// struct Frame { seq: u64 }
+///
+/// shmport::declare_stable_name::<Frame>("com.example.Frame/1")?;
+/// assert_eq!(
+///     shmport::RawMessage::fingerprint_of::<Frame>(),
+///     shmport::stable_fingerprint::<Frame>("com.example.Frame/1"),
+/// );
+/// # Ok::<(), shmport::Error>(())
+/// ```
+///
+/// The fingerprint still covers the archived size and alignment, so two layouts that
+/// differ there never pass for each other; a layout change that keeps both needs a new
+/// name (a version suffix, as above). Declaring the same name again is a no-op.
+///
+/// # Errors
+///
+/// [`Error::StableName`](crate::Error::StableName) when `T` already has another stable
+/// name, or `name` is empty.
+pub fn declare_stable_name<T: ?Sized + 'static>(
+    name: &'static str,
+) -> Result<(), crate::error::Error> {
+    let type_name = std::any::type_name::<T>();
+    if name.is_empty() {
+        return Err(crate::error::Error::StableName { type_name, name });
+    }
+    let id = TypeId::of::<T>();
+    let mut names = STABLE_NAMES
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match names.iter().find(|(t, _)| *t == id) {
+        Some(&(_, old)) if old == name => Ok(()),
+        Some(&(_, old)) => Err(crate::error::Error::StableName {
+            type_name,
+            name: old,
+        }),
+        None => {
+            names.push((id, name));
+            ANY_STABLE.store(true, std::sync::atomic::Ordering::Release);
+            Ok(())
+        }
+    }
+}
+
+/// The fingerprint a message of `T` carries once `name` is its stable name, whether or not
+/// this process declared it: what a forwarder or a bridge compares a
+/// [`RawMessage`](crate::RawMessage)'s fingerprint with.
+pub fn stable_fingerprint<T: Message>(name: &str) -> u64 {
+    let mut h = Fnv::new();
+    h.eat(name.as_bytes());
+    h.eat(&(std::mem::size_of::<T::Archived>() as u64).to_le_bytes());
+    h.eat(&(std::mem::align_of::<T::Archived>() as u64).to_le_bytes());
+    h.0
 }
 
 /// A one-entry cache of the last type's fingerprint, so hashing the type name is paid
