@@ -601,3 +601,81 @@ mod ring {
         check_model(None, || stream(&[24, 24, 0]));
     }
 }
+
+/// The bell of a `BroadcastChannel` name (`shm/bell.rs`): many readers sleep on one futex
+/// word, any writer rings it, and only when the shared sleepers flag says someone sleeps.
+/// The real `bell::ring` and `bell::sleep` run over loom atomics and the futex model,
+/// which never times out, so a lost wake-up is a deadlock loom reports.
+mod bell {
+    use std::time::Duration;
+
+    use loom::sync::Arc;
+    use loom::thread;
+
+    use super::check_model;
+    use crate::shm::bell;
+    use crate::sys::sync::{AtomicU32, AtomicU64, Ordering};
+
+    /// The name's words and a stand-in for the rings: a count of published messages.
+    struct Name {
+        bell: AtomicU32,
+        sleepers: AtomicU32,
+        published: AtomicU64,
+    }
+
+    /// A reader's receive: sleeps on the bell until `want` messages are published.
+    fn wait_for(name: &Name, want: u64) {
+        let news = || (name.published.load(Ordering::Acquire) >= want).then_some(());
+        while news().is_none() {
+            if bell::sleep(&name.bell, &name.sleepers, Duration::from_secs(1), news).is_some() {
+                return;
+            }
+        }
+    }
+
+    fn post(name: &Name) {
+        name.published.fetch_add(1, Ordering::Release);
+        bell::ring(&name.bell, &name.sleepers);
+    }
+
+    fn name() -> Arc<Name> {
+        Arc::new(Name {
+            bell: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+            published: AtomicU64::new(0),
+        })
+    }
+
+    #[test]
+    fn two_sleeping_readers_are_both_woken_by_one_writer() {
+        check_model(Some(3), || {
+            let n = name();
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let n = n.clone();
+                    thread::spawn(move || wait_for(&n, 1))
+                })
+                .collect();
+            post(&n);
+            for r in readers {
+                r.join().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn a_reader_that_raises_the_flag_after_a_ring_took_it_still_wakes() {
+        // The second post's ring finds the flag a reader raised after the first post took
+        // the other reader's raise; a reader waiting for both posts must not sleep through.
+        check_model(Some(3), || {
+            let n = name();
+            let (n1, n2) = (n.clone(), n.clone());
+            let r1 = thread::spawn(move || wait_for(&n1, 2));
+            let r2 = thread::spawn(move || wait_for(&n2, 1));
+            post(&n);
+            post(&n);
+            r1.join().unwrap();
+            r2.join().unwrap();
+        });
+    }
+}

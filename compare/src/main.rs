@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p shmport-compare -- pipeline [--quick] [--sizes 4k,1m,16m] [--seconds S] [--repeat N] [--busy-poll] [--transports LIST]
 //! cargo run --release -p shmport-compare -- transfer-latency [--quick] [--rounds N] [--repeat N] [--busy-poll]
+//! cargo run --release -p shmport-compare -- fanout [--quick] [--messages M] [--subscribers 1,2,4]
 //! ```
 //!
 //! The binary runs itself a second time as the child (`shmport::spawn`); the child knows it
@@ -11,6 +12,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+mod fanout;
 mod frame;
 mod iceoryx;
 mod latency;
@@ -33,7 +35,8 @@ pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 const USAGE: &str = "\
 usage: shmport-compare pipeline [--quick] [--sizes 4k,1m,16m] [--seconds S] [--repeat N] [--busy-poll]
                                  [--transports shmport-arraybuffer,shmport-plain-vec,iceoryx2,unix-socket]
-       shmport-compare transfer-latency [--quick] [--rounds N] [--repeat N] [--busy-poll]";
+       shmport-compare transfer-latency [--quick] [--rounds N] [--repeat N] [--busy-poll]
+       shmport-compare fanout [--quick] [--messages M] [--subscribers 1,2,4]";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -121,8 +124,16 @@ fn parse_transports(list: &str) -> Result<Vec<Transport>> {
 }
 
 fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let first = args.next();
     let outcome = if std::env::var_os(shmport::BOOTSTRAP_ENV).is_some() {
-        child()
+        if first.as_deref() == Some(fanout::CHILD_ARG) {
+            fanout::subscriber()
+        } else {
+            child()
+        }
+    } else if first.as_deref() == Some("fanout") {
+        fanout::FanoutOptions::parse(args).and_then(|opts| fanout::run(&opts))
     } else {
         Options::parse(std::env::args().skip(1)).and_then(|opts| parent(&opts))
     };

@@ -201,23 +201,24 @@ impl Registry {
         self.geo.slots
     }
 
-    fn header(&self) -> &Header {
-        // SAFETY: the mapping starts with a page-aligned Header (checked at open); the
-        // fields a reference exposes are atomics (or `UnsafeCell`s never read), and the
-        // plain ones were checked and are not read through this reference.
-        unsafe { &*self.map.as_ptr().cast::<Header>() }
+    fn header(&self) -> *const Header {
+        self.map.as_ptr().cast()
     }
 
     pub(crate) fn generation(&self) -> &AtomicU32 {
-        &self.header().generation
+        // SAFETY: projects to one atomic field of the page-aligned header (checked at
+        // open) without forming a `&Header`, whose plain fields a member may write.
+        unsafe { &(*self.header()).generation }
     }
 
     pub(crate) fn bell(&self) -> &AtomicU32 {
-        &self.header().bell
+        // SAFETY: as in `generation`.
+        unsafe { &(*self.header()).bell }
     }
 
     pub(crate) fn sleepers(&self) -> &AtomicU32 {
-        &self.header().sleepers
+        // SAFETY: as in `generation`.
+        unsafe { &(*self.header()).sleepers }
     }
 
     /// Entry `k` of the member table.

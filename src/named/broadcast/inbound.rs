@@ -56,8 +56,8 @@ impl Inbound {
             Ok(Some(r)) => r,
             Ok(None) => {
                 self.flush();
-                let drained = (self.consumer.unread() as usize) < RECORD_HEADER;
-                return if self.closed && drained {
+                let drained = || (self.consumer.unread() as usize) < RECORD_HEADER;
+                return if self.closed && drained() {
                     Step::Done
                 } else {
                     Step::Empty

@@ -20,6 +20,9 @@ use crate::shm::ring::Producer;
 use crate::shm::wake::{LIVENESS_INTERVAL, WaitStrategy, Waiter};
 use crate::sys::sync::Ordering;
 
+/// Messages a receive takes from one ring in a row before it looks at the next first.
+const STREAK: u32 = 64;
+
 /// How often a post waiting for room takes in what the others sent us.
 const DRAIN_EVERY: Duration = Duration::from_millis(1);
 
@@ -57,8 +60,10 @@ pub(super) struct Member {
     seen: u32,
     out: Outbound,
     inbound: Vec<Inbound>,
-    /// The reader to look at first next time (round robin, for fairness among writers).
+    /// The reader to look at first next time (round robin, for fairness among writers),
+    /// and how many messages in a row came from it.
     next: usize,
+    streak: u32,
     /// The archive of the last message taken from a ring.
     pub incoming: AlignedVec<16>,
     backlog: VecDeque<Backlogged>,
@@ -91,6 +96,7 @@ impl Member {
             out: Outbound::new(producer),
             inbound: Vec::new(),
             next: 0,
+            streak: 0,
             incoming: AlignedVec::new(),
             backlog: VecDeque::new(),
             backlog_bytes: 0,
@@ -114,6 +120,7 @@ impl Member {
         self.seen = g;
         let let_in = self.out.sync(&self.reg, self.me);
         self.sync_inbound();
+        self.forget_finished();
         if let_in {
             table::bump(&self.reg); // the members let in start reading
         }
@@ -285,6 +292,18 @@ impl Member {
         }
     }
 
+    /// Stops reading the rings whose writers left with nothing left for us.
+    fn forget_finished(&mut self) {
+        let mut i = 0;
+        while i < self.inbound.len() {
+            if self.inbound[i].finished() {
+                self.forget(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// Stops reading ring `i` (drained after its writer left, or poisoned).
     fn forget(&mut self, i: usize) {
         let ib = self.inbound.swap_remove(i);
@@ -307,7 +326,13 @@ impl Member {
             let i = (self.next + k) % n;
             match self.inbound[i].take(&self.name, &mut self.incoming) {
                 Step::Got(got) => {
-                    self.next = i + 1;
+                    // Stay on a ring that has news (the next record is likely there, and
+                    // the others' empty rings cost a look each), but not for ever.
+                    self.streak += 1;
+                    self.next = if self.streak < STREAK { i } else { i + 1 };
+                    if self.streak >= STREAK {
+                        self.streak = 0;
+                    }
                     return Some(got.map(Found::Incoming));
                 }
                 Step::Empty => k += 1,
@@ -408,14 +433,7 @@ impl Member {
             }
         }
         self.sync();
-        let mut i = 0;
-        while i < self.inbound.len() {
-            if self.inbound[i].finished() {
-                self.forget(i);
-            } else {
-                i += 1;
-            }
-        }
+        self.forget_finished();
         (0..self.reg.slots())
             .filter(|&k| k != self.me && table::live_epoch(&self.reg, k).is_some())
             .count()

@@ -1,0 +1,394 @@
+//! `fanout`: one publisher process, N subscriber processes, 64-byte messages each checked
+//! in order by every subscriber on its library's blocking receive; shmport's
+//! `BroadcastChannel` beside iceoryx2's publish-subscribe, same run.
+//!
+//! - shmport: the publisher `post_message`s a `[u64; 8]`; each subscriber `recv`s (spins
+//!   briefly, then sleeps on the name's futex bell).
+//! - iceoryx2: the publisher loans a 64-byte slice, fills it, sends it, and notifies an
+//!   event service (iceoryx2's way to wake a blocked subscriber); each subscriber drains
+//!   `receive()`, polls it for up to 50 µs, then blocks in `Listener::timed_wait`. Nothing
+//!   may be lost: safe overflow off, `RetryUntilDelivered`, 1,024 samples per subscriber
+//!   (shmport's ring holds about 1,480 such messages).
+//!
+//! Posts/s: messages over the publisher's time from its first post to its last.
+//! Deliveries/s: N x messages over the time from the first post to the moment every
+//! subscriber reported its last message. Sleeps/s: the subscribers' voluntary context
+//! switches (`getrusage`) over their receiving stretch, summed.
+
+use std::mem::MaybeUninit;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use iceoryx2::prelude::*;
+use shmport::rkyv::{Archive, Deserialize, Serialize};
+use shmport::{BroadcastChannel, MessageChannel, MessagePort};
+
+use crate::Result;
+
+/// The child's first argument.
+pub const CHILD_ARG: &str = "fanout-sub";
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(crate = shmport::rkyv)]
+enum Lib {
+    Shmport,
+    Iceoryx2,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug)]
+#[rkyv(crate = shmport::rkyv)]
+struct Order {
+    lib: Lib,
+    name: String,
+    messages: u64,
+}
+
+/// A subscriber's report: its receiving stretch and its voluntary context switches.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy)]
+#[rkyv(crate = shmport::rkyv)]
+struct Report {
+    nanos: u64,
+    sleeps: u64,
+}
+
+/// The message `seq`: every word derived from it, so a torn or stale one is caught.
+fn message(seq: u64) -> [u64; 8] {
+    std::array::from_fn(|i| seq ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+fn check(got: &[u64; 8], seq: u64) -> Result<()> {
+    if *got != message(seq) {
+        return Err(format!("message {seq} arrived as {got:?}").into());
+    }
+    Ok(())
+}
+
+fn voluntary_switches() -> u64 {
+    let mut ru = MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage into the pointer it is given.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0;
+    // SAFETY: initialised by getrusage (or zeroed, which is a valid rusage).
+    let ru = unsafe { ru.assume_init() };
+    if ok { ru.ru_nvcsw as u64 } else { 0 }
+}
+
+pub struct FanoutOptions {
+    pub messages: u64,
+    pub subscribers: Vec<usize>,
+}
+
+impl FanoutOptions {
+    pub fn parse(mut args: impl Iterator<Item = String>) -> Result<FanoutOptions> {
+        let mut opts = FanoutOptions {
+            messages: 2_000_000,
+            subscribers: vec![1, 2, 4],
+        };
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+            match arg.as_str() {
+                "--messages" => opts.messages = value()?.parse::<u64>()?.max(1),
+                "--subscribers" => {
+                    opts.subscribers = value()?
+                        .split(',')
+                        .map(|n| n.trim().parse::<usize>())
+                        .collect::<std::result::Result<_, _>>()?
+                }
+                "--quick" => opts.messages = 200_000,
+                _ => return Err(format!("unknown fanout option {arg}").into()),
+            }
+        }
+        Ok(opts)
+    }
+}
+
+/// One measurement.
+struct Figures {
+    posts_per_s: f64,
+    deliveries_per_s: f64,
+    sleeps_per_s: f64,
+}
+
+pub fn run(opts: &FanoutOptions) -> Result<()> {
+    println!(
+        "fanout: {} messages of 64 bytes per run, one publisher, N subscribers on blocking receive; {} CPUs",
+        opts.messages,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:>2} | {:>22} | {:>22} | {:>13} | {:>21}",
+        "N",
+        "shmport posts/deliv /s",
+        "iceoryx2 posts/deliv /s",
+        "deliv ratio",
+        "sleeps/s shm / ice"
+    );
+    let mut by_n = Vec::new();
+    for &n in &opts.subscribers {
+        let shm = measure(Lib::Shmport, n, opts.messages)?;
+        let ice = measure(Lib::Iceoryx2, n, opts.messages)?;
+        println!(
+            "{n:>2} | {:>9.2} M / {:>7.2} M | {:>9.2} M / {:>7.2} M | {:>13.2} | {:>9.0} / {:>9.0}",
+            shm.posts_per_s / 1e6,
+            shm.deliveries_per_s / 1e6,
+            ice.posts_per_s / 1e6,
+            ice.deliveries_per_s / 1e6,
+            shm.deliveries_per_s / ice.deliveries_per_s,
+            shm.sleeps_per_s,
+            ice.sleeps_per_s,
+        );
+        println!(
+            "RESULT fanout n={n} shmport_posts={:.0} shmport_deliveries={:.0} iceoryx2_posts={:.0} iceoryx2_deliveries={:.0} shmport_sleeps={:.0} iceoryx2_sleeps={:.0}",
+            shm.posts_per_s,
+            shm.deliveries_per_s,
+            ice.posts_per_s,
+            ice.deliveries_per_s,
+            shm.sleeps_per_s,
+            ice.sleeps_per_s
+        );
+        by_n.push((n, shm.posts_per_s, ice.posts_per_s));
+    }
+    let rate = |n: usize, lib: usize| {
+        by_n.iter()
+            .find(|r| r.0 == n)
+            .map(|r| if lib == 0 { r.1 } else { r.2 })
+    };
+    if let (Some(s1), Some(s4), Some(i1), Some(i4)) =
+        (rate(1, 0), rate(4, 0), rate(1, 1), rate(4, 1))
+    {
+        println!(
+            "post rate N=4 / N=1: shmport {:.2}x, iceoryx2 {:.2}x",
+            s4 / s1,
+            i4 / i1
+        );
+    }
+    Ok(())
+}
+
+fn measure(lib: Lib, n: usize, messages: u64) -> Result<Figures> {
+    let name = format!("fanout-{}-{n}-{lib:?}", std::process::id());
+    let mut publisher = match lib {
+        Lib::Shmport => Publisher::Shmport(BroadcastChannel::new(&name)?),
+        Lib::Iceoryx2 => Publisher::Iceoryx2(Box::new(IcePublisher::create(&name, n)?)),
+    };
+    let mut kids: Vec<(Child, MessagePort)> = Vec::new();
+    for _ in 0..n {
+        let MessageChannel { port1, port2, .. } = MessageChannel::new()?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg(CHILD_ARG);
+        let child = shmport::spawn(&mut cmd, port2)?;
+        port1.post_message(
+            &Order {
+                lib,
+                name: name.clone(),
+                messages,
+            },
+            [],
+        )?;
+        kids.push((child, port1));
+    }
+    for (_, ctl) in &kids {
+        ctl.recv::<u8>()?; // subscribed
+    }
+    publisher.connect(n)?;
+    let start = Instant::now();
+    for seq in 0..messages {
+        publisher.post(seq)?;
+    }
+    let posted = start.elapsed();
+    let mut sleeps = 0u64;
+    let mut receiving = Duration::ZERO;
+    for (_, ctl) in &kids {
+        let r: Report = ctl.recv()?.data;
+        sleeps += r.sleeps;
+        receiving = receiving.max(Duration::from_nanos(r.nanos));
+    }
+    let delivered = start.elapsed();
+    drop(publisher);
+    for (mut child, ctl) in kids {
+        drop(ctl);
+        child.wait()?;
+    }
+    Ok(Figures {
+        posts_per_s: messages as f64 / posted.as_secs_f64(),
+        deliveries_per_s: (n as u64 * messages) as f64 / delivered.as_secs_f64(),
+        sleeps_per_s: sleeps as f64 / receiving.as_secs_f64(),
+    })
+}
+
+enum Publisher {
+    Shmport(BroadcastChannel),
+    Iceoryx2(Box<IcePublisher>),
+}
+
+impl Publisher {
+    fn connect(&mut self, n: usize) -> Result<()> {
+        match self {
+            Publisher::Shmport(bc) => {
+                if bc.peers() != n {
+                    return Err(format!("{} subscribers joined, not {n}", bc.peers()).into());
+                }
+                Ok(())
+            }
+            Publisher::Iceoryx2(p) => p.connect(),
+        }
+    }
+
+    fn post(&mut self, seq: u64) -> Result<()> {
+        match self {
+            Publisher::Shmport(bc) => Ok(bc.post_message(&message(seq))?),
+            Publisher::Iceoryx2(p) => p.post(seq),
+        }
+    }
+}
+
+type IceService =
+    iceoryx2::service::port_factory::publish_subscribe::PortFactory<ipc::Service, [u8], ()>;
+type IceEvent = iceoryx2::service::port_factory::event::PortFactory<ipc::Service>;
+
+fn ice_services(
+    node: &Node<ipc::Service>,
+    name: &str,
+    n: usize,
+    create: bool,
+) -> Result<(IceService, IceEvent)> {
+    let data = node
+        .service_builder(&format!("{name}/data").as_str().try_into()?)
+        .publish_subscribe::<[u8]>();
+    let event = node
+        .service_builder(&format!("{name}/event").as_str().try_into()?)
+        .event();
+    if create {
+        let data = data
+            .enable_safe_overflow(false)
+            .subscriber_max_buffer_size(1024)
+            .subscriber_max_borrowed_samples(1)
+            .history_size(0)
+            .max_publishers(1)
+            .max_subscribers(n)
+            .create()?;
+        let event = event.max_listeners(n).max_notifiers(1).create()?;
+        Ok((data, event))
+    } else {
+        Ok((data.open()?, event.open()?))
+    }
+}
+
+struct IcePublisher {
+    publisher: iceoryx2::port::publisher::Publisher<ipc::Service, [u8], ()>,
+    notifier: iceoryx2::port::notifier::Notifier<ipc::Service>,
+    _services: (IceService, IceEvent),
+    _node: Node<ipc::Service>,
+}
+
+impl IcePublisher {
+    fn create(name: &str, n: usize) -> Result<IcePublisher> {
+        let node = NodeBuilder::new().create::<ipc::Service>()?;
+        let services = ice_services(&node, name, n, true)?;
+        let publisher = services
+            .0
+            .publisher_builder()
+            .initial_max_slice_len(64)
+            .max_loaned_samples(1)
+            .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+            .create()?;
+        let notifier = services.1.notifier_builder().create()?;
+        Ok(IcePublisher {
+            publisher,
+            notifier,
+            _services: services,
+            _node: node,
+        })
+    }
+
+    fn connect(&mut self) -> Result<()> {
+        use iceoryx2::port::update_connections::UpdateConnections;
+        self.publisher.update_connections()?;
+        Ok(())
+    }
+
+    fn post(&mut self, seq: u64) -> Result<()> {
+        let words = message(seq);
+        let mut sample = self.publisher.loan_slice_uninit(64)?;
+        for (chunk, w) in sample.payload_mut().chunks_exact_mut(8).zip(words) {
+            for (b, v) in chunk.iter_mut().zip(w.to_le_bytes()) {
+                *b = MaybeUninit::new(v);
+            }
+        }
+        // SAFETY: the loop above wrote all 64 bytes of the payload.
+        let sample = unsafe { sample.assume_init() };
+        sample.send()?;
+        self.notifier.notify()?;
+        Ok(())
+    }
+}
+
+/// A subscriber process: takes its order, subscribes, says so, receives and checks every
+/// message, reports.
+pub fn subscriber() -> Result<()> {
+    crate::iceoryx::quiet();
+    let ctl = shmport::parent_port()?;
+    let order: Order = ctl.recv()?.data;
+    let report = match order.lib {
+        Lib::Shmport => shmport_subscriber(&ctl, &order)?,
+        Lib::Iceoryx2 => ice_subscriber(&ctl, &order)?,
+    };
+    ctl.post_message(&report, [])?;
+    let _ = ctl.recv::<u8>(); // until the parent hangs up
+    Ok(())
+}
+
+fn shmport_subscriber(ctl: &MessagePort, order: &Order) -> Result<Report> {
+    let mut bc = BroadcastChannel::new(&order.name)?;
+    ctl.post_message(&0u8, [])?;
+    let first = bc.recv::<[u64; 8]>()?.data;
+    check(&first, 0)?;
+    let (start, sleeps) = (Instant::now(), voluntary_switches());
+    for seq in 1..order.messages {
+        check(&bc.recv::<[u64; 8]>()?.data, seq)?;
+    }
+    Ok(Report {
+        nanos: start.elapsed().as_nanos() as u64,
+        sleeps: voluntary_switches() - sleeps,
+    })
+}
+
+fn ice_subscriber(ctl: &MessagePort, order: &Order) -> Result<Report> {
+    let node = NodeBuilder::new().create::<ipc::Service>()?;
+    let (data, event) = ice_services(&node, &order.name, 0, false)?;
+    let subscriber = data.subscriber_builder().buffer_size(1024).create()?;
+    let listener = event.listener_builder().create()?;
+    ctl.post_message(&0u8, [])?;
+    let mut next = 0u64;
+    let mut start = (Instant::now(), 0u64);
+    while next < order.messages {
+        if let Some(sample) = subscriber.receive()? {
+            let bytes = sample.payload();
+            let mut got = [0u64; 8];
+            for (w, chunk) in got.iter_mut().zip(bytes.chunks_exact(8)) {
+                *w = u64::from_le_bytes(chunk.try_into()?);
+            }
+            check(&got, next)?;
+            if next == 0 {
+                start = (Instant::now(), voluntary_switches());
+            }
+            next += 1;
+            continue;
+        }
+        let spin_until = Instant::now() + Duration::from_micros(50);
+        let mut found = false;
+        while Instant::now() < spin_until {
+            if subscriber.has_samples()? {
+                found = true;
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if !found {
+            listener.timed_wait(|_| {}, Duration::from_millis(50))?;
+        }
+    }
+    Ok(Report {
+        nanos: start.0.elapsed().as_nanos() as u64,
+        sleeps: voluntary_switches() - start.1,
+    })
+}
