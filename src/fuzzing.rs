@@ -1,4 +1,5 @@
-//! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`; not a public API).
+//! Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing`, as cargo-fuzz
+//! does; not a public API).
 //!
 //! Each takes arbitrary bytes and runs the code that reads memory a peer controls. None may
 //! panic, loop forever or touch memory out of bounds, whatever the bytes.

@@ -59,6 +59,7 @@
 //! format.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The layers, bottom to top; each imports only from those below it (`.ci/layers` checks).
 mod error; // errors of setup and receive calls: imports nothing of the crate
@@ -69,7 +70,8 @@ mod sys; // every system call, behind one set of names per operating system
 mod wait; // waiting outside a port: PortSet, async receives, on_message dispatch
 mod wire; // formats of what crosses between processes: records, transfer items, doorbells
 
-#[cfg(feature = "fuzzing")]
+// cargo-fuzz builds with `--cfg fuzzing`; tests/fuzz_corpus.rs replays the corpora so.
+#[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(all(test, loom))]

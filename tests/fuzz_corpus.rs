@@ -1,7 +1,8 @@
 //! Replays the committed fuzz corpora (fuzz/corpus/<target>/*) through the fuzz entry
 //! points, so every input the fuzzers kept stays a regression test without nightly Rust.
-//! Run with `cargo test --release --features fuzzing --test fuzz_corpus`.
-#![cfg(feature = "fuzzing")]
+//! Run with `RUSTFLAGS="--cfg fuzzing" cargo test --release -p shmport --test fuzz_corpus`
+//! (cargo-fuzz sets the same cfg).
+#![cfg(fuzzing)]
 
 use std::path::Path;
 

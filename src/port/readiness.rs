@@ -50,6 +50,7 @@ impl MessagePort {
     }
 
     /// True when a watcher was made (of whichever kind).
+    #[cfg(feature = "tokio")]
     pub(crate) fn has_watcher(&self) -> bool {
         self.watcher.get().is_some()
     }

@@ -163,7 +163,7 @@ struct Arrived {
 
 /// The fuzz targets' way in: rebuilds a record's items against `table` with no
 /// descriptors (so every item that needs one fails, and table lookups are exercised).
-#[cfg(feature = "fuzzing")]
+#[cfg(fuzzing)]
 pub(crate) fn rebuild_without_descriptors(
     header: &TransferHeader,
     items: &[Item],

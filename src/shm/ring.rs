@@ -90,7 +90,7 @@ const _: () = {
 
 impl RingCtrl {
     /// A control block for an empty ring (for rings over heap memory in tests and fuzzing).
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn new() -> Self {
         RingCtrl {
             tail: AtomicU64::new(0),

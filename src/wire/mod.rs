@@ -4,6 +4,6 @@
 pub(crate) mod codec;
 pub(crate) mod doorbell;
 pub(crate) mod naming;
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, fuzzing))]
 pub(crate) mod nest;
 pub(crate) mod transfer;
