@@ -62,6 +62,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The layers, bottom to top; each imports only from those below it (`.ci/layers` checks).
+#[macro_use]
+mod trace; // `event!`: diagnostics through `tracing` (feature), usable by every layer
 mod error; // errors of setup and receive calls: imports nothing of the crate
 mod named; // meeting by name or by birth: Endpoint, BroadcastChannel, spawn/parent_port
 mod port; // MessagePort and MessageChannel, ArrayBuffer transfers, PostError

@@ -61,6 +61,11 @@ impl MessagePort {
             Some(self.sock.get_or_init(|| deposited))
         });
         if sock.is_some_and(|s| sys::peer_hung_up(s.as_fd())) {
+            event!(
+                info,
+                "the peer of a port (side {:?}) is gone: its process exited or was killed",
+                self.side
+            );
             self.peer.set(PeerState::Gone);
             true
         } else {
@@ -79,7 +84,12 @@ impl MessagePort {
     }
 
     /// Stops all use of a segment whose metadata is impossible, and tells the peer.
-    pub(super) fn poison(&self, _why: Corrupt) {
+    pub(super) fn poison(&self, why: Corrupt) {
+        event!(
+            warn,
+            "a channel's shared memory is impossible ({}): the port is poisoned and reports Disconnected",
+            why.0
+        );
         self.peer.set(PeerState::Poisoned);
         self.announce_close();
     }

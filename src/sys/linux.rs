@@ -372,8 +372,15 @@ pub(crate) fn raise_descriptor_limit() {
     ONCE.call_once(|| {
         let mut limit = getrlimit(Resource::Nofile);
         if limit.current < limit.maximum {
+            let before = limit.current;
             limit.current = limit.maximum;
-            let _ = setrlimit(Resource::Nofile, limit);
+            if setrlimit(Resource::Nofile, limit).is_ok() {
+                event!(
+                    info,
+                    "raised this process's descriptor limit from {before:?} to {:?}",
+                    limit.current
+                );
+            }
         }
     });
 }
@@ -484,7 +491,11 @@ pub(crate) fn wait_readable(sock: BorrowedFd<'_>) -> io::Result<()> {
 /// gone peer drops it.
 pub(crate) fn send_byte_nonblocking(sock: BorrowedFd<'_>, byte: u8) {
     use rustix::net::{SendFlags, send};
-    let _ = send(sock, &[byte], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+    if let Err(e) = send(sock, &[byte], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+        // A full socket buffer holds doorbells enough to wake the reader; anything else
+        // means the reader's end is gone, which its liveness check reports.
+        event!(debug, "a doorbell was dropped: {e}");
+    }
 }
 
 /// Consumes the one-byte messages equal to `byte` at the head of `sock`'s queue, stopping

@@ -125,10 +125,4 @@ impl Outbound {
             .filter(|r| r.pos == self.low)
             .map(|r| (r.slot, r.epoch))
     }
-
-    /// Readers of our ring now.
-    #[cfg(test)]
-    pub(super) fn readers(&self) -> usize {
-        self.readers.len()
-    }
 }
