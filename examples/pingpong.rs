@@ -5,9 +5,10 @@
 //! ```text
 //! cargo run --release --example pingpong            # about 15 s
 //! cargo run --release --example pingpong -- --quick # about 3 s
+//! cargo run --release --example pingpong -- --json  # the figures as JSON
 //! ```
 //!
-//! Shared machines are noisy: read the ratios, not the absolute times (SPEC §5).
+//! Shared machines are noisy: read the ratios, not the absolute times.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -41,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return child();
     }
     let quick = std::env::args().any(|a| a == "--quick");
+    let json = std::env::args().any(|a| a == "--json");
     let plan = if quick {
         Plan {
             rtt_busy: 20_000,
@@ -64,12 +66,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.env(UNIX_PATH_ENV, &sock_path);
     let mut child = shmport::spawn(&mut cmd, port2)?;
-    println!(
-        "pingpong: parent pid {} <-> child pid {}, 64-byte messages over one shmport channel",
-        std::process::id(),
-        child.id()
-    );
-    println!("(ratios are the evidence; absolute times on a shared machine are not)\n");
+    if !json {
+        println!(
+            "pingpong: parent pid {} <-> child pid {}, 64-byte messages over one shmport channel",
+            std::process::id(),
+            child.id()
+        );
+        println!("(ratios are the evidence; absolute times on a shared machine are not)\n");
+    }
 
     let mut rows = Vec::new();
 
@@ -122,11 +126,49 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     child.wait()?;
     let _ = std::fs::remove_dir_all(&dir);
 
+    let ratios = [
+        (
+            "busy_poll_rtt_over_floor",
+            busy.p50 / cacheline.p50,
+            "shmport busy-poll round trip",
+            "the hardware floor (a cache line bounced between two cores)",
+        ),
+        (
+            "busy_poll_throughput_over_unix_socket",
+            busy_tput / unix_tput,
+            "shmport busy-poll throughput",
+            "a Unix socket's",
+        ),
+        (
+            "adaptive_rtt_over_busy_poll",
+            adaptive.p50 / busy.p50,
+            "shmport default (adaptive) round trip",
+            "busy-poll's",
+        ),
+        (
+            "blocking_rtt_over_unix_socket",
+            blocking.p50 / unix.p50,
+            "shmport blocking (futex) round trip",
+            "a Unix socket's",
+        ),
+    ];
+    if json {
+        print_json(&rows, &ratios);
+    } else {
+        print_table(&rows, &ratios);
+    }
+    Ok(())
+}
+
+/// A ratio: its JSON key, its value, what is compared, and with what.
+type Ratio = (&'static str, f64, &'static str, &'static str);
+
+fn print_table(rows: &[Row], ratios: &[Ratio]) {
     println!(
         "{:<34} {:>12} {:>12} {:>16}",
         "64-byte messages", "RTT p50", "RTT p99", "one-way msgs/s"
     );
-    for r in &rows {
+    for r in rows {
         let (p50, p99) = r.rtt.map_or((String::from("-"), String::from("-")), |s| {
             (fmt_ns(s.p50), fmt_ns(s.p99))
         });
@@ -136,24 +178,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{:<34} {:>12} {:>12} {:>16}", r.name, p50, p99, tput);
     }
     println!();
-    let ratio = |a: f64, b: f64| a / b;
+    for (_, value, what, than) in ratios {
+        println!("{what}: {value:.2}x {than}");
+    }
+}
+
+/// The same figures as one JSON object (`--json`): rows in nanoseconds and messages per
+/// second, then the ratios.
+fn print_json(rows: &[Row], ratios: &[Ratio]) {
+    let num = |v: Option<f64>| v.map_or(String::from("null"), |v| format!("{v:.1}"));
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{{\"name\": \"{}\", \"rtt_p50_ns\": {}, \"rtt_p99_ns\": {}, \"msgs_per_s\": {}}}",
+                r.name,
+                num(r.rtt.map(|s| s.p50)),
+                num(r.rtt.map(|s| s.p99)),
+                num(r.tput)
+            )
+        })
+        .collect();
+    let ratios: Vec<String> = ratios
+        .iter()
+        .map(|(key, value, _, _)| format!("\"{key}\": {value:.3}"))
+        .collect();
     println!(
-        "P1 busy-poll RTT / cache-line ping-pong  = {:>6.2}x   (target <= 3)",
-        ratio(busy.p50, cacheline.p50)
+        "{{\"message_bytes\": 64, \"rows\": [{}], \"ratios\": {{{}}}}}",
+        rows.join(", "),
+        ratios.join(", ")
     );
-    println!(
-        "P2 busy-poll throughput / Unix socket    = {:>6.1}x   (target >= 10)",
-        ratio(busy_tput, unix_tput)
-    );
-    println!(
-        "P3 adaptive RTT / busy-poll RTT          = {:>6.2}x   (target <= 2)",
-        ratio(adaptive.p50, busy.p50)
-    );
-    println!(
-        "P3 blocking RTT / Unix socket RTT        = {:>6.2}x   (target <= 1)",
-        ratio(blocking.p50, unix.p50)
-    );
-    Ok(())
 }
 
 /// Round trips and one-way throughput of shmport with both ends waiting as `strategy`;
