@@ -118,6 +118,65 @@ pub fn segment_header(data: &[u8]) {
     }
 }
 
+/// The broadcast segment: `data` becomes a sealed shared-memory object opened (and
+/// validated) as a received `BroadcastChannel` segment; every active cursor of its first
+/// slots then becomes a reader, which reads and decodes up to 64 records.
+pub fn broadcast_segment(data: &[u8]) {
+    use crate::shm::fanout::{self, Registry};
+    let Ok(fd) = rustix::fs::memfd_create(
+        "shmport-fuzz",
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    ) else {
+        return;
+    };
+    let mut file = std::fs::File::from(fd);
+    // Lengths around the valid ones: the header's claims must match the real size.
+    let len = match data.first().map(|b| b % 4) {
+        Some(0) => fanout::len_for(1, 4096),
+        Some(1) => fanout::len_for(2, 4096),
+        _ => data.len(),
+    };
+    let mut image = data.to_vec();
+    image.resize(len, 0);
+    if file.write_all(&image).is_err() {
+        return;
+    }
+    let _ = rustix::fs::fcntl_add_seals(
+        &file,
+        rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW,
+    );
+    let Ok(reg) = Registry::open(OwnedFd::from(file)) else {
+        return;
+    };
+    let fingerprints = FingerprintCache::new();
+    let mut scratch = AlignedVec::<16>::new();
+    let slots = reg.slots().min(2);
+    for k in 0..slots {
+        let _ = reg.slot(k).word.load(crate::sys::sync::Ordering::Relaxed);
+        for i in 0..slots {
+            let pos = reg
+                .cursor(k, i)
+                .pos
+                .load(crate::sys::sync::Ordering::Relaxed);
+            let Ok(mut reader) = reg.reader(k, i, pos) else {
+                continue;
+            };
+            for _ in 0..64 {
+                let Ok(Some(record)) = reader.peek() else {
+                    break;
+                };
+                reader.copy_payload(&record, &mut scratch);
+                reader.release(record);
+                let tag = record.header.tag;
+                let _ = codec::decode::<Vec<u64>>(&scratch, tag, &fingerprints, DEPTH);
+                let _ = codec::decode::<String>(&scratch, tag, &fingerprints, DEPTH);
+            }
+            let _ = reader.unread();
+            reader.flush();
+        }
+    }
+}
+
 /// Descriptor validation: `data` is a transfer record's payload. Its framing is parsed as
 /// the receiver does; pooled-buffer items are then checked against a real heap (slot,
 /// generation and length), and the inline archive decoded.

@@ -38,3 +38,8 @@ fn the_transfer_record_corpus_parses_without_panicking() {
 fn the_deep_archive_corpus_decodes_without_overflowing() {
     replay("deep_archive", shmport::fuzzing::deep_archive);
 }
+
+#[test]
+fn the_broadcast_segment_corpus_opens_and_reads_without_panicking() {
+    replay("broadcast_segment", shmport::fuzzing::broadcast_segment);
+}

@@ -75,6 +75,8 @@ fn voluntary_switches() -> u64 {
 pub struct FanoutOptions {
     pub messages: u64,
     pub subscribers: Vec<usize>,
+    /// Measure iceoryx2 too (`--shmport-only` leaves it out, for profiling).
+    pub iceoryx2: bool,
 }
 
 impl FanoutOptions {
@@ -82,6 +84,7 @@ impl FanoutOptions {
         let mut opts = FanoutOptions {
             messages: 2_000_000,
             subscribers: vec![1, 2, 4],
+            iceoryx2: true,
         };
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -94,6 +97,7 @@ impl FanoutOptions {
                         .collect::<std::result::Result<_, _>>()?
                 }
                 "--quick" => opts.messages = 200_000,
+                "--shmport-only" => opts.iceoryx2 = false,
                 _ => return Err(format!("unknown fanout option {arg}").into()),
             }
         }
@@ -125,7 +129,15 @@ pub fn run(opts: &FanoutOptions) -> Result<()> {
     let mut by_n = Vec::new();
     for &n in &opts.subscribers {
         let shm = measure(Lib::Shmport, n, opts.messages)?;
-        let ice = measure(Lib::Iceoryx2, n, opts.messages)?;
+        let ice = if opts.iceoryx2 {
+            measure(Lib::Iceoryx2, n, opts.messages)?
+        } else {
+            Figures {
+                posts_per_s: f64::NAN,
+                deliveries_per_s: f64::NAN,
+                sleeps_per_s: f64::NAN,
+            }
+        };
         println!(
             "{n:>2} | {:>9.2} M / {:>7.2} M | {:>9.2} M / {:>7.2} M | {:>13.2} | {:>9.0} / {:>9.0}",
             shm.posts_per_s / 1e6,

@@ -36,7 +36,7 @@ const USAGE: &str = "\
 usage: shmport-compare pipeline [--quick] [--sizes 4k,1m,16m] [--seconds S] [--repeat N] [--busy-poll]
                                  [--transports shmport-arraybuffer,shmport-plain-vec,iceoryx2,unix-socket]
        shmport-compare transfer-latency [--quick] [--rounds N] [--repeat N] [--busy-poll]
-       shmport-compare fanout [--quick] [--messages M] [--subscribers 1,2,4]";
+       shmport-compare fanout [--quick] [--messages M] [--subscribers 1,2,4] [--shmport-only]";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {

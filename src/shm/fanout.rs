@@ -342,6 +342,11 @@ pub(crate) fn copy_body(
     Ok(())
 }
 
+/// The length of a segment with `slots` member slots and rings of `cap` bytes.
+pub(crate) fn len_for(slots: usize, cap: usize) -> usize {
+    Geometry { slots, cap }.len()
+}
+
 /// Checks a header's fields against the kernel-reported length `real_len`.
 fn check_header(
     magic: u64,
