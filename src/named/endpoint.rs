@@ -8,10 +8,12 @@
 //! restart. Both sides check with the kernel that the other runs as the same user.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::task::Poll;
 
 use crate::error::Error;
 use crate::port::{MessageChannel, MessagePort};
 use crate::sys;
+use crate::wait::fd::{FdWatch, Waited, poll_until};
 use crate::wire::naming;
 
 /// Longest endpoint name accepted, in bytes.
@@ -39,7 +41,26 @@ const HELLO: &[u8; 8] = b"shmport1";
 #[derive(Debug)]
 pub struct Endpoint {
     name: String,
+    /// Non-blocking: `accept` waits for it to be readable, `try_accept` never waits.
     listener: OwnedFd,
+    /// The listener watched for async accepts, made by the first one.
+    watch: std::sync::OnceLock<FdWatch>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            watch.release(self.listener.as_fd());
+        }
+    }
+}
+
+/// The listener's descriptor, for an event loop of your own: readable when a client
+/// waits, so that [`Endpoint::try_accept`] returns it.
+impl AsFd for Endpoint {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
 }
 
 impl Endpoint {
@@ -57,9 +78,11 @@ impl Endpoint {
                 std::io::ErrorKind::AddrInUse => Error::NameInUse(name.to_owned()),
                 _ => Error::os("binding an endpoint", e),
             })?;
+        sys::set_nonblocking(listener.as_fd()).map_err(|e| Error::os("fcntl", e))?;
         Ok(Endpoint {
             name: name.to_owned(),
             listener,
+            watch: std::sync::OnceLock::new(),
         })
     }
 
@@ -76,16 +99,71 @@ impl Endpoint {
     /// [`Error::Os`] when the operating system refuses the connection or the channel.
     pub fn accept(&self) -> Result<MessagePort, Error> {
         loop {
-            let conn = sys::endpoint_accept(self.listener.as_fd())
+            if let Some(port) = self.try_accept()? {
+                return Ok(port);
+            }
+            sys::wait_readable(self.listener.as_fd()).map_err(|e| Error::os("poll", e))?;
+        }
+    }
+
+    /// The port of a new channel with the next client if one is waiting now; `None`
+    /// otherwise. Never waits for a client (the hand-over to a client that is there is a
+    /// single message).
+    ///
+    /// ```
+    /// let endpoint = shmport::Endpoint::bind(&format!("try-accept-doc-{}", std::process::id()))?;
+    /// assert!(endpoint.try_accept()?.is_none());
+    /// # Ok::<(), shmport::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`accept`](Self::accept).
+    pub fn try_accept(&self) -> Result<Option<MessagePort>, Error> {
+        loop {
+            let conn = sys::endpoint_try_accept(self.listener.as_fd())
                 .map_err(|e| Error::os("accepting on an endpoint", e))?;
+            let Some(conn) = conn else {
+                return Ok(None);
+            };
             if !sys::peer_is_same_user(conn.as_fd()) {
                 continue;
             }
-            // None: the client left before we answered; wait for the next one.
+            // None: the client left before we answered; look for the next one.
             if let Some(port) = send_new_channel(conn.as_fd(), HELLO)? {
-                return Ok(port);
+                return Ok(Some(port));
             }
         }
+    }
+
+    /// Waits without blocking the thread for the next client: the async form of
+    /// [`accept`](Self::accept), for any executor (with the `tokio` feature, inside a
+    /// tokio runtime, through tokio's reactor).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a client is taken only in the poll that returns its port; one that
+    /// connected meanwhile waits for the next accept.
+    ///
+    /// # Errors
+    ///
+    /// As [`accept`](Self::accept).
+    pub async fn accept_async(&self) -> Result<MessagePort, Error> {
+        std::future::poll_fn(|cx| {
+            let watch = match self.watch.get() {
+                Some(w) => w,
+                None => match FdWatch::new(self.listener.as_fd()) {
+                    Ok(w) => self.watch.get_or_init(|| w),
+                    Err(e) => return Poll::Ready(Err(Error::os("watching an endpoint", e))),
+                },
+            };
+            let fd = self.listener.as_fd();
+            poll_until(watch, fd, cx, || self.try_accept()).map_err(|e| match e {
+                Waited::Io(e) => Error::os("epoll", e),
+                Waited::Attempt(e) => e,
+            })
+        })
+        .await
     }
 
     /// Connects to the endpoint `name` of this user and returns this side's port of a new
@@ -98,17 +176,59 @@ impl Endpoint {
     /// is not a shmport endpoint of this user; [`Error::Os`] otherwise.
     pub fn connect(name: &str) -> Result<MessagePort, Error> {
         check_name(name)?;
-        let conn = sys::endpoint_connect(&naming::address(name)).map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
-                Error::NoSuchEndpoint(name.to_owned())
-            }
-            _ => Error::os("connecting to an endpoint", e),
-        })?;
+        let conn =
+            sys::endpoint_connect(&naming::address(name)).map_err(|e| connect_error(name, e))?;
         if !sys::peer_is_same_user(conn.as_fd()) {
             return Err(Error::BadBootstrap(
                 "the endpoint is served by another user",
             ));
         }
+        recv_channel_port(conn.as_fd(), HELLO)
+    }
+
+    /// Connects to the endpoint `name` without blocking the thread while the server has
+    /// not accepted yet: the async form of [`connect`](Self::connect).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the connection: the server's accept skips it (or the
+    /// port it already handed over reports `Disconnected` at once).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_async(name: &str) -> Result<MessagePort, Error> {
+        check_name(name)?;
+        let mut spare = None;
+        let conn = loop {
+            match sys::endpoint_connect_nonblocking(&naming::address(name), &mut spare) {
+                Ok(conn) => break conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // The server's queue of clients is full: let others run, then retry.
+                    yield_now().await;
+                }
+                Err(e) => return Err(connect_error(name, e)),
+            }
+        };
+        if !sys::peer_is_same_user(conn.as_fd()) {
+            return Err(Error::BadBootstrap(
+                "the endpoint is served by another user",
+            ));
+        }
+        let watch =
+            FdWatch::new(conn.as_fd()).map_err(|e| Error::os("watching a connection", e))?;
+        let fd = conn.as_fd();
+        let ready = std::future::poll_fn(|cx| {
+            poll_until(&watch, fd, cx, || {
+                Ok::<_, Error>(sys::readable_now(fd).then_some(()))
+            })
+        })
+        .await;
+        watch.release(fd);
+        ready.map_err(|e| match e {
+            Waited::Io(e) => Error::os("epoll", e),
+            Waited::Attempt(e) => e,
+        })?;
         recv_channel_port(conn.as_fd(), HELLO)
     }
 }
@@ -177,4 +297,29 @@ pub(crate) fn check_name(name: &str) -> Result<(), Error> {
     } else {
         Err(Error::InvalidName(name.to_owned()))
     }
+}
+
+/// What a failed connect to endpoint `name` means for the caller.
+fn connect_error(name: &str, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
+            Error::NoSuchEndpoint(name.to_owned())
+        }
+        _ => Error::os("connecting to an endpoint", e),
+    }
+}
+
+/// Returns `Pending` once, asking to be polled again: lets the executor run others.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
 }

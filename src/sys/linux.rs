@@ -426,6 +426,18 @@ pub(crate) fn endpoint_accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     }
 }
 
+/// The next connection to a non-blocking listener, if one is queued.
+pub(crate) fn endpoint_try_accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    loop {
+        match rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
+            Ok(conn) => return Ok(Some(conn)),
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Connects to endpoint `name`. `ConnectionRefused` or `NotFound` when nobody serves it.
 pub(crate) fn endpoint_connect(name: &str) -> io::Result<OwnedFd> {
     let sock = rustix::net::socket_with(

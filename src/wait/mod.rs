@@ -3,8 +3,10 @@
 //! dispatch thread.
 
 pub(crate) mod dispatch;
+pub(crate) mod fd;
 pub(crate) mod future;
 pub(crate) mod portset;
+pub(crate) mod portset_async;
 pub(crate) mod reactor;
 mod slab;
 #[cfg(feature = "tokio")]

@@ -95,6 +95,8 @@ pub struct PortSet {
     /// Spins in a row that found nothing, and a counter for the occasional probe.
     spins_failed: u32,
     spin_probe: u32,
+    /// The set's epoll descriptor watched for async waits, made by the first one.
+    pub(super) watch: std::cell::OnceCell<super::fd::FdWatch>,
 }
 
 impl fmt::Debug for PortSet {
@@ -133,6 +135,28 @@ impl fmt::Debug for PortSet {
 impl AsFd for PortSet {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.epoll.as_fd()
+    }
+}
+
+impl Drop for PortSet {
+    fn drop(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            watch.release(self.epoll.as_fd());
+        }
+    }
+}
+
+impl PortSet {
+    /// True when members wait in the ready queue to be looked at (a `try_wait` that
+    /// returned `None` left doorbells for the next look).
+    pub(super) fn has_queued(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// True when the set busy-polls: it never arms its members, so its descriptor never
+    /// becomes readable.
+    pub(super) fn busy_polls(&self) -> bool {
+        self.strategy.spin_budget().is_none()
     }
 }
 
@@ -185,6 +209,7 @@ impl PortSet {
             idle: Vec::new(),
             spins_failed: 0,
             spin_probe: 0,
+            watch: std::cell::OnceCell::new(),
         })
     }
 
@@ -324,7 +349,7 @@ impl PortSet {
     /// Receives from a member `wait` reported. `None` in the one case where it has nothing
     /// after all: its peer hung up but the kernel's liveness answer said it is alive.
     #[allow(clippy::type_complexity)]
-    fn receive_from<T: Message>(
+    pub(super) fn receive_from<T: Message>(
         &self,
         key: PortKey,
     ) -> Option<(PortKey, Result<MessageEvent<T>, RecvError>)> {

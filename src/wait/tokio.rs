@@ -13,10 +13,11 @@ use crate::port::{MessagePort, SocketWatcher};
 
 /// A port's socket registered with the tokio runtime its first async wait ran in, through
 /// a duplicate of the descriptor that the registration owns.
+#[derive(Debug)]
 pub(crate) struct TokioWatch(AsyncFd<OwnedFd>);
 
 impl TokioWatch {
-    fn new(fd: BorrowedFd<'_>) -> io::Result<TokioWatch> {
+    pub(crate) fn new(fd: BorrowedFd<'_>) -> io::Result<TokioWatch> {
         let own = fd.try_clone_to_owned()?;
         // SAFETY: tokio requires the descriptor to stay open, and to refer to the same open
         // file, for the life of the `AsyncFd`; `own` is an `OwnedFd` the `AsyncFd` owns and
