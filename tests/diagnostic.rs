@@ -40,7 +40,9 @@ fn an_open_broadcast_channel_is_listed_by_its_name() {
     let _bc = shmport::BroadcastChannel::new(&name).unwrap();
     let listed = scan::listeners(scan::effective_uid()).unwrap();
     assert!(
-        listed.iter().any(|l| l.kind == "BroadcastChannel" && l.name == name),
+        listed
+            .iter()
+            .any(|l| l.kind == "BroadcastChannel" && l.name == name),
         "{listed:?}"
     );
 }
