@@ -92,7 +92,7 @@ pub use port::{
 pub use shm::buffer::ArrayBuffer;
 pub use shm::wake::WaitStrategy;
 pub use wait::dispatch::{HandlerPanicked, MessageHandler};
-pub use wait::future::{Messages, PostFuture, RecvFuture};
+pub use wait::future::{IntoMessages, Messages, PostFuture, RecvFuture};
 pub use wait::portset::{InsertError, PortKey, PortSet};
 pub use wait::portset_async::WaitFuture;
 pub use wire::codec::{Message, declare_stable_name, stable_fingerprint};

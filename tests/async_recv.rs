@@ -267,3 +267,23 @@ fn an_async_receive_ends_with_disconnected_when_the_peer_process_is_killed() {
         Err(RecvError::Disconnected)
     ));
 }
+
+#[test]
+fn an_owned_stream_runs_in_a_spawned_task_and_gives_the_port_back() {
+    let ch = MessageChannel::new().unwrap();
+    let rt = rt();
+    let task = rt.spawn(async move {
+        let mut stream = ch.port2.into_messages::<u32>();
+        let first = stream.next().await.unwrap().unwrap().data;
+        (first, stream.into_inner())
+    });
+    ch.port1.post_message(&1u32, []).unwrap();
+    ch.port1.post_message(&2u32, []).unwrap();
+    let (first, port) = rt.block_on(task).unwrap();
+    assert_eq!(first, 1);
+    assert_eq!(
+        port.recv::<u32>().unwrap().data,
+        2,
+        "the second is still queued"
+    );
+}

@@ -229,6 +229,22 @@ impl MessagePort {
             list: transfer.into_iter().collect(),
         }
     }
+
+    /// The port's messages as a [`Stream`] that owns the port: as
+    /// [`messages`](Self::messages), for where a borrow gets in the way (a spawned task, a
+    /// struct field, a stream combinator that must be `'static`). Take the port back with
+    /// [`IntoMessages::into_inner`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`messages`](Self::messages).
+    pub fn into_messages<T: Message>(self) -> IntoMessages<T> {
+        IntoMessages {
+            port: Some(self),
+            done: false,
+            _message: PhantomData,
+        }
+    }
 }
 
 /// The future of [`MessagePort::recv_async`].
@@ -267,22 +283,31 @@ impl<T: Message> Stream for Messages<'_, T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
+        stream_step(this.port, &mut this.done, cx)
+    }
+}
+
+/// One step of a message stream: an item, or the end once the peer is gone (or the kernel
+/// refused to let us wait, said once).
+fn stream_step<T: Message>(
+    port: &MessagePort,
+    done: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<MessageEvent<T>, RecvError>>> {
+    if *done {
+        return Poll::Ready(None);
+    }
+    match port.poll_recv::<T>(cx) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Ok(ev)) => Poll::Ready(Some(Ok(ev))),
+        Poll::Ready(Err(RecvError::Disconnected)) => {
+            *done = true;
+            Poll::Ready(None)
         }
-        match this.port.poll_recv::<T>(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(ev)) => Poll::Ready(Some(Ok(ev))),
-            Poll::Ready(Err(RecvError::Disconnected)) => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Err(e @ RecvError::MessageError(_))) => Poll::Ready(Some(Err(e))),
-            // The kernel refused to let us wait: say so once, then end.
-            Poll::Ready(Err(e)) => {
-                this.done = true;
-                Poll::Ready(Some(Err(e)))
-            }
+        Poll::Ready(Err(e @ RecvError::MessageError(_))) => Poll::Ready(Some(Err(e))),
+        Poll::Ready(Err(e)) => {
+            *done = true;
+            Poll::Ready(Some(Err(e)))
         }
     }
 }
@@ -323,5 +348,42 @@ impl<T> Drop for PostFuture<'_, T> {
     fn drop(&mut self) {
         self.port.forget_waker();
         self.port.disarm_room();
+    }
+}
+
+/// The owned stream of [`MessagePort::into_messages`].
+#[must_use = "streams do nothing unless polled"]
+#[derive(Debug)]
+pub struct IntoMessages<T> {
+    /// Always `Some` but in `into_inner`, which takes it.
+    port: Option<MessagePort>,
+    done: bool,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T> IntoMessages<T> {
+    /// The port back, with whatever is still queued on it.
+    pub fn into_inner(mut self) -> MessagePort {
+        let port = self.port.take().expect("taken only here");
+        port.forget_waker();
+        port
+    }
+}
+
+impl<T: Message> Stream for IntoMessages<T> {
+    type Item = Result<MessageEvent<T>, RecvError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let port = this.port.as_ref().expect("taken only by into_inner");
+        stream_step(port, &mut this.done, cx)
+    }
+}
+
+impl<T> Drop for IntoMessages<T> {
+    fn drop(&mut self) {
+        if let Some(port) = &self.port {
+            port.forget_waker();
+        }
     }
 }
