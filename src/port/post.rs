@@ -123,13 +123,18 @@ impl MessagePort {
         transfer: impl IntoIterator<Item = Transferable>,
         wait: RoomWait,
     ) -> Result<(), PostError> {
-        let mut transfer = transfer.into_iter().peekable();
-        if !self.in_owner_process() {
-            let kind = PostErrorKind::WrongProcess;
-            return Err(PostError::new(kind, transfer.collect()));
-        }
-        if transfer.peek().is_some() {
-            return self.post_with_transfers(msg, transfer.collect(), wait);
+        let transfer = transfer.into_iter();
+        // `[]` says it is empty by its type: no list to build, look at or drop.
+        if transfer.size_hint().1 != Some(0) {
+            let list: Vec<Transferable> = transfer.collect();
+            if !list.is_empty() || !self.in_owner_process() {
+                if !self.in_owner_process() {
+                    return Err(PostError::new(PostErrorKind::WrongProcess, list));
+                }
+                return self.post_with_transfers(msg, list, wait);
+            }
+        } else if !self.in_owner_process() {
+            return Err(PostError::new(PostErrorKind::WrongProcess, Vec::new()));
         }
         let fail = |kind| Err(PostError::new(kind, Vec::new()));
         if self.peer_gone_cheap() {

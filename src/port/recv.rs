@@ -29,6 +29,12 @@ impl MessagePort {
     pub fn recv<T: Message>(&self) -> Result<MessageEvent<T>, RecvError> {
         let mut decode =
             |bytes: &[u8], tag| codec::decode::<T>(bytes, tag, &self.recv_fp, self.max_depth());
+        // A queued message needs none of the waiting machinery.
+        match self.try_recv_with(false, &mut decode) {
+            Ok(ev) => return Ok(ev),
+            Err(TryRecvError::MessageError(e)) => return Err(RecvError::MessageError(e)),
+            Err(_) => {} // empty, or the peer gone: the wait looks again and says which
+        }
         Self::untimed(self.recv_until(None, &mut decode))
     }
 
