@@ -98,6 +98,7 @@ impl FanoutOptions {
                 }
                 "--quick" => opts.messages = 200_000,
                 "--shmport-only" => opts.iceoryx2 = false,
+                "--json" => crate::json::enable(),
                 _ => return Err(format!("unknown fanout option {arg}").into()),
             }
         }
@@ -113,12 +114,12 @@ struct Figures {
 }
 
 pub fn run(opts: &FanoutOptions) -> Result<()> {
-    println!(
+    crate::say!(
         "fanout: {} messages of 64 bytes per run, one publisher, N subscribers on blocking receive; {} CPUs",
         opts.messages,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!(
+    crate::say!(
         "{:>2} | {:>22} | {:>22} | {:>13} | {:>21}",
         "N",
         "shmport posts/deliv /s",
@@ -138,7 +139,7 @@ pub fn run(opts: &FanoutOptions) -> Result<()> {
                 sleeps_per_s: f64::NAN,
             }
         };
-        println!(
+        crate::say!(
             "{n:>2} | {:>9.2} M / {:>7.2} M | {:>9.2} M / {:>7.2} M | {:>13.2} | {:>9.0} / {:>9.0}",
             shm.posts_per_s / 1e6,
             shm.deliveries_per_s / 1e6,
@@ -148,14 +149,17 @@ pub fn run(opts: &FanoutOptions) -> Result<()> {
             shm.sleeps_per_s,
             ice.sleeps_per_s,
         );
-        println!(
-            "RESULT fanout n={n} shmport_posts={:.0} shmport_deliveries={:.0} iceoryx2_posts={:.0} iceoryx2_deliveries={:.0} shmport_sleeps={:.0} iceoryx2_sleeps={:.0}",
-            shm.posts_per_s,
-            shm.deliveries_per_s,
-            ice.posts_per_s,
-            ice.deliveries_per_s,
-            shm.sleeps_per_s,
-            ice.sleeps_per_s
+        crate::json::line(
+            "RESULT",
+            format!(
+                "mode=fanout n={n} shmport_posts={:.0} shmport_deliveries={:.0} iceoryx2_posts={:.0} iceoryx2_deliveries={:.0} shmport_sleeps={:.0} iceoryx2_sleeps={:.0}",
+                shm.posts_per_s,
+                shm.deliveries_per_s,
+                ice.posts_per_s,
+                ice.deliveries_per_s,
+                shm.sleeps_per_s,
+                ice.sleeps_per_s
+            ),
         );
         by_n.push((n, shm.posts_per_s, ice.posts_per_s));
     }
@@ -167,11 +171,10 @@ pub fn run(opts: &FanoutOptions) -> Result<()> {
     if let (Some(s1), Some(s4), Some(i1), Some(i4)) =
         (rate(1, 0), rate(4, 0), rate(1, 1), rate(4, 1))
     {
-        println!(
-            "post rate N=4 / N=1: shmport {:.2}x, iceoryx2 {:.2}x",
-            s4 / s1,
-            i4 / i1
-        );
+        let (s, i) = (s4 / s1, i4 / i1);
+        crate::say!("post rate N=4 / N=1: shmport {s:.2}x, iceoryx2 {i:.2}x");
+        let fields = format!("mode=fanout ratio=post_rate_n4_vs_n1 shmport={s:.4} iceoryx2={i:.4}");
+        crate::json::line("RATIO", fields);
     }
     Ok(())
 }

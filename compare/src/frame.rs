@@ -91,7 +91,7 @@ pub struct Plan {
 
 /// Sends warm-up frames, then timed ones; the sender's side of the timed stretch (from the
 /// first timed frame's send to the last one's).
-pub fn send_frames(sink: &mut dyn FrameSink, plan: &Plan) -> Result<Side> {
+pub fn send_frames<S: FrameSink + ?Sized>(sink: &mut S, plan: &Plan) -> Result<Side> {
     let mut flow = Flow {
         credits: plan.credits,
         acked: 0,
@@ -121,7 +121,10 @@ pub fn send_frames(sink: &mut dyn FrameSink, plan: &Plan) -> Result<Side> {
 
 /// Receives and checks frames until the last one; the receiver's side of the timed stretch
 /// (from the first timed frame's arrival to the last one's).
-pub fn receive_frames(source: &mut dyn FrameSource, credits: Option<u64>) -> Result<Side> {
+pub fn receive_frames<S: FrameSource + ?Sized>(
+    source: &mut S,
+    credits: Option<u64>,
+) -> Result<Side> {
     let ack_every = credits.map(|c| (c / 2).max(1));
     let mut expected = 0;
     let mut start = None;
@@ -167,7 +170,7 @@ struct Flow {
 }
 
 impl Flow {
-    fn send(&mut self, sink: &mut dyn FrameSink, tag: u64) -> Result<()> {
+    fn send<S: FrameSink + ?Sized>(&mut self, sink: &mut S, tag: u64) -> Result<()> {
         if let Some(credits) = self.credits {
             while seq_of(tag) >= self.acked + credits {
                 self.acked = sink.wait_ack()?;

@@ -204,12 +204,12 @@ fn key(carried: Carried) -> String {
 }
 
 fn print_intro(opts: &Options) {
-    println!(
+    crate::say!(
         "transfer-latency: one-way = round trip / 2 over {} round trips per kind, after {} warm-up;",
         opts.rounds,
         opts.rounds / 10 + 1
     );
-    println!(
+    crate::say!(
         "a buffer moves in the transfer list and comes back the same way; ports {}.",
         if opts.busy_poll {
             "busy-poll (--busy-poll)"
@@ -217,13 +217,13 @@ fn print_intro(opts: &Options) {
             "adaptive (the default)"
         }
     );
-    println!("Per round trip: minor page faults, context switches, system calls of each side.");
-    println!("Shared machines are noisy: read the same-run ratios, not the absolute figures.");
+    crate::say!("Per round trip: minor page faults, context switches, system calls of each side.");
+    crate::say!("Shared machines are noisy: read the same-run ratios, not the absolute figures.");
 }
 
 fn print_table(run: u32, runs: u32, rows: &[Row]) {
-    println!("\nrun {run}/{runs}");
-    println!(
+    crate::say!("\nrun {run}/{runs}");
+    crate::say!(
         "  {:<22} {:>10} {:>10} | {:>7} {:>7} | {:>7} {:>7} | {:>7} {:>7}",
         "message",
         "one-way p50",
@@ -237,7 +237,7 @@ fn print_table(run: u32, runs: u32, rows: &[Row]) {
     );
     for row in rows {
         let (p, c) = (row.parent.per_unit(), row.child.per_unit());
-        println!(
+        crate::say!(
             "  {:<22} {:>11} {:>10} | {:>7} {:>7} | {:>7} {:>7} | {:>7} {:>7}",
             label(row.carried),
             report::nanos(row.p50()),
@@ -252,21 +252,24 @@ fn print_table(run: u32, runs: u32, rows: &[Row]) {
     }
     for row in rows {
         let (p, c) = (row.parent.per_unit(), row.child.per_unit());
-        println!(
-            "RESULT mode=transfer-latency run={run} kind={} rounds={} oneway_p50_ns={:.0} \
+        crate::json::line(
+            "RESULT",
+            format!(
+                "mode=transfer-latency run={run} kind={} rounds={} oneway_p50_ns={:.0} \
              oneway_p99_ns={:.0} parent_minflt_per_rt={:.4} child_minflt_per_rt={:.4} \
              parent_csw_per_rt={:.4} child_csw_per_rt={:.4} parent_syscalls_per_rt={} \
              child_syscalls_per_rt={}",
-            key(row.carried),
-            row.parent.count,
-            row.p50(),
-            row.percentile(0.99),
-            p.minflt,
-            c.minflt,
-            p.csw,
-            c.csw,
-            report::raw_opt(p.syscalls),
-            report::raw_opt(c.syscalls),
+                key(row.carried),
+                row.parent.count,
+                row.p50(),
+                row.percentile(0.99),
+                p.minflt,
+                c.minflt,
+                p.csw,
+                c.csw,
+                report::raw_opt(p.syscalls),
+                report::raw_opt(c.syscalls),
+            ),
         );
     }
 }
@@ -296,8 +299,11 @@ fn print_ratios(run: u32, rows: &[Row], spreads: &mut Spreads) {
             continue;
         };
         let ratio = a / b;
-        println!("  ratio {label} (one-way p50): {ratio:.2}x  ({target})");
-        println!("RATIO mode=transfer-latency run={run} ratio={key} value={ratio:.4}");
+        crate::say!("  ratio {label} (one-way p50): {ratio:.2}x  ({target})");
+        crate::json::line(
+            "RATIO",
+            format!("mode=transfer-latency run={run} ratio={key} value={ratio:.4}"),
+        );
         spreads.add(label, &format!("ratio={key}"), ratio);
     }
 }

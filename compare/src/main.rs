@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release -p shmport-compare -- pipeline [--quick] [--sizes 4k,1m,16m] [--seconds S] [--repeat N] [--busy-poll] [--transports LIST]
 //! cargo run --release -p shmport-compare -- transfer-latency [--quick] [--rounds N] [--repeat N] [--busy-poll]
-//! cargo run --release -p shmport-compare -- fanout [--quick] [--messages M] [--subscribers 1,2,4]
+//! cargo run --release -p shmport-compare -- small [--quick] [--size 64] [--rounds N] [--seconds S] [--repeat N] [--transports LIST]
+//! cargo run --release -p shmport-compare -- fanout [--quick] [--messages M] [--subscribers 1,2,4] [--json]
 //! ```
 //!
 //! The binary runs itself a second time as the child (`shmport::spawn`); the child knows it
@@ -15,11 +16,13 @@
 mod fanout;
 mod frame;
 mod iceoryx;
+mod json;
 mod latency;
 mod pipeline;
 mod protocol;
 mod report;
 mod shmport_tx;
+mod small;
 mod socket;
 mod stats;
 
@@ -36,12 +39,26 @@ const USAGE: &str = "\
 usage: shmport-compare pipeline [--quick] [--sizes 4k,1m,16m] [--seconds S] [--repeat N] [--busy-poll]
                                  [--transports shmport-arraybuffer,shmport-plain-vec,iceoryx2,unix-socket]
        shmport-compare transfer-latency [--quick] [--rounds N] [--repeat N] [--busy-poll]
-       shmport-compare fanout [--quick] [--messages M] [--subscribers 1,2,4] [--shmport-only]";
+       shmport-compare small [--quick] [--size 64] [--rounds N] [--seconds S] [--repeat N]
+                              [--transports floor,shmport-busy-poll,...] (see README.md)
+       shmport-compare fanout [--quick] [--messages M] [--subscribers 1,2,4] [--shmport-only]
+every mode: --json prints one JSON document on stdout (the tables go to stderr)";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Pipeline,
     TransferLatency,
+    Small,
+}
+
+impl Mode {
+    fn key(self) -> &'static str {
+        match self {
+            Mode::Pipeline => "pipeline",
+            Mode::TransferLatency => "transfer-latency",
+            Mode::Small => "small",
+        }
+    }
 }
 
 /// The command line.
@@ -53,10 +70,14 @@ pub struct Options {
     pub sizes: Vec<usize>,
     /// Transports of the pipeline, in table order.
     pub transports: Vec<Transport>,
-    /// Timed stretch of each pipeline measurement.
+    /// Timed stretch of each pipeline or small-message throughput measurement.
     pub timed: Duration,
-    /// Timed round trips of each transfer-latency kind.
+    /// Timed round trips of each transfer-latency kind or small-message transport.
     pub rounds: u64,
+    /// Message length of the small-message comparison.
+    pub size: usize,
+    /// Transports of the small-message comparison, in table order.
+    pub kinds: Vec<small::Kind>,
     pub repeat: u32,
     /// shmport ports busy-poll instead of the adaptive default.
     pub busy_poll: bool,
@@ -67,31 +88,60 @@ impl Options {
         let mode = match args.next().as_deref() {
             Some("pipeline") => Mode::Pipeline,
             Some("transfer-latency") => Mode::TransferLatency,
+            Some("small") => Mode::Small,
             _ => return Err(USAGE.into()),
         };
         let (mut quick, mut busy_poll, mut repeat) = (false, false, 1);
         let (mut sizes, mut seconds, mut rounds, mut transports) = (None, None, None, None);
+        let mut size = 64;
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
             match arg.as_str() {
                 "--quick" => quick = true,
                 "--busy-poll" => busy_poll = true,
+                "--json" => json::enable(),
+                "--size" => size = value()?.parse::<usize>()?,
                 "--repeat" => repeat = value()?.parse::<u32>()?.max(1),
                 "--sizes" => sizes = Some(parse_sizes(&value()?)?),
-                "--transports" => transports = Some(parse_transports(&value()?)?),
+                "--transports" => transports = Some(value()?),
                 "--seconds" => seconds = Some(value()?.parse::<f64>()?),
                 "--rounds" => rounds = Some(value()?.parse::<u64>()?.max(1)),
                 _ => return Err(format!("unknown option {arg}\n{USAGE}").into()),
             }
         }
-        let default_seconds = if quick { 0.25 } else { 1.5 };
+        if mode == Mode::Small && !small::SIZES.contains(&size) {
+            return Err(format!("--size {size} is not one of {:?}", small::SIZES).into());
+        }
+        let small = mode == Mode::Small;
+        let default_seconds = match (small, quick) {
+            (false, false) => 1.5,
+            (false, true) => 0.25,
+            (true, false) => 0.5,
+            (true, true) => 0.1,
+        };
+        let default_rounds = match (small, quick) {
+            (false, false) => 20_000,
+            (false, true) => 2_000,
+            (true, false) => 100_000,
+            (true, true) => 10_000,
+        };
+        let pipeline_transports = match (small, &transports) {
+            (false, Some(list)) => parse_transports(list)?,
+            _ => Transport::ALL.to_vec(),
+        };
+        let kinds = match (small, &transports) {
+            (true, Some(list)) => small::parse_kinds(list)?,
+            _ => small::Kind::ROUND_TRIP.to_vec(),
+        };
         Ok(Options {
             mode,
             quick,
             sizes: sizes.unwrap_or_else(|| vec![4 << 10, 1 << 20, 16 << 20]),
-            transports: transports.unwrap_or_else(|| Transport::ALL.to_vec()),
+            transports: pipeline_transports,
             timed: Duration::try_from_secs_f64(seconds.unwrap_or(default_seconds))?,
-            rounds: rounds.unwrap_or(if quick { 2_000 } else { 20_000 }),
+            rounds: rounds.unwrap_or(default_rounds),
+            size,
+            kinds,
             repeat,
             busy_poll,
         })
@@ -133,7 +183,9 @@ fn main() -> ExitCode {
             child()
         }
     } else if first.as_deref() == Some("fanout") {
-        fanout::FanoutOptions::parse(args).and_then(|opts| fanout::run(&opts))
+        fanout::FanoutOptions::parse(args)
+            .and_then(|opts| fanout::run(&opts))
+            .map(|()| json::finish("fanout"))
     } else {
         Options::parse(std::env::args().skip(1)).and_then(|opts| parent(&opts))
     };
@@ -155,8 +207,19 @@ fn parent(opts: &Options) -> Result<()> {
     } = MessageChannel::new()?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("child");
+    // The cross-process floor of `small`: a page the child inherits (see small/floor.rs).
+    let floor = match opts.mode {
+        Mode::Small => Some(small::SharedLine::create()?),
+        _ => None,
+    };
+    if let Some(floor) = &floor {
+        floor.pass_to(&mut cmd);
+    }
     let mut child = shmport::spawn(&mut cmd, port2)?;
-    println!(
+    if let Some(floor) = &floor {
+        floor.spawned()?;
+    }
+    say!(
         "shmport-compare: parent pid {} <-> child pid {}; {} CPUs; system calls {}",
         std::process::id(),
         child.id(),
@@ -170,6 +233,10 @@ fn parent(opts: &Options) -> Result<()> {
     let outcome = match opts.mode {
         Mode::Pipeline => pipeline::run(&ctl, opts),
         Mode::TransferLatency => latency::run(&ctl, opts),
+        Mode::Small => match &floor {
+            Some(floor) => small::run(&ctl, opts, floor),
+            None => Err("no floor page was made".into()),
+        },
     };
     if outcome.is_err() {
         // The child may be stuck in a transport's receive loop.
@@ -179,6 +246,9 @@ fn parent(opts: &Options) -> Result<()> {
     }
     drop(ctl);
     child.wait()?;
+    if outcome.is_ok() {
+        json::finish(opts.mode.key());
+    }
     outcome
 }
 
@@ -196,6 +266,7 @@ fn child() -> Result<()> {
         let reply = match ev.data {
             cmd @ ToChild::Receive { .. } => pipeline::receive(&ctl, cmd, ev.ports),
             cmd @ ToChild::Echo { .. } => latency::echo(&ctl, cmd),
+            ToChild::Small(order) => small::serve(&ctl, order, ev.ports),
             ToChild::Exit => return Ok(()),
         };
         post_reply(&ctl, &reply)?;

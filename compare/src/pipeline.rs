@@ -174,11 +174,11 @@ pub fn receive(ctl: &MessagePort, cmd: ToChild, mut ports: Vec<MessagePort>) -> 
 }
 
 fn print_intro(opts: &Options) {
-    println!(
+    crate::say!(
         "pipeline: the parent (sender) allocates a fresh frame, writes every byte and sends it;"
     );
-    println!("the child (receiver) checks every byte and the order, then drops it.");
-    println!(
+    crate::say!("the child (receiver) checks every byte and the order, then drops it.");
+    crate::say!(
         "{} s timed per transport and size after {} warm-up; shmport ports {}; iceoryx2 subscriber busy-polls.",
         opts.timed.as_secs_f64(),
         if opts.quick { "50 ms" } else { "300 ms" },
@@ -188,18 +188,18 @@ fn print_intro(opts: &Options) {
             "adaptive (the default)"
         }
     );
-    println!(
+    crate::say!(
         "Per frame: minor page faults (flt), context switches (csw), system calls (sys) of the \
          sender (snd) and receiver (rcv)."
     );
-    println!("Shared machines are noisy: read the same-run ratios, not the absolute figures.");
+    crate::say!("Shared machines are noisy: read the same-run ratios, not the absolute figures.");
 }
 
 fn print_table(run: u32, runs: u32, frame_len: usize, rows: &[Measurement]) {
     let len = report::len(frame_len);
     let window = window(frame_len);
-    println!("\nrun {run}/{runs}, frames of {len} (at most {window} frames in flight)");
-    println!(
+    crate::say!("\nrun {run}/{runs}, frames of {len} (at most {window} frames in flight)");
+    crate::say!(
         "  {:<20} {:>10} {:>7} | {:>7} {:>7} | {:>7} {:>7} | {:>7} {:>7}",
         "transport",
         "frames/s",
@@ -213,7 +213,7 @@ fn print_table(run: u32, runs: u32, frame_len: usize, rows: &[Measurement]) {
     );
     for m in rows {
         let (s, r) = (m.sender.per_unit(), m.receiver.per_unit());
-        println!(
+        crate::say!(
             "  {:<20} {:>10} {:>7.2} | {:>7} {:>7} | {:>7} {:>7} | {:>7} {:>7}",
             m.transport.label(),
             report::rate(m.frames_per_s()),
@@ -233,22 +233,25 @@ fn print_table(run: u32, runs: u32, frame_len: usize, rows: &[Measurement]) {
 
 fn print_result_line(run: u32, m: &Measurement) {
     let (s, r) = (m.sender.per_unit(), m.receiver.per_unit());
-    println!(
-        "RESULT mode=pipeline run={run} transport={} size={} frames={} frames_per_s={:.1} \
+    crate::json::line(
+        "RESULT",
+        format!(
+            "mode=pipeline run={run} transport={} size={} frames={} frames_per_s={:.1} \
          gbps={:.4} sender_minflt_per_frame={:.4} receiver_minflt_per_frame={:.4} \
          sender_csw_per_frame={:.4} receiver_csw_per_frame={:.4} \
          sender_syscalls_per_frame={} receiver_syscalls_per_frame={}",
-        m.transport.key(),
-        m.frame_len,
-        m.receiver.count,
-        m.frames_per_s(),
-        m.gbps(),
-        s.minflt,
-        r.minflt,
-        s.csw,
-        r.csw,
-        report::raw_opt(s.syscalls),
-        report::raw_opt(r.syscalls),
+            m.transport.key(),
+            m.frame_len,
+            m.receiver.count,
+            m.frames_per_s(),
+            m.gbps(),
+            s.minflt,
+            r.minflt,
+            s.csw,
+            r.csw,
+            report::raw_opt(s.syscalls),
+            report::raw_opt(r.syscalls),
+        ),
     );
 }
 
@@ -281,8 +284,11 @@ fn print_ratios(run: u32, frame_len: usize, rows: &[Measurement], spreads: &mut 
             continue;
         };
         let ratio = a / b;
-        println!("  ratio {label}: {ratio:.2}x  ({target})");
-        println!("RATIO mode=pipeline run={run} size={frame_len} ratio={key} value={ratio:.4}");
+        crate::say!("  ratio {label}: {ratio:.2}x  ({target})");
+        crate::json::line(
+            "RATIO",
+            format!("mode=pipeline run={run} size={frame_len} ratio={key} value={ratio:.4}"),
+        );
         spreads.add(
             &format!("{label}, {len}"),
             &format!("ratio={key} size={frame_len}"),

@@ -83,6 +83,9 @@ pub enum ToChild {
         rounds: u64,
         busy_poll: bool,
     },
+    /// One small-message measurement (see `small`); a shmport data port travels in the
+    /// transfer list.
+    Small(crate::small::Order),
     Exit,
 }
 

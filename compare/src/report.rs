@@ -88,16 +88,19 @@ impl Spreads {
         }
     }
 
-    /// Prints min - max and median of each ratio, readable and as `SPREAD` lines.
+    /// Prints min - max and median of each ratio, readable and as `SPREAD` lines (or JSON).
     pub fn print(&self, runs: u32) {
-        println!("\nspread of the ratios over {runs} runs (min - max, median):");
+        crate::say!("\nspread of the ratios over {runs} runs (min - max, median):");
         for (label, _, values) in &self.entries {
             let (min, max, median) = min_max_median(values);
-            println!("  {label:<44} {min:>7.2}x - {max:>7.2}x  (median {median:.2}x)");
+            crate::say!("  {label:<44} {min:>7.2}x - {max:>7.2}x  (median {median:.2}x)");
         }
         for (_, key, values) in &self.entries {
             let (min, max, median) = min_max_median(values);
-            println!("SPREAD {key} runs={runs} min={min:.4} max={max:.4} median={median:.4}");
+            crate::json::line(
+                "SPREAD",
+                format!("{key} runs={runs} min={min:.4} max={max:.4} median={median:.4}"),
+            );
         }
     }
 }

@@ -35,8 +35,13 @@ impl Listener {
 
     /// The sending half, once the child has connected.
     pub fn accept(&self, frame_len: usize) -> Result<Box<dyn FrameSink>> {
-        let (stream, _) = self.listener.accept()?;
+        let stream = self.accept_stream()?;
         Ok(Box::new(SocketSink { stream, frame_len }))
+    }
+
+    /// The parent's end of the next connection.
+    pub fn accept_stream(&self) -> Result<UnixStream> {
+        Ok(self.listener.accept()?.0)
     }
 }
 
