@@ -86,8 +86,8 @@ pub use named::process::{BOOTSTRAP_ENV, parent_port, spawn};
 #[cfg(feature = "serde")]
 pub use port::serde_fingerprint_of;
 pub use port::{
-    ChannelBuilder, Iter, MessageChannel, MessageEvent, MessagePort, PostError, PostErrorKind,
-    RawMessage, Transferable, TryIter,
+    ChannelBuilder, Iter, MessageChannel, MessageEvent, MessagePort, PortStats, PostError,
+    PostErrorKind, RawMessage, Transferable, TryIter,
 };
 pub use shm::buffer::ArrayBuffer;
 pub use shm::wake::WaitStrategy;

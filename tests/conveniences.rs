@@ -142,3 +142,39 @@ fn post_message_timeout_posts_once_the_reader_makes_room() {
     drop(ch.port1);
     assert_eq!(reader.join().unwrap(), sent as usize + 1);
 }
+
+#[test]
+fn stats_count_posts_and_the_waits_that_slept() {
+    let ch = MessageChannel::builder()
+        .capacity(4096)
+        .wait_strategy(shmport::WaitStrategy::Block)
+        .build()
+        .unwrap();
+    let mut posted = 0;
+    while ch.port1.try_post_message(&[0u8; 256], []).is_ok() {
+        posted += 1;
+    }
+    assert_eq!(ch.port1.stats().posts, posted);
+    // A post that waits for room until its timeout: one wait, asleep (Block never spins).
+    assert!(
+        ch.port1
+            .post_message_timeout(&[0u8; 256], [], Duration::from_millis(2))
+            .is_err()
+    );
+    let s = ch.port1.stats();
+    assert_eq!((s.waits_for_room, s.posts), (1, posted));
+    assert!(s.sleeps_for_room >= 1);
+    // Receives of queued messages do not wait; one on the empty queue does.
+    for _ in 0..posted {
+        ch.port2.recv::<[u8; 256]>().unwrap();
+    }
+    assert_eq!(ch.port2.stats().waits_for_messages, 0);
+    assert!(
+        ch.port2
+            .recv_timeout::<u8>(Duration::from_millis(2))
+            .is_err()
+    );
+    let r = ch.port2.stats();
+    assert_eq!(r.waits_for_messages, 1);
+    assert!(r.sleeps_for_messages >= 1);
+}

@@ -112,6 +112,14 @@ impl MessagePort {
         }
     }
 
+    /// A record was published in the ring we write: counted; wakes the reader if it
+    /// waits.
+    #[inline]
+    pub(super) fn published(&self, ring: &crate::shm::ring::RingMem) {
+        self.posts.set(self.posts.get() + 1);
+        self.wake_peer(&ring.ctrl().reader_sleeping);
+    }
+
     #[cold]
     pub(super) fn ring_doorbell(&self) {
         if let Ok(sock) = self.socket() {

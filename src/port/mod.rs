@@ -12,6 +12,7 @@ mod readiness;
 mod recv;
 #[cfg(feature = "serde")]
 mod serde_codec;
+mod stats;
 #[cfg(all(test, not(loom)))]
 mod tests;
 pub(crate) mod transfer_in;
@@ -28,6 +29,7 @@ pub(crate) use readiness::SocketWatcher;
 pub(crate) use recv::Decoder;
 #[cfg(feature = "serde")]
 pub use serde_codec::serde_fingerprint_of;
+pub use stats::PortStats;
 pub use transferable::Transferable;
 
 use std::cell::{Cell, RefCell};
@@ -107,6 +109,8 @@ pub struct MessagePort {
     recv_wait: Waiter,
     send_wait: Waiter,
     peer: Cell<PeerState>,
+    /// Records this handle published (see [`MessagePort::stats`]).
+    posts: Cell<u64>,
     liveness_countdown: Cell<u32>,
     size_hint: Cell<usize>,
     /// rkyv's scratch allocator for this port's posts (created on first use).
@@ -168,6 +172,7 @@ impl MessagePort {
             recv_wait: Waiter::new(wait),
             send_wait: Waiter::new(wait),
             peer: Cell::new(PeerState::Alive),
+            posts: Cell::new(0),
             liveness_countdown: Cell::new(LIVENESS_EVERY),
             size_hint: Cell::new(0),
             arena: RefCell::new(None),

@@ -125,16 +125,14 @@ impl MessagePort {
     ) -> Result<(), PostError> {
         let transfer = transfer.into_iter();
         // `[]` says it is empty by its type: no list to build, look at or drop.
-        if transfer.size_hint().1 != Some(0) {
+        if transfer.size_hint().1 != Some(0) || !self.in_owner_process() {
             let list: Vec<Transferable> = transfer.collect();
-            if !list.is_empty() || !self.in_owner_process() {
-                if !self.in_owner_process() {
-                    return Err(PostError::new(PostErrorKind::WrongProcess, list));
-                }
+            if !self.in_owner_process() {
+                return Err(PostError::new(PostErrorKind::WrongProcess, list));
+            }
+            if !list.is_empty() {
                 return self.post_with_transfers(msg, list, wait);
             }
-        } else if !self.in_owner_process() {
-            return Err(PostError::new(PostErrorKind::WrongProcess, Vec::new()));
         }
         let fail = |kind| Err(PostError::new(kind, Vec::new()));
         if self.peer_gone_cheap() {
@@ -150,7 +148,7 @@ impl MessagePort {
         let fp = self.send_fp.get::<T>();
         match self.write_in_place(&mut tx, msg, fp, arena) {
             Ok(true) => {
-                self.wake_peer(&tx.mem().ctrl().reader_sleeping);
+                self.published(tx.mem());
                 return Ok(());
             }
             Ok(false) => {}
@@ -183,7 +181,7 @@ impl MessagePort {
         self.size_hint.set(len);
         match self.when_room(&mut tx, wait, |tx| tx.try_write(&scratch, KIND_MESSAGE, fp)) {
             Ok(()) => {
-                self.wake_peer(&tx.mem().ctrl().reader_sleeping);
+                self.published(tx.mem());
                 Ok(())
             }
             Err(kind) => fail(kind),

@@ -246,7 +246,7 @@ impl MessagePort {
         }
         match self.when_room(&mut tx, wait, |tx| tx.try_write(archive, KIND_MESSAGE, fp)) {
             Ok(()) => {
-                self.wake_peer(&tx.mem().ctrl().reader_sleeping);
+                self.published(tx.mem());
                 Ok(())
             }
             Err(kind) => Err(PostError::new(kind, Vec::new())),

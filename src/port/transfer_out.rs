@@ -162,7 +162,7 @@ impl MessagePort {
             self.poison(Corrupt("ring lost reserved room"));
             return Err(PostError::new(PostErrorKind::Disconnected, Vec::new()));
         }
-        self.wake_peer(&tx.mem().ctrl().reader_sleeping);
+        self.published(tx.mem());
         hand_over(list, body);
         Ok(())
     }

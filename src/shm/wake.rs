@@ -84,6 +84,9 @@ pub enum WaitStrategy {
 pub(crate) struct Waiter {
     strategy: Cell<WaitStrategy>,
     budget: Cell<Duration>,
+    /// Waits that did not succeed at the first look, and futex sleeps among them.
+    waits: Cell<u64>,
+    sleeps: Cell<u64>,
 }
 
 impl Waiter {
@@ -91,6 +94,8 @@ impl Waiter {
         Waiter {
             strategy: Cell::new(strategy),
             budget: Cell::new(ADAPTIVE_START),
+            waits: Cell::new(0),
+            sleeps: Cell::new(0),
         }
     }
 
@@ -100,6 +105,24 @@ impl Waiter {
 
     pub(crate) fn set_strategy(&self, strategy: WaitStrategy) {
         self.strategy.set(strategy);
+    }
+
+    /// How many waits did not succeed at their first look, and how many futex sleeps
+    /// they took.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (self.waits.get(), self.sleeps.get())
+    }
+
+    /// A wait that found nothing at its first look begins: counted; its spin budget.
+    fn begin_wait(&self) -> Option<Duration> {
+        self.waits.set(self.waits.get() + 1);
+        self.spin_budget()
+    }
+
+    /// Sleeps on `word` while it holds `announced`, at most `nap`: counted.
+    fn sleep(&self, word: &AtomicU32, announced: u32, nap: Duration) {
+        self.sleeps.set(self.sleeps.get() + 1);
+        futex_wait(word, announced, nap);
     }
 
     pub(crate) fn spin_budget(&self) -> Option<Duration> {
@@ -138,7 +161,7 @@ impl Waiter {
         if let Some(r) = attempt() {
             return Some(r);
         }
-        let budget = self.spin_budget();
+        let budget = self.begin_wait();
         if budget != Some(Duration::ZERO) {
             let start = Instant::now();
             let mut last_liveness = start;
@@ -188,7 +211,7 @@ impl Waiter {
                 word.fetch_and(!SLEEPING, Ordering::Relaxed);
                 return Some(r);
             }
-            futex_wait(word, announced, nap);
+            self.sleep(word, announced, nap);
             word.fetch_and(!SLEEPING, Ordering::Relaxed);
             if let Some(r) = attempt() {
                 return Some(r);

@@ -1,5 +1,6 @@
-//! Async waits on a `PortSet`: its epoll instance is watched like a port's socket, by the
-//! reactor thread or (feature `tokio`) by tokio's reactor.
+//! Async waits on a `PortSet`, and its descriptor for event loops of the user's own: its
+//! epoll instance, watched like a port's socket by the reactor thread or (feature `tokio`)
+//! by tokio's reactor.
 
 use std::future::Future;
 use std::os::fd::AsFd;
@@ -124,6 +125,36 @@ impl PortSet {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+/// The set's descriptor, for an event loop of your own (epoll, mio, calloop, tokio's
+/// `AsyncFd`): it is readable when some member may have news.
+///
+/// Readable means "call [`try_wait`](PortSet::try_wait) (and receive from the ports it
+/// names) until it returns `None`": a `try_wait` that finds nothing leaves every member
+/// armed, so the descriptor becomes readable at the next post to any of them. That holds
+/// for every wait strategy but [`WaitStrategy::BusyPoll`], which never arms. It is an
+/// epoll instance: register it edge- or level-triggered.
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// use rustix::event::{PollFd, PollFlags, poll};
+/// use shmport::{MessageChannel, PortSet};
+///
+/// let mut set = PortSet::new()?;
+/// let ch = MessageChannel::new()?;
+/// let key = set.insert(ch.port2)?;
+/// assert_eq!(set.try_wait()?, None); // nothing yet: every member armed
+/// ch.port1.post_message(&1u8, [])?;
+/// let mut fds = [PollFd::new(&set, PollFlags::IN)];
+/// poll(&mut fds, None)?;
+/// assert_eq!(set.try_wait()?, Some(key));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl AsFd for PortSet {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.epoll_fd()
     }
 }
 
