@@ -9,6 +9,7 @@
 //! ```text
 //! cargo run --release --example transfer_buffer
 //! cargo run --release --example transfer_buffer -- --busy-poll   # needs two idle cores
+//! cargo run --release --example transfer_buffer -- --json        # the figures as one JSON object
 //! ```
 //!
 //! Shared machines are noisy: read the ratios, not the absolute times.
@@ -95,11 +96,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os(shmport::BOOTSTRAP_ENV).is_some() {
         return child();
     }
-    let busy = match std::env::args().nth(1).as_deref() {
-        None => false,
-        Some("--busy-poll") => true,
-        Some(a) => return Err(format!("unknown argument {a}; use --busy-poll").into()),
-    };
+    let (mut busy, mut json) = (false, false);
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--busy-poll" => busy = true,
+            "--json" => json = true,
+            a => return Err(format!("unknown argument {a}; use --busy-poll, --json").into()),
+        }
+    }
+    // The narrative goes to stderr with `--json`, so stdout is one JSON object.
+    macro_rules! say {
+        ($($t:tt)*) => {
+            if json { eprintln!($($t)*) } else { println!($($t)*) }
+        };
+    }
     let dir = std::env::temp_dir().join(format!("shmport-transfer-buffer-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let sock_path = dir.join("copy.sock");
@@ -109,7 +119,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.env(SOCKET_ENV, &sock_path);
     let mut child = shmport::spawn(&mut cmd, port2)?;
-    println!(
+    say!(
         "transfer_buffer: parent pid {} <-> child pid {}, one {} MiB ArrayBuffer, {} ports",
         std::process::id(),
         child.id(),
@@ -122,21 +132,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (i, b) in frame.iter_mut().enumerate() {
         *b = pattern(i);
     }
-    println!(
+    say!(
         "filled the frame in shared memory in {:.0} ms (every page now resident)",
         ms(t.elapsed())
     );
 
     let (frame, hops) = transfer_rounds(&port1, frame, busy)?;
-    println!(
+    say!(
         "{ROUNDS} round trips by transfer: every probe matched on both sides, every mark came back"
     );
 
     let memcpy = median(memcpy_copies(&frame));
     let socket = median(socket_copies(&port1, &listener, &frame)?);
-    println!(
-        "{COPIES} copies each by memcpy and through a Unix socket: the child's probes matched\n"
-    );
+    say!("{COPIES} copies each by memcpy and through a Unix socket: the child's probes matched\n");
 
     port1.post_message(&ToChild::Exit, [])?;
     let status = child.wait()?;
@@ -149,14 +157,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let to_parent = median(hops.iter().map(|h| h.to_parent).collect());
     let round_trip = median(hops.iter().map(|h| h.round_trip).collect());
     let first = &hops[0];
-    println!(
+    say!(
         "{:<44} {:>12} {:>14}",
         format!("256 MiB ({ROUNDS} transfer runs, {COPIES} copies)"),
         "median",
         "first run"
     );
     let row = |name: &str, med: Duration, first: Option<Duration>| {
-        println!(
+        say!(
             "{:<44} {:>12} {:>14}",
             name,
             fmt(med),
@@ -180,21 +188,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     row("copy, memcpy inside the parent", memcpy, None);
     row("copy, Unix socket parent -> child (+ ack)", socket, None);
-    println!();
+    say!("");
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-    println!(
-        "memcpy of 256 MiB / one transfer hop        = {:>8.0}x",
-        ratio(memcpy, to_child)
-    );
-    println!(
-        "Unix-socket copy of 256 MiB / one hop       = {:>8.0}x",
-        ratio(socket, to_child)
-    );
-    println!(
-        "Unix-socket copy of 256 MiB / round trip    = {:>8.0}x",
+    let ratios = [
+        (
+            "memcpy_over_hop",
+            ratio(memcpy, to_child),
+            "a memcpy of the 256 MiB",
+        ),
+        (
+            "socket_copy_over_hop",
+            ratio(socket, to_child),
+            "a copy through a Unix socket",
+        ),
+    ];
+    for (_, r, what) in ratios {
+        say!("one transfer hop: {r:.0}x faster than {what}");
+    }
+    say!(
+        "a transfer round trip: {:.0}x faster than a copy through a Unix socket",
         ratio(socket, round_trip)
     );
-    println!(
+    if json {
+        let ns = |d: Duration| d.as_nanos();
+        println!(
+            "{{\"frame_bytes\": {FRAME_LEN}, \"hop_to_child_ns\": {}, \"hop_to_parent_ns\": {}, \"round_trip_ns\": {}, \"memcpy_ns\": {}, \"socket_copy_ns\": {}, \"memcpy_over_hop\": {:.1}, \"socket_copy_over_hop\": {:.1}, \"socket_copy_over_round_trip\": {:.1}}}",
+            ns(to_child),
+            ns(to_parent),
+            ns(round_trip),
+            ns(memcpy),
+            ns(socket),
+            ratios[0].1,
+            ratios[1].1,
+            ratio(socket, round_trip)
+        );
+    }
+    say!(
         "(first run: the parent filled the frame, so posting it also unmaps a fully resident \
          256 MiB mapping before the parent can receive; later runs touch only the probed pages)"
     );
@@ -361,7 +390,7 @@ fn child() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             ToChild::Exit => {
-                println!(
+                eprintln!(
                     "child  {}: received the frame {frames} times, probes matched every time",
                     std::process::id()
                 );
