@@ -13,6 +13,7 @@
 //!
 //! ```text
 //! cargo run --release --features tokio --example async_tokio
+//! cargo run --release --features tokio --example async_tokio -- --json   # one JSON object
 //! ```
 //!
 //! It ends with the same round trips made by a blocking receive (a futex wait) on the same
@@ -29,6 +30,13 @@ const ROUND_TRIPS: u32 = 20_000;
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if std::env::var_os(shmport::BOOTSTRAP_ENV).is_some() {
         return child();
+    }
+    let json = std::env::args().any(|a| a == "--json");
+    // The narrative goes to stderr with `--json`, so stdout is one JSON object.
+    macro_rules! say {
+        ($($t:tt)*) => {
+            if json { eprintln!($($t)*) } else { println!($($t)*) }
+        };
     }
     let MessageChannel {
         mut port1, port2, ..
@@ -55,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     } else {
         "shmport's reactor thread"
     };
-    println!("parent: {ROUND_TRIPS} async round trips woken by {reactor}, {async_rtt:?} each");
+    say!("parent: {ROUND_TRIPS} async round trips woken by {reactor}, {async_rtt:?} each");
     rt.block_on(async {
         // 2. A receive raced by a timer: the timer wins while the child is slow, and the
         //    message that arrives later is received by the next receive, not lost.
@@ -67,7 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 _ = tokio::time::sleep(Duration::from_millis(2)) => timeouts += 1,
             }
         };
-        println!(
+        say!(
             "parent: select! took {timeouts} timer wins before the late answer {answer} \
              (cancelled receives lose nothing)"
         );
@@ -76,9 +84,9 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         port1.post_message(&(u32::MAX - 1), [])?; // "send five events, then leave"
         let mut events = port1.messages::<String>();
         while let Some(ev) = events.next().await {
-            println!("parent: stream item {:?}", ev?.data);
+            say!("parent: stream item {:?}", ev?.data);
         }
-        println!("parent: stream ended: the child closed its port");
+        say!("parent: stream ended: the child closed its port");
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     })?;
 
@@ -93,11 +101,21 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         assert_eq!(port1.recv::<u32>()?.data, i);
     }
     let blocking_rtt = start.elapsed() / ROUND_TRIPS;
-    println!("parent: {ROUND_TRIPS} blocking (futex) round trips, {blocking_rtt:?} each");
-    println!(
-        "async round trip: {:.2}x the blocking receive's",
-        async_rtt.as_secs_f64() / blocking_rtt.as_secs_f64()
-    );
+    say!("parent: {ROUND_TRIPS} blocking (futex) round trips, {blocking_rtt:?} each");
+    let ratio = async_rtt.as_secs_f64() / blocking_rtt.as_secs_f64();
+    say!("async round trip: {ratio:.2}x the blocking receive's");
+    if json {
+        println!(
+            "{{\"round_trips\": {ROUND_TRIPS}, \"async_rtt_ns\": {}, \"blocking_rtt_ns\": {}, \"async_over_blocking\": {ratio:.3}, \"reactor\": \"{}\"}}",
+            async_rtt.as_nanos(),
+            blocking_rtt.as_nanos(),
+            if cfg!(feature = "tokio") {
+                "tokio"
+            } else {
+                "shmport"
+            }
+        );
+    }
     drop(port1);
     child.wait()?;
     child2.wait()?;
