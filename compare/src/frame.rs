@@ -77,6 +77,26 @@ pub trait FrameSource {
     fn ack(&mut self, consumed: u64) -> Result<()>;
 }
 
+impl<T: FrameSink + ?Sized> FrameSink for Box<T> {
+    fn send(&mut self, tag: u64) -> Result<()> {
+        (**self).send(tag)
+    }
+
+    fn wait_ack(&mut self) -> Result<u64> {
+        (**self).wait_ack()
+    }
+}
+
+impl<T: FrameSource + ?Sized> FrameSource for Box<T> {
+    fn recv(&mut self) -> Result<u64> {
+        (**self).recv()
+    }
+
+    fn ack(&mut self, consumed: u64) -> Result<()> {
+        (**self).ack(consumed)
+    }
+}
+
 /// How long the sender sends.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {

@@ -108,8 +108,10 @@ fn object(fields: &str) -> String {
 }
 
 fn value(v: &str) -> String {
-    if v == "na" {
-        return "null".to_string();
+    match v {
+        "na" => return "null".to_string(),
+        "true" | "false" => return v.to_string(),
+        _ => {}
     }
     if v.parse::<u64>().is_ok() || v.parse::<i64>().is_ok() {
         return v.to_string();
@@ -146,8 +148,8 @@ mod tests {
     #[test]
     fn fields_become_an_object_with_numbers_nulls_and_strings() {
         assert_eq!(
-            object("mode=small run=1 p50_ns=648 sys=na name=a\"b"),
-            r#"{"mode": "small", "run": 1, "p50_ns": 648, "sys": null, "name": "a\"b"}"#
+            object("mode=small run=1 p50_ns=648 sys=na ok=true name=a\"b"),
+            r#"{"mode": "small", "run": 1, "p50_ns": 648, "sys": null, "ok": true, "name": "a\"b"}"#
         );
         assert_eq!(value("NaN"), "null");
         assert_eq!(value("+.5"), "0.5");

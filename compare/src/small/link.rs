@@ -4,6 +4,7 @@
 
 use shmport::{MessageChannel, MessagePort, WaitStrategy};
 
+use super::pair::Pair;
 use super::rtt::{Echoer, Pinger};
 use super::{Kind, Order, Test, floor, ice, ipc, order_child, shm, sock};
 use crate::Result;
@@ -45,15 +46,21 @@ fn queue(test: Test) -> usize {
 }
 
 impl Parent<'_> {
-    /// Sets up `kind` for `test` with the child; the parent's end.
-    pub fn connect(&self, kind: Kind, test: Test) -> Result<Box<dyn Link + '_>> {
+    /// Sets up `kind` for `test` with the child; the parent's end. `with_floor`: round
+    /// trips alternate with the cross-process floor (see `pair`).
+    pub fn connect(&self, kind: Kind, test: Test, with_floor: bool) -> Result<Box<dyn Link + '_>> {
         let mut order = Order {
             kind,
             test,
             size: self.size as u64,
             name: String::new(),
+            with_floor: with_floor && kind != Kind::Floor,
         };
-        Ok(match kind {
+        // Before the order: the pinger's side resets the count the child then follows.
+        let floor = order
+            .with_floor
+            .then(|| floor::End::pinger(self.floor.counter()));
+        let link: Box<dyn Link + '_> = match kind {
             Kind::Floor => {
                 let end = floor::End::pinger(self.floor.counter());
                 order_child(self.ctl, order, vec![])?;
@@ -87,6 +94,10 @@ impl Parent<'_> {
             Kind::FloorThreads | Kind::RtrbThreads | Kind::CrossbeamThreads => {
                 return Err(format!("{} runs between threads", kind.label()).into());
             }
+        };
+        Ok(match floor {
+            Some(floor) => Box::new(Pair::new(floor, link)),
+            None => link,
         })
     }
 }
@@ -94,7 +105,7 @@ impl Parent<'_> {
 /// The child's end of the transport `order` names.
 pub fn child(order: &Order, mut ports: Vec<MessagePort>) -> Result<Box<dyn Link>> {
     let size = order.size as usize;
-    Ok(match order.kind {
+    let link: Box<dyn Link> = match order.kind {
         Kind::Floor => Box::new(floor::End::echoer(floor::inherited()?.counter())),
         Kind::ShmportBusyPoll | Kind::ShmportAdaptive | Kind::ShmportBlock => {
             let port = ports.pop().ok_or("no data port in the transfer list")?;
@@ -111,5 +122,11 @@ pub fn child(order: &Order, mut ports: Vec<MessagePort>) -> Result<Box<dyn Link>
         Kind::FloorThreads | Kind::RtrbThreads | Kind::CrossbeamThreads => {
             return Err("a thread transport was ordered to the child".into());
         }
+    };
+    Ok(if order.with_floor {
+        let floor = floor::End::echoer(floor::inherited()?.counter());
+        Box::new(Pair::new(floor, link))
+    } else {
+        link
     })
 }

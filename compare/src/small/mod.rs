@@ -15,6 +15,7 @@ mod floor;
 mod ice;
 mod ipc;
 mod link;
+mod pair;
 mod report;
 mod rtt;
 mod shm;
@@ -175,6 +176,8 @@ pub struct Order {
     pub test: Test,
     pub size: u64,
     pub name: String,
+    /// Alternate round trips with the cross-process floor (see `pair`).
+    pub with_floor: bool,
 }
 
 /// Runs the comparison `opts.repeat` times; `floor` is the memory shared with the child
@@ -191,11 +194,10 @@ pub fn run(ctl: &MessagePort, opts: &Options, floor: &SharedLine) -> Result<()> 
             listener: &listener,
             size: opts.size,
         };
-        let trips = opts
-            .kinds
-            .iter()
-            .map(|&kind| rtt::measure(&links, kind, opts))
-            .collect::<Result<Vec<_>>>()?;
+        let mut trips = Vec::new();
+        for &kind in &opts.kinds {
+            trips.extend(rtt::measure(&links, kind, opts)?);
+        }
         report::round_trips(run, opts.size, &trips, &mut spreads);
         let flows = Kind::THROUGHPUT
             .iter()

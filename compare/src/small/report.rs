@@ -1,8 +1,8 @@
 //! The `small` tables, `RESULT` lines and the ratios in a user's words.
 
-use super::Kind;
 use super::rtt::{self, Trips};
 use super::tput::Flow;
+use super::{Kind, pair};
 use crate::json;
 use crate::report::{self, Spreads};
 use crate::{Options, say};
@@ -181,42 +181,64 @@ pub fn round_trips(run: u32, size: usize, rows: &[Trips], spreads: &mut Spreads)
         "chl csw"
     );
     for t in rows {
-        let (p, c) = (t.parent.per_unit(), t.child.map(|c| c.per_unit()));
-        let x_floor =
-            p50(floor_of(t.kind)).map_or("-".to_string(), |f| format!("{:.2}x", t.p50() / f));
+        let floor = p50(floor_of(t.kind));
+        print_trip_row(t, floor);
+    }
+    if rows.iter().any(|t| t.interleaved) {
         say!(
-            "  {:<32} {:>10} {:>10} {:>10} {:>8} | {:>7} {:>7} | {:>7} {:>7}",
-            t.kind.label(),
-            report::nanos(t.p50()),
-            report::nanos(t.percentile(0.99)),
-            report::nanos(t.mean()),
-            x_floor,
-            report::per_opt(p.syscalls),
-            report::per_opt(c.and_then(|c| c.syscalls)),
-            report::per(p.csw),
-            c.map_or("-".to_string(), |c| report::per(c.csw))
+            "  * measured together: their round trips alternate, {} at a time, over the same seconds",
+            pair::CHUNK
         );
     }
     for t in rows {
-        let (p, c) = (t.parent.per_unit(), t.child.map(|c| c.per_unit()));
-        json::line(
-            "RESULT",
-            format!(
-                "mode=small run={run} test=round-trip transport={} size={size} rounds={} p50_ns={:.0} p99_ns={:.0} \
-             mean_ns={:.1} parent_syscalls_per_rt={} child_syscalls_per_rt={} parent_csw_per_rt={:.4} child_csw_per_rt={}",
-                t.kind.key(),
-                t.parent.count,
-                t.p50(),
-                t.percentile(0.99),
-                t.mean(),
-                report::raw_opt(p.syscalls),
-                report::raw_opt(c.and_then(|c| c.syscalls)),
-                p.csw,
-                report::raw_opt(c.map(|c| c.csw))
-            ),
-        );
+        trip_result_line(run, size, t);
     }
     print_ratios(run, size, &ROUND_TRIP_RATIOS, p50, spreads);
+}
+
+fn print_trip_row(t: &Trips, floor: Option<f64>) {
+    let (p, c) = (t.parent.per_unit(), t.child.map(|c| c.per_unit()));
+    let label = format!(
+        "{}{}",
+        t.kind.label(),
+        if t.interleaved { " *" } else { "" }
+    );
+    let x_floor = floor.map_or("-".to_string(), |f| format!("{:.2}x", t.p50() / f));
+    say!(
+        "  {:<32} {:>10} {:>10} {:>10} {:>8} | {:>7} {:>7} | {:>7} {:>7}",
+        label,
+        report::nanos(t.p50()),
+        report::nanos(t.percentile(0.99)),
+        report::nanos(t.mean()),
+        x_floor,
+        report::per_opt(p.syscalls),
+        report::per_opt(c.and_then(|c| c.syscalls)),
+        report::per(p.csw),
+        c.map_or("-".to_string(), |c| report::per(c.csw))
+    );
+}
+
+fn trip_result_line(run: u32, size: usize, t: &Trips) {
+    let (p, c) = (t.parent.per_unit(), t.child.map(|c| c.per_unit()));
+    json::line(
+        "RESULT",
+        format!(
+            "mode=small run={run} test=round-trip transport={} size={size} rounds={} \
+             interleaved_with_floor={} p50_ns={:.0} p99_ns={:.0} mean_ns={:.1} \
+             parent_syscalls_per_rt={} child_syscalls_per_rt={} parent_csw_per_rt={:.4} \
+             child_csw_per_rt={}",
+            t.kind.key(),
+            t.sorted_ns.len(),
+            t.interleaved,
+            t.p50(),
+            t.percentile(0.99),
+            t.mean(),
+            report::raw_opt(p.syscalls),
+            report::raw_opt(c.and_then(|c| c.syscalls)),
+            p.csw,
+            report::raw_opt(c.map(|c| c.csw))
+        ),
+    );
 }
 
 pub fn throughputs(run: u32, size: usize, rows: &[Flow], spreads: &mut Spreads) {

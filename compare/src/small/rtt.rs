@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use super::link::Parent;
-use super::{Kind, Test, threads};
+use super::{Kind, Test, pair, threads};
 use crate::stats::{Side, Usage};
 use crate::{Options, Result};
 
@@ -20,6 +20,18 @@ pub trait Pinger {
 pub trait Echoer {
     /// Receives message `seq`, checks it is that one, sends it back.
     fn echo(&mut self, seq: u64) -> Result<()>;
+}
+
+impl<T: Pinger + ?Sized> Pinger for Box<T> {
+    fn round_trip(&mut self, seq: u64) -> Result<()> {
+        (**self).round_trip(seq)
+    }
+}
+
+impl<T: Echoer + ?Sized> Echoer for Box<T> {
+    fn echo(&mut self, seq: u64) -> Result<()> {
+        (**self).echo(seq)
+    }
 }
 
 /// Writes `seq` into the first 8 bytes of `msg` (every message is at least 8 bytes long).
@@ -44,13 +56,32 @@ pub struct Trips {
     pub kind: Kind,
     /// Every timed round trip, in nanoseconds, sorted.
     pub sorted_ns: Vec<u64>,
-    /// The parent's stretch (its usage per round trip).
+    /// Measured interleaved with its floor (see `pair`).
+    pub interleaved: bool,
+    /// The parent's stretch (its usage per round trip; a pair's is shared by both rows).
     pub parent: Side,
     /// The child's, for transports between the processes.
     pub child: Option<Side>,
 }
 
 impl Trips {
+    fn new(
+        kind: Kind,
+        mut ns: Vec<u64>,
+        interleaved: bool,
+        parent: Side,
+        child: Option<Side>,
+    ) -> Trips {
+        ns.sort_unstable();
+        Trips {
+            kind,
+            sorted_ns: ns,
+            interleaved,
+            parent,
+            child,
+        }
+    }
+
     pub fn percentile(&self, p: f64) -> f64 {
         let i = ((self.sorted_ns.len() - 1) as f64 * p).round() as usize;
         self.sorted_ns[i] as f64
@@ -61,7 +92,7 @@ impl Trips {
     }
 
     pub fn mean(&self) -> f64 {
-        self.parent.elapsed_ns as f64 / self.parent.count.max(1) as f64
+        self.sorted_ns.iter().sum::<u64>() as f64 / self.sorted_ns.len().max(1) as f64
     }
 }
 
@@ -75,29 +106,67 @@ pub fn rounds(kind: Kind, opts: &Options) -> (u64, u64) {
     (rounds / 10 + 1, rounds)
 }
 
-/// Measures `kind`'s round trips.
-pub fn measure(links: &Parent<'_>, kind: Kind, opts: &Options) -> Result<Trips> {
-    let (warmup, rounds) = rounds(kind, opts);
-    if kind.in_process() {
-        let (sorted_ns, parent) = threads::round_trips(kind, opts.size, warmup, rounds)?;
-        let parent = Side {
-            usage: Usage {
-                syscalls: None,
-                ..parent.usage
-            },
-            ..parent
-        };
-        return Ok(Trips {
-            kind,
-            sorted_ns,
-            parent,
-            child: None,
-        });
+/// The transport measured interleaved with `floor`, when both are selected.
+fn partner(floor: Kind) -> Option<Kind> {
+    match floor {
+        Kind::Floor => Some(Kind::ShmportBusyPoll),
+        Kind::FloorThreads => Some(Kind::RtrbThreads),
+        _ => None,
     }
+}
+
+fn floor_partnered_with(kind: Kind) -> Option<Kind> {
+    [Kind::Floor, Kind::FloorThreads]
+        .into_iter()
+        .find(|&f| partner(f) == Some(kind))
+}
+
+/// Measures `kind`'s round trips: one row, or two (its floor's and its own) when it is
+/// measured interleaved with its floor, or none for a floor measured with its partner.
+pub fn measure(links: &Parent<'_>, kind: Kind, opts: &Options) -> Result<Vec<Trips>> {
+    if partner(kind).is_some_and(|p| opts.kinds.contains(&p)) {
+        return Ok(vec![]);
+    }
+    let floor = floor_partnered_with(kind).filter(|f| opts.kinds.contains(f));
+    let (warmup, mut rounds) = rounds(kind, opts);
+    if floor.is_some() {
+        rounds *= 2;
+    }
+    let (ns, parent, child) = if kind.in_process() {
+        let (ns, parent) = threads::round_trips(kind, opts.size, warmup, rounds, floor.is_some())?;
+        // One system-call counter per process: it cannot tell the two threads apart.
+        let usage = Usage {
+            syscalls: None,
+            ..parent.usage
+        };
+        (ns, Side { usage, ..parent }, None)
+    } else {
+        let (ns, parent, child) = across(links, kind, floor.is_some(), warmup, rounds)?;
+        (ns, parent, Some(child))
+    };
+    Ok(match floor {
+        None => vec![Trips::new(kind, ns, false, parent, child)],
+        Some(floor) => {
+            let (floor_ns, own_ns) = pair::split(&ns, warmup);
+            vec![
+                Trips::new(floor, floor_ns, true, parent, child),
+                Trips::new(kind, own_ns, true, parent, child),
+            ]
+        }
+    })
+}
+
+/// Round trips between the processes: the samples, the parent's side, the child's.
+fn across(
+    links: &Parent<'_>,
+    kind: Kind,
+    with_floor: bool,
+    warmup: u64,
+    rounds: u64,
+) -> Result<(Vec<u64>, Side, Side)> {
     let test = Test::RoundTrip { warmup, rounds };
-    let mut link = links.connect(kind, test)?;
-    let timed = time_round_trips(link.as_mut(), warmup, rounds);
-    let (sorted_ns, parent) = match timed {
+    let mut link = links.connect(kind, test, with_floor)?;
+    let (ns, parent) = match time_round_trips(link.as_mut(), warmup, rounds) {
         Ok(timed) => timed,
         Err(e) => {
             drop(link);
@@ -107,15 +176,10 @@ pub fn measure(links: &Parent<'_>, kind: Kind, opts: &Options) -> Result<Trips> 
     };
     let child =
         crate::protocol::expect_done(links.ctl).map_err(|e| format!("{}: {e}", kind.label()))?;
-    Ok(Trips {
-        kind,
-        sorted_ns,
-        parent,
-        child: Some(child),
-    })
+    Ok((ns, parent, child))
 }
 
-/// `warmup` untimed round trips, then `rounds` timed ones: their sorted times and the
+/// `warmup` untimed round trips, then `rounds` timed ones: their times in order and the
 /// parent's side of the timed stretch.
 pub fn time_round_trips<P: Pinger + ?Sized>(
     pinger: &mut P,
@@ -137,7 +201,6 @@ pub fn time_round_trips<P: Pinger + ?Sized>(
         elapsed_ns: start.elapsed().as_nanos() as u64,
         usage: Usage::now().since(before),
     };
-    ns.sort_unstable();
     Ok((ns, side))
 }
 

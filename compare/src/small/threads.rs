@@ -8,6 +8,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rtrb::{Consumer, Producer, PushError};
 
 use super::floor::{End, Line};
+use super::pair::Pair;
 use super::rtt::{self, Echoer, Pinger};
 use super::shm::with_size;
 use super::{Kind, spin};
@@ -20,13 +21,21 @@ use crate::stats::Side;
 pub const THROUGHPUT_CAPACITY: usize = 1024;
 const ROUND_TRIP_CAPACITY: usize = 16;
 
-/// Round trips between two threads: the sorted times and the pinging thread's side.
-pub fn round_trips(kind: Kind, size: usize, warmup: u64, rounds: u64) -> Result<(Vec<u64>, Side)> {
+/// Round trips between two threads: the times in order and the pinging thread's side.
+/// `with_floor`: rtrb's alternate with the floor between threads (see `pair`).
+pub fn round_trips(
+    kind: Kind,
+    size: usize,
+    warmup: u64,
+    rounds: u64,
+    with_floor: bool,
+) -> Result<(Vec<u64>, Side)> {
     match kind {
         Kind::FloorThreads => {
             let line = Line::default();
             trips(End::pinger(&line.0), End::echoer(&line.0), warmup, rounds)
         }
+        Kind::RtrbThreads if with_floor => with_size!(size, rtrb_trips_with_floor(warmup, rounds)),
         Kind::RtrbThreads => with_size!(size, rtrb_trips(warmup, rounds)),
         Kind::CrossbeamThreads => with_size!(size, crossbeam_trips(warmup, rounds)),
         other => Err(format!("{} does not run between threads", other.label()).into()),
@@ -45,6 +54,14 @@ pub fn throughput(kind: Kind, size: usize, plan: &Plan) -> Result<(Side, Side)> 
 fn rtrb_trips<const N: usize>(warmup: u64, rounds: u64) -> Result<(Vec<u64>, Side)> {
     let (a, b) = Rtrb::<N>::pair(ROUND_TRIP_CAPACITY);
     trips(a, b, warmup, rounds)
+}
+
+fn rtrb_trips_with_floor<const N: usize>(warmup: u64, rounds: u64) -> Result<(Vec<u64>, Side)> {
+    let line = Line::default();
+    let (a, b) = Rtrb::<N>::pair(ROUND_TRIP_CAPACITY);
+    let pinger = Pair::new(End::pinger(&line.0), a);
+    let echoer = Pair::new(End::echoer(&line.0), b);
+    trips(pinger, echoer, warmup, rounds)
 }
 
 fn crossbeam_trips<const N: usize>(warmup: u64, rounds: u64) -> Result<(Vec<u64>, Side)> {
