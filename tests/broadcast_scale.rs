@@ -62,56 +62,62 @@ fn a_member_killed_mid_stream_is_forgotten_its_ring_reclaimed_and_the_others_go_
             bc.post_message(&seq).unwrap(); // until killed
         }
     });
-    let name = unique("killed-mid-stream");
-    let mut a = BroadcastChannel::new(&name).unwrap();
-    let mut b = BroadcastChannel::new(&name).unwrap();
-    a.post_message(&u64::MAX).unwrap();
-    assert_eq!(b.recv::<u64>().unwrap().data, u64::MAX);
-    let before = broadcast_memory();
-    let child = spawn_test_child(
+    // Its own process: the segment's memory is measured for the whole process.
+    isolated(
         "a_member_killed_mid_stream_is_forgotten_its_ring_reclaimed_and_the_others_go_on",
-        ch.port2,
-    );
-    ch.port1.post_message(&name, []).unwrap();
-    ch.port1.recv::<u8>().unwrap();
-    // Mid-stream: both have taken some of it, and its ring has been around at least once.
-    for want in 0..20_000u64 {
-        assert_eq!(a.recv::<u64>().unwrap().data, want);
-        assert_eq!(b.recv::<u64>().unwrap().data, want);
-    }
-    assert!(
-        broadcast_memory() >= before + 64 * 1024,
-        "its ring is in use"
-    );
-    child.kill();
-    // What it posted whole before it died is still delivered, in order, with no gap.
-    let drain = |bc: &mut BroadcastChannel| {
-        let mut next = 20_000u64;
-        loop {
-            match bc.recv_timeout::<u64>(Duration::from_millis(200)) {
-                Ok(ev) => {
-                    assert_eq!(ev.data, next);
-                    next += 1;
-                }
-                Err(RecvTimeoutError::Timeout) => return next,
-                Err(e) => panic!("{e}"),
+        move || {
+            let name = unique("killed-mid-stream");
+            let mut a = BroadcastChannel::new(&name).unwrap();
+            let mut b = BroadcastChannel::new(&name).unwrap();
+            a.post_message(&u64::MAX).unwrap();
+            assert_eq!(b.recv::<u64>().unwrap().data, u64::MAX);
+            let before = broadcast_memory();
+            let child = spawn_test_child(
+                "a_member_killed_mid_stream_is_forgotten_its_ring_reclaimed_and_the_others_go_on",
+                ch.port2,
+            );
+            ch.port1.post_message(&name, []).unwrap();
+            ch.port1.recv::<u8>().unwrap();
+            // Mid-stream: both have taken some of it, and its ring has been around at least once.
+            for want in 0..20_000u64 {
+                assert_eq!(a.recv::<u64>().unwrap().data, want);
+                assert_eq!(b.recv::<u64>().unwrap().data, want);
             }
-        }
-    };
-    let (got_a, got_b) = (drain(&mut a), drain(&mut b));
-    assert_eq!(got_a, got_b, "both received the same whole messages");
-    assert_eq!(a.peers(), 1, "the dead member was not forgotten");
-    assert_eq!(b.peers(), 1);
-    assert!(
-        broadcast_memory() <= before + 16 * 1024,
-        "its ring's pages were not handed back ({} bytes before, {} after)",
-        before,
-        broadcast_memory()
+            assert!(
+                broadcast_memory() >= before + 64 * 1024,
+                "its ring is in use"
+            );
+            child.kill();
+            // What it posted whole before it died is still delivered, in order, with no gap.
+            let drain = |bc: &mut BroadcastChannel| {
+                let mut next = 20_000u64;
+                loop {
+                    match bc.recv_timeout::<u64>(Duration::from_millis(200)) {
+                        Ok(ev) => {
+                            assert_eq!(ev.data, next);
+                            next += 1;
+                        }
+                        Err(RecvTimeoutError::Timeout) => return next,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            };
+            let (got_a, got_b) = (drain(&mut a), drain(&mut b));
+            assert_eq!(got_a, got_b, "both received the same whole messages");
+            assert_eq!(a.peers(), 1, "the dead member was not forgotten");
+            assert_eq!(b.peers(), 1);
+            assert!(
+                broadcast_memory() <= before + 16 * 1024,
+                "its ring's pages were not handed back ({} bytes before, {} after)",
+                before,
+                broadcast_memory()
+            );
+            a.post_message(&7u64).unwrap();
+            assert_eq!(b.recv::<u64>().unwrap().data, 7);
+            b.post_message(&8u64).unwrap();
+            assert_eq!(a.recv::<u64>().unwrap().data, 8);
+        },
     );
-    a.post_message(&7u64).unwrap();
-    assert_eq!(b.recv::<u64>().unwrap().data, 7);
-    b.post_message(&8u64).unwrap();
-    assert_eq!(a.recv::<u64>().unwrap().data, 8);
 }
 
 #[test]

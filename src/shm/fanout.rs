@@ -343,6 +343,7 @@ pub(crate) fn copy_body(
 }
 
 /// The length of a segment with `slots` member slots and rings of `cap` bytes.
+#[cfg(fuzzing)]
 pub(crate) fn len_for(slots: usize, cap: usize) -> usize {
     Geometry { slots, cap }.len()
 }

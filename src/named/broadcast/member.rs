@@ -23,6 +23,12 @@ use crate::sys::sync::Ordering;
 /// Messages a receive takes from one ring in a row before it looks at the next first.
 const STREAK: u32 = 64;
 
+/// How long a receive spins before it sleeps. A fan-out usually runs more processes than
+/// cores, and a reader spinning longer holds a core its writer needs: measured with the
+/// comparison crate's `fanout` on 2 cores, a fixed 20 µs gave 10-30% more posts/s to 4
+/// subscribers than the ports' adaptive spin (2-100 µs), and as many to one.
+const SPIN: Duration = Duration::from_micros(20);
+
 /// How often a post waiting for room takes in what the others sent us.
 const DRAIN_EVERY: Duration = Duration::from_millis(1);
 
@@ -68,7 +74,6 @@ pub(super) struct Member {
     pub incoming: AlignedVec<16>,
     backlog: VecDeque<Backlogged>,
     backlog_bytes: usize,
-    recv_waiter: Waiter,
     post_waiter: Waiter,
     /// The next slot a sleeping receive checks the liveness of.
     probe: usize,
@@ -100,7 +105,6 @@ impl Member {
             incoming: AlignedVec::new(),
             backlog: VecDeque::new(),
             backlog_bytes: 0,
-            recv_waiter: Waiter::new(WaitStrategy::Adaptive),
             post_waiter: Waiter::new(WaitStrategy::Adaptive),
             probe: 0,
             bodies: Bodies::default(),
@@ -380,24 +384,18 @@ impl Member {
         }
     }
 
-    /// The spin phase of a wait, as the wait strategy says.
+    /// The spin phase of a wait: [`SPIN`] at most, then the caller sleeps.
     fn spin(&mut self, deadline: Option<Instant>) -> Option<Result<Found, MessageError>> {
-        let budget = self.recv_waiter.spin_budget();
-        if budget == Some(Duration::ZERO) {
-            return None;
-        }
         let start = Instant::now();
         loop {
             for _ in 0..64 {
                 std::hint::spin_loop();
                 if let Some(found) = self.try_next() {
-                    self.recv_waiter.adapt(true);
                     return Some(found);
                 }
             }
             let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) || budget.is_some_and(|b| now - start >= b) {
-                self.recv_waiter.adapt(false);
+            if deadline.is_some_and(|d| now >= d) || now - start >= SPIN {
                 return None;
             }
         }
