@@ -7,8 +7,8 @@
 //! - iceoryx2: the publisher loans a 64-byte slice, fills it, sends it, and notifies an
 //!   event service (iceoryx2's way to wake a blocked subscriber); each subscriber drains
 //!   `receive()`, polls it for up to 50 µs, then blocks in `Listener::timed_wait`. Nothing
-//!   may be lost: safe overflow off, `RetryUntilDelivered`, 1,024 samples per subscriber
-//!   (shmport's ring holds about 1,480 such messages).
+//!   may be lost: safe overflow off, `RetryUntilDelivered`, 4,096 samples per subscriber
+//!   (shmport's 512 KiB ring holds about 5,950 such messages).
 //!
 //! Posts/s: messages over the publisher's time from its first post to its last.
 //! Deliveries/s: N x messages over the time from the first post to the moment every
@@ -77,6 +77,8 @@ pub struct FanoutOptions {
     pub subscribers: Vec<usize>,
     /// Measure iceoryx2 too (`--shmport-only` leaves it out, for profiling).
     pub iceoryx2: bool,
+    /// Whole tables to measure; past one, a summary of medians and spreads.
+    pub repeat: u32,
 }
 
 impl FanoutOptions {
@@ -85,6 +87,7 @@ impl FanoutOptions {
             messages: 2_000_000,
             subscribers: vec![1, 2, 4],
             iceoryx2: true,
+            repeat: 1,
         };
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -98,6 +101,7 @@ impl FanoutOptions {
                 }
                 "--quick" => opts.messages = 200_000,
                 "--shmport-only" => opts.iceoryx2 = false,
+                "--repeat" => opts.repeat = value()?.parse::<u32>()?.max(1),
                 "--json" => crate::json::enable(),
                 _ => return Err(format!("unknown fanout option {arg}").into()),
             }
@@ -107,6 +111,7 @@ impl FanoutOptions {
 }
 
 /// One measurement.
+#[derive(Clone, Copy)]
 struct Figures {
     posts_per_s: f64,
     deliveries_per_s: f64,
@@ -114,6 +119,92 @@ struct Figures {
 }
 
 pub fn run(opts: &FanoutOptions) -> Result<()> {
+    let mut rounds = Vec::new();
+    for round in 1..=opts.repeat {
+        rounds.push(run_once(opts, round)?);
+    }
+    if rounds.len() > 1 {
+        summarize(opts, &rounds);
+    }
+    Ok(())
+}
+
+/// One table: per N, shmport's and iceoryx2's figures.
+type Table = Vec<(usize, Figures, Figures)>;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn spread(v: &[f64]) -> String {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    format!("{lo:.2}-{hi:.2}")
+}
+
+fn summarize(opts: &FanoutOptions, rounds: &[Table]) {
+    crate::say!(
+        "over {} runs, median (min-max): posts/s and deliveries/s in millions",
+        rounds.len()
+    );
+    for &n in &opts.subscribers {
+        let pick = |f: &dyn Fn(&Figures, &Figures) -> f64| -> Vec<f64> {
+            rounds
+                .iter()
+                .filter_map(|t| t.iter().find(|r| r.0 == n).map(|r| f(&r.1, &r.2)))
+                .collect()
+        };
+        let sp = pick(&|s, _| s.posts_per_s / 1e6);
+        let sd = pick(&|s, _| s.deliveries_per_s / 1e6);
+        let ip = pick(&|_, i| i.posts_per_s / 1e6);
+        let id = pick(&|_, i| i.deliveries_per_s / 1e6);
+        let ratio = pick(&|s, i| s.deliveries_per_s / i.deliveries_per_s);
+        crate::say!(
+            "N={n}: shmport {:.2} ({}) / {:.2} ({}); iceoryx2 {:.2} ({}) / {:.2} ({}); deliveries ratio {:.2} ({})",
+            median(sp.clone()),
+            spread(&sp),
+            median(sd.clone()),
+            spread(&sd),
+            median(ip.clone()),
+            spread(&ip),
+            median(id.clone()),
+            spread(&id),
+            median(ratio.clone()),
+            spread(&ratio)
+        );
+    }
+    let post_ratio = |lib: usize| -> Vec<f64> {
+        rounds
+            .iter()
+            .filter_map(|t| {
+                let p = |n: usize| {
+                    t.iter().find(|r| r.0 == n).map(|r| {
+                        if lib == 0 {
+                            r.1.posts_per_s
+                        } else {
+                            r.2.posts_per_s
+                        }
+                    })
+                };
+                Some(p(4)? / p(1)?)
+            })
+            .collect()
+    };
+    let (s, i) = (post_ratio(0), post_ratio(1));
+    if !s.is_empty() {
+        crate::say!(
+            "post rate N=4 / N=1 per run: shmport median {:.2}x ({}), iceoryx2 median {:.2}x ({})",
+            median(s.clone()),
+            spread(&s),
+            median(i.clone()),
+            spread(&i)
+        );
+    }
+}
+
+fn run_once(opts: &FanoutOptions, round: u32) -> Result<Table> {
     crate::say!(
         "fanout: {} messages of 64 bytes per run, one publisher, N subscribers on blocking receive; {} CPUs",
         opts.messages,
@@ -128,10 +219,11 @@ pub fn run(opts: &FanoutOptions) -> Result<()> {
         "sleeps/s shm / ice"
     );
     let mut by_n = Vec::new();
+    let mut table = Vec::new();
     for &n in &opts.subscribers {
-        let shm = measure(Lib::Shmport, n, opts.messages)?;
+        let shm = measure(Lib::Shmport, n, opts.messages, round)?;
         let ice = if opts.iceoryx2 {
-            measure(Lib::Iceoryx2, n, opts.messages)?
+            measure(Lib::Iceoryx2, n, opts.messages, round)?
         } else {
             Figures {
                 posts_per_s: f64::NAN,
@@ -162,6 +254,7 @@ pub fn run(opts: &FanoutOptions) -> Result<()> {
             ),
         );
         by_n.push((n, shm.posts_per_s, ice.posts_per_s));
+        table.push((n, shm, ice));
     }
     let rate = |n: usize, lib: usize| {
         by_n.iter()
@@ -176,11 +269,11 @@ pub fn run(opts: &FanoutOptions) -> Result<()> {
         let fields = format!("mode=fanout ratio=post_rate_n4_vs_n1 shmport={s:.4} iceoryx2={i:.4}");
         crate::json::line("RATIO", fields);
     }
-    Ok(())
+    Ok(table)
 }
 
-fn measure(lib: Lib, n: usize, messages: u64) -> Result<Figures> {
-    let name = format!("fanout-{}-{n}-{lib:?}", std::process::id());
+fn measure(lib: Lib, n: usize, messages: u64, round: u32) -> Result<Figures> {
+    let name = format!("fanout-{}-{round}-{n}-{lib:?}", std::process::id());
     let mut publisher = match lib {
         Lib::Shmport => Publisher::Shmport(BroadcastChannel::new(&name)?),
         Lib::Iceoryx2 => Publisher::Iceoryx2(Box::new(IcePublisher::create(&name, n)?)),
@@ -275,7 +368,7 @@ fn ice_services(
     if create {
         let data = data
             .enable_safe_overflow(false)
-            .subscriber_max_buffer_size(1024)
+            .subscriber_max_buffer_size(4096)
             .subscriber_max_borrowed_samples(1)
             .history_size(0)
             .max_publishers(1)
@@ -370,7 +463,7 @@ fn shmport_subscriber(ctl: &MessagePort, order: &Order) -> Result<Report> {
 fn ice_subscriber(ctl: &MessagePort, order: &Order) -> Result<Report> {
     let node = NodeBuilder::new().create::<ipc::Service>()?;
     let (data, event) = ice_services(&node, &order.name, 0, false)?;
-    let subscriber = data.subscriber_builder().buffer_size(1024).create()?;
+    let subscriber = data.subscriber_builder().buffer_size(4096).create()?;
     let listener = event.listener_builder().create()?;
     ctl.post_message(&0u8, [])?;
     let mut next = 0u64;

@@ -41,7 +41,7 @@ usage: shmport-compare pipeline [--quick] [--sizes 4k,1m,16m] [--seconds S] [--r
        shmport-compare transfer-latency [--quick] [--rounds N] [--repeat N] [--busy-poll]
        shmport-compare small [--quick] [--size 64] [--rounds N] [--seconds S] [--repeat N]
                               [--transports floor,shmport-busy-poll,...] (see README.md)
-       shmport-compare fanout [--quick] [--messages M] [--subscribers 1,2,4] [--shmport-only]
+       shmport-compare fanout [--quick] [--messages M] [--subscribers 1,2,4] [--repeat N] [--shmport-only]
 every mode: --json prints one JSON document on stdout (the tables go to stderr)";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -58,7 +58,7 @@ use member::{Found, Member};
 /// A post is written once, into the poster's own ring, whatever the number of members;
 /// each member reads it there. A receiver that does not keep up holds its senders back
 /// (no message is dropped): posting waits while the slowest receiver has a ring's worth
-/// (128 KiB) unread. A message larger than half a ring travels in a shared-memory object
+/// (512 KiB) unread. A message larger than half a ring travels in a shared-memory object
 /// of its own, which each receiver fetches once. While it waits, a post takes in what the others sent to its channel
 /// (kept, in order, for [`recv`](Self::recv)), so members posting to each other faster than
 /// they receive never wait for each other for good.
@@ -143,7 +143,7 @@ impl BroadcastChannel {
     /// what the others sent to this channel (up to 64 MiB, then it only waits), so that
     /// members posting to each other never wait for each other for good. A member that
     /// never receives still holds back whoever posts: two channels of one name in one
-    /// thread, one only posting more than a ring holds (about 1,500 small messages)
+    /// thread, one only posting more than a ring holds (about 6,000 small messages)
     /// to the other, wait forever. A member whose process died is let go within one
     /// liveness interval (50 ms) of waiting for it.
     ///
