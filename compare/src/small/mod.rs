@@ -235,3 +235,23 @@ fn order_child(ctl: &MessagePort, order: Order, ports: Vec<MessagePort>) -> Resu
     )?;
     crate::protocol::expect_ready(ctl)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transports_come_in_table_order_once_each() {
+        let kinds = parse_kinds("rtrb-threads,floor,shmport-busy-poll,floor").unwrap();
+        assert_eq!(
+            kinds,
+            [Kind::Floor, Kind::ShmportBusyPoll, Kind::RtrbThreads]
+        );
+        assert!(parse_kinds("carrier-pigeon").is_err());
+        assert!(
+            Kind::THROUGHPUT
+                .iter()
+                .all(|k| Kind::ROUND_TRIP.contains(k))
+        );
+    }
+}
