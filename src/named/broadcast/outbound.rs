@@ -36,6 +36,13 @@ impl Outbound {
     pub(super) fn sync(&mut self, reg: &Registry, me: usize) -> bool {
         let tail = self.producer.position();
         let mut let_in = false;
+        // First forget who left, so that a slot taken again by a new member is let in.
+        self.readers.retain(|r| {
+            let c = reg.cursor(me, r.slot);
+            table::live_epoch(reg, r.slot) == Some(r.epoch)
+                && c.state.load(Ordering::Relaxed) == ACTIVE
+                && c.epoch.load(Ordering::Relaxed) == r.epoch
+        });
         for i in (0..reg.slots()).filter(|&i| i != me) {
             let Some(e) = table::live_epoch(reg, i) else {
                 continue;
@@ -63,12 +70,6 @@ impl Outbound {
                 pos,
             });
         }
-        self.readers.retain(|r| {
-            let c = reg.cursor(me, r.slot);
-            table::live_epoch(reg, r.slot) == Some(r.epoch)
-                && c.state.load(Ordering::Relaxed) == ACTIVE
-                && c.epoch.load(Ordering::Relaxed) == r.epoch
-        });
         let_in
     }
 
