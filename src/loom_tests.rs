@@ -166,9 +166,20 @@ fn blocking() -> Waiter {
 /// every interleaving), or with `LOOM_MAX_PREEMPTIONS` when that is set, and prints how
 /// many executions it explored (shown with `--nocapture`).
 fn check_model(preemptions: Option<usize>, model: impl Fn() + Sync + Send + 'static) {
+    check_model_with(preemptions, 1_000, model)
+}
+
+/// As [`check_model`], allowing up to `branches` branches per execution (models with three
+/// threads that yield while waiting need more than loom's default 1,000).
+fn check_model_with(
+    preemptions: Option<usize>,
+    branches: usize,
+    model: impl Fn() + Sync + Send + 'static,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
     let mut builder = loom::model::Builder::new();
+    builder.max_branches = branches;
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = preemptions;
     }
@@ -308,7 +319,7 @@ mod ring {
     use loom::sync::Arc;
     use loom::thread;
 
-    use super::check_model;
+    use super::{check_model, check_model_with};
     use crate::shm::ring::{
         Consumer, Placement, Producer, RECORD_ALIGN, RECORD_HEADER, RecordHeader, RingCtrl,
         RingMem, record_size,
@@ -327,6 +338,8 @@ mod ring {
         data: NonNull<u128>,
         marks: Vec<AtomicU64>,
         shadow: Vec<UnsafeCell<()>>,
+        /// Two readers' cursors, for a ring with many readers (`ring_many.rs`).
+        cursors: [AtomicU64; 2],
     }
 
     // SAFETY: `data` is reached through raw pointers by the producer and the consumer under
@@ -345,6 +358,7 @@ mod ring {
                 data: NonNull::new(data.cast::<u128>()).unwrap(),
                 marks: (0..WORDS).map(|_| AtomicU64::new(0)).collect(),
                 shadow: (0..WORDS).map(|_| UnsafeCell::new(())).collect(),
+                cursors: [AtomicU64::new(0), AtomicU64::new(0)],
             })
         }
 
@@ -412,12 +426,23 @@ mod ring {
         /// Offset just past the last record (not reduced modulo CAP).
         last_end: usize,
         lap: u64,
+        /// Many readers: the consumer index is the least of the ring's cursors.
+        many: bool,
     }
 
     impl Writer {
         /// Publishes record `i` of `len` payload bytes if there is room now.
         fn put(&mut self, i: u64, len: usize) -> bool {
-            self.p.refresh().unwrap();
+            if self.many {
+                // Acquire: pairs with each reader's Release store in `Consumer::flush`.
+                let low = (self.ring.cursors.iter())
+                    .map(|c| c.load(Ordering::Acquire))
+                    .min()
+                    .unwrap();
+                self.p.set_head(low).unwrap();
+            } else {
+                self.p.refresh().unwrap();
+            }
             let Some(at) = self.p.fits(len) else {
                 return false;
             };
@@ -524,6 +549,7 @@ mod ring {
             ring: ring.clone(),
             last_end: 0,
             lap: 0,
+            many: false,
         };
         let mut reader = Reader {
             c: Consumer::attach(ring.mem()).unwrap(),
@@ -599,6 +625,56 @@ mod ring {
         // The commit of C zeroes the word before publishing C, so the consumer, however it
         // interleaves with the producer, sees 0 there (or a later record), never 121.
         check_model(None, || stream(&[24, 24, 0]));
+    }
+
+    /// A ring with one writer and two readers (`ring_many.rs`, a `BroadcastChannel`
+    /// member's): each reader publishes to its own cursor, the writer takes the least as
+    /// its consumer index. Both readers get every record whole and in order, and the
+    /// shadow panics if the writer reuses bytes the slower reader has not released.
+    #[test]
+    fn with_two_readers_the_writer_never_overwrites_what_the_slower_has_not_released() {
+        const LENS: [usize; 3] = [24, 24, 24]; // 48-byte records: the third reuses the first's bytes
+        check_model_with(Some(3), 100_000, || {
+            let ring = Ring::new();
+            let mut writer = Writer {
+                p: Producer::attach(ring.mem()).unwrap(),
+                ring: ring.clone(),
+                last_end: 0,
+                lap: 0,
+                many: true,
+            };
+            let reader = |k: usize| Reader {
+                // SAFETY: the cursor is in `ring`, which the reader keeps alive.
+                c: unsafe {
+                    Consumer::attach_reader(ring.mem(), 0, NonNull::from(&ring.cursors[k]))
+                }
+                .unwrap(),
+                ring: ring.clone(),
+                head_off: 0,
+            };
+            let (mut first, mut second) = (reader(0), reader(1));
+            let producer = thread::spawn(move || {
+                for (i, &len) in LENS.iter().enumerate() {
+                    while !writer.put(i as u64, len) {
+                        thread::yield_now();
+                    }
+                }
+            });
+            // The second reader trails the first by up to a record: it holds the writer
+            // back whenever it is the slower.
+            for (i, &len) in LENS.iter().enumerate() {
+                for r in [&mut first, &mut second] {
+                    let got = loop {
+                        match r.take() {
+                            Some(got) => break got,
+                            None => thread::yield_now(),
+                        }
+                    };
+                    check(&got, i as u64, len);
+                }
+            }
+            producer.join().unwrap();
+        });
     }
 }
 
