@@ -2,7 +2,7 @@
 //! format and type-checked like rkyv messages.
 //!
 //! Why postcard: a stable, documented wire format (1.0, with a specification), compact
-//! (variable-length integers, no field names), no unsafe code and no dependencies beyond
+//! (variable-length integers, no field names), with no dependencies beyond
 //! serde, and maintained for embedded and IPC use, where this crate's users come from.
 //! bincode 1 is in maintenance and bincode 2 changed its format and API.
 

@@ -134,7 +134,7 @@ impl PortSet {
 /// Readable means "call [`try_wait`](PortSet::try_wait) (and receive from the ports it
 /// names) until it returns `None`": a `try_wait` that finds nothing leaves every member
 /// armed, so the descriptor becomes readable at the next post to any of them. That holds
-/// for every wait strategy but [`WaitStrategy::BusyPoll`], which never arms. It is an
+/// for every wait strategy but [`WaitStrategy::BusyPoll`](crate::WaitStrategy::BusyPoll), which never arms. It is an
 /// epoll instance: register it edge- or level-triggered.
 ///
 /// ```
