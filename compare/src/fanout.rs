@@ -275,7 +275,7 @@ fn run_once(opts: &FanoutOptions, round: u32) -> Result<Table> {
 fn measure(lib: Lib, n: usize, messages: u64, round: u32) -> Result<Figures> {
     let name = format!("fanout-{}-{round}-{n}-{lib:?}", std::process::id());
     let mut publisher = match lib {
-        Lib::Shmport => Publisher::Shmport(BroadcastChannel::new(&name)?),
+        Lib::Shmport => Publisher::Shmport(Box::new(BroadcastChannel::new(&name)?)),
         Lib::Iceoryx2 => Publisher::Iceoryx2(Box::new(IcePublisher::create(&name, n)?)),
     };
     let mut kids: Vec<(Child, MessagePort)> = Vec::new();
@@ -324,7 +324,7 @@ fn measure(lib: Lib, n: usize, messages: u64, round: u32) -> Result<Figures> {
 }
 
 enum Publisher {
-    Shmport(BroadcastChannel),
+    Shmport(Box<BroadcastChannel>),
     Iceoryx2(Box<IcePublisher>),
 }
 
