@@ -46,3 +46,17 @@ fn an_open_broadcast_channel_is_listed_by_its_name() {
         "{listed:?}"
     );
 }
+
+#[test]
+fn every_member_process_of_a_broadcast_channel_is_listed() {
+    let name = format!("diag-members-{}", std::process::id());
+    let _a = shmport::BroadcastChannel::new(&name).unwrap();
+    let _b = shmport::BroadcastChannel::new(&name).unwrap();
+    let listed = scan::listeners(scan::effective_uid()).unwrap();
+    let rows: Vec<_> = listed
+        .iter()
+        .filter(|l| l.kind == "BroadcastChannel" && l.name == name)
+        .collect();
+    assert_eq!(rows.len(), 1, "one line per name: {listed:?}");
+    assert_eq!(rows[0].pids, [std::process::id()]);
+}

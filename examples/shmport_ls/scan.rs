@@ -36,9 +36,9 @@ pub fn listeners(uid: u32) -> std::io::Result<Vec<Listener>> {
             continue;
         }
         let entry = match rest.strip_prefix("bc/") {
-            Some(b) => match b.strip_suffix(".door") {
+            Some(b) => match broadcast_name(b) {
                 Some(name) => ("BroadcastChannel", name.to_owned()),
-                None => continue, // a broadcast's lock or body socket, not its name
+                None => continue, // a broadcast's lock or body socket, not a member
             },
             None => ("Endpoint", rest.to_owned()),
         };
@@ -47,16 +47,34 @@ pub fn listeners(uid: u32) -> std::io::Result<Vec<Listener>> {
         }
     }
     let owners = socket_owners(&by_inode.keys().copied().collect());
-    let mut out: Vec<Listener> = by_inode
+    // One line per name: a broadcast channel has a listener per member (its slot) and
+    // one door, held by one of them.
+    let mut merged: BTreeMap<(&'static str, String), Vec<u32>> = BTreeMap::new();
+    for (inode, key) in by_inode {
+        let pids = merged.entry(key).or_default();
+        for &pid in owners.get(&inode).into_iter().flatten() {
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+    }
+    Ok(merged
         .into_iter()
-        .map(|(inode, (kind, name))| Listener {
-            kind,
-            name,
-            pids: owners.get(&inode).cloned().unwrap_or_default(),
+        .map(|((kind, name), mut pids)| {
+            pids.sort_unstable();
+            Listener { kind, name, pids }
         })
-        .collect();
-    out.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
-    Ok(out)
+        .collect())
+}
+
+/// The broadcast name of a listener under `bc/`: `<name>.door` (the door) or `<name>/<k>`
+/// (member slot `k`); `None` for the others (`<name>/lock`, bodies `<name>.<token>`).
+fn broadcast_name(rest: &str) -> Option<&str> {
+    if let Some(name) = rest.strip_suffix(".door") {
+        return Some(name);
+    }
+    let (name, slot) = rest.rsplit_once('/')?;
+    (!slot.is_empty() && slot.bytes().all(|b| b.is_ascii_digit())).then_some(name)
 }
 
 /// Which processes (that we may look into) hold a descriptor of each socket inode.
