@@ -4,43 +4,12 @@ mod common;
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
 use common::{as_child, spawn_test_child};
 use shmport::{MessageChannel, PostErrorKind};
 
-struct Unpark(std::thread::Thread);
-
-impl Wake for Unpark {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-fn waker() -> Waker {
-    Waker::from(Arc::new(Unpark(std::thread::current())))
-}
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    let waker = waker();
-    let mut cx = Context::from_waker(&waker);
-    let mut f = pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use common::{block_on, tokio_rt as rt, unpark_waker as waker};
 
 /// A channel whose ring from port1 to port2 is full.
 fn full_channel() -> MessageChannel {

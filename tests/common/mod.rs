@@ -118,3 +118,36 @@ pub fn isolated(test_name: &str, body: impl FnOnce()) {
         .unwrap();
     assert!(status.success(), "{test_name} failed in its own process");
 }
+
+/// A waker that unparks the thread that made it.
+pub fn unpark_waker() -> std::task::Waker {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())))
+}
+
+/// Polls `f` to completion on this thread, parking between polls.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let waker = unpark_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// A two-worker multi-thread tokio runtime with I/O and timers.
+pub fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
