@@ -164,17 +164,7 @@ impl Registry {
     /// Maps a segment received from another member and checks its header against the
     /// length the kernel reports.
     pub(crate) fn open(fd: OwnedFd) -> Result<Registry, Error> {
-        let len = sys::object_len(fd.as_fd()).map_err(|e| Error::os("fstat", e))?;
-        let len = usize::try_from(len).map_err(|_| Error::InvalidSegment("segment too large"))?;
-        if len < PAGE {
-            return Err(Error::InvalidSegment("segment shorter than its header"));
-        }
-        if !sys::is_sealed_against_shrinking(fd.as_fd()) {
-            return Err(Error::InvalidSegment(
-                "segment is not sealed against shrinking",
-            ));
-        }
-        let map = sys::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
+        let (map, len) = super::map_received(&fd, PAGE)?;
         let hdr = map.as_ptr().cast::<Header>();
         // SAFETY: at least a page is mapped (checked above), page aligned; volatile copies,
         // each checked below, whatever a concurrent writer left there.

@@ -158,17 +158,7 @@ impl Segment {
     /// once and checked against it, so a hostile creator cannot make us index outside the
     /// mapping.
     pub(crate) fn open(fd: OwnedFd) -> Result<Segment, Error> {
-        let len = sys::object_len(fd.as_fd()).map_err(|e| Error::os("fstat", e))?;
-        let len = usize::try_from(len).map_err(|_| Error::InvalidSegment("segment too large"))?;
-        if len < DATA_OFFSET + 2 * MIN_CAPACITY {
-            return Err(Error::InvalidSegment("segment shorter than its header"));
-        }
-        if !sys::is_sealed_against_shrinking(fd.as_fd()) {
-            return Err(Error::InvalidSegment(
-                "segment is not sealed against shrinking",
-            ));
-        }
-        let map = sys::map_shared(fd.as_fd(), len).map_err(|e| Error::os("mmap", e))?;
+        let (map, len) = super::map_received(&fd, DATA_OFFSET + 2 * MIN_CAPACITY)?;
         let hdr = map.as_ptr().cast::<Header>();
         // SAFETY: the mapping holds at least size_of::<Header>() bytes (checked above) and
         // is page aligned. Volatile reads copy each field once; a concurrent writer can give
