@@ -193,14 +193,7 @@ impl Waiter {
             self.adapt(false);
         }
         loop {
-            let mut nap = LIVENESS_INTERVAL;
-            if let Some(d) = deadline {
-                let now = Instant::now();
-                if now >= d {
-                    return None;
-                }
-                nap = nap.min(d - now);
-            }
+            let nap = next_nap(deadline)?;
             // An RMW, not a store: a reader's WANTS_DOORBELL bit (its port is also watched
             // by a PortSet or a future) must survive this sleep.
             let announced = word.fetch_or(SLEEPING, Ordering::Relaxed) | SLEEPING;
@@ -220,6 +213,18 @@ impl Waiter {
                 return Some(r);
             }
         }
+    }
+}
+
+/// How long the next sleep of a wait until `deadline` may last: the liveness interval, or
+/// less to end at the deadline; `None` once the deadline has passed.
+pub(crate) fn next_nap(deadline: Option<Instant>) -> Option<Duration> {
+    match deadline {
+        None => Some(LIVENESS_INTERVAL),
+        Some(d) => d
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .map(|left| left.min(LIVENESS_INTERVAL)),
     }
 }
 

@@ -17,7 +17,7 @@ use crate::error::{Error, MessageError};
 use crate::shm::bell;
 use crate::shm::fanout::Registry;
 use crate::shm::ring::Producer;
-use crate::shm::wake::{LIVENESS_INTERVAL, WaitStrategy, Waiter};
+use crate::shm::wake::{LIVENESS_INTERVAL, WaitStrategy, Waiter, next_nap};
 use crate::sys::sync::Ordering;
 
 /// Messages a receive takes from one ring in a row before it looks at the next first.
@@ -365,14 +365,7 @@ impl Member {
             return Some(found);
         }
         loop {
-            let mut nap = LIVENESS_INTERVAL;
-            if let Some(d) = deadline {
-                let now = Instant::now();
-                if now >= d {
-                    return None;
-                }
-                nap = nap.min(d - now);
-            }
+            let nap = next_nap(deadline)?;
             let reg = self.reg.clone();
             if let Some(found) = bell::sleep(reg.bell(), reg.sleepers(), nap, || self.try_next()) {
                 return Some(found);
