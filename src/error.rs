@@ -252,9 +252,11 @@ recv_error!(
     /// Why [`MessagePort::recv`](crate::MessagePort::recv) (or `recv_async`, or a
     /// [`PortSet`](crate::PortSet) receive) returned no message.
     RecvError {} +
-    /// Only from [`MessagePort::recv_async`](crate::MessagePort::recv_async) and its
-    /// stream: the kernel refused what waiting without polling needs (the reactor thread,
-    /// its epoll registration, or the channel's socket; descriptor or memory limits).
+    /// Only from [`MessagePort::recv_async`](crate::MessagePort::recv_async),
+    /// [`BroadcastChannel::recv_async`](crate::BroadcastChannel::recv_async) and their
+    /// streams: the kernel refused what waiting without polling needs (the reactor thread,
+    /// its epoll registration, or the channel's socket; a broadcast channel's bell waiter
+    /// thread; descriptor or memory limits).
     Os
 );
 recv_error!(

@@ -80,7 +80,10 @@ pub mod fuzzing;
 mod loom_tests;
 
 pub use error::{Error, MessageError, RecvError, RecvTimeoutError, TryRecvError};
-pub use named::broadcast::{BroadcastChannel, MAX_BROADCAST_MEMBERS};
+pub use named::broadcast::{
+    BroadcastChannel, BroadcastMessages, BroadcastRecvFuture, IntoBroadcastMessages,
+    MAX_BROADCAST_MEMBERS,
+};
 pub use named::endpoint::{Endpoint, MAX_ENDPOINT_NAME};
 pub use named::process::{BOOTSTRAP_ENV, parent_port, spawn};
 #[cfg(feature = "serde")]

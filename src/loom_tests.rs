@@ -754,4 +754,41 @@ mod bell {
             r2.join().unwrap();
         });
     }
+
+    #[test]
+    fn a_receive_whose_sleep_another_thread_does_sees_the_post_or_that_thread_is_woken() {
+        // An async receive (`wait/bell_waiter.rs`): the task announces and looks; if it
+        // found nothing it hands the bell's value to the waiter thread, which sleeps on it.
+        // A lost wake-up leaves the waiter asleep for good: a deadlock loom reports.
+        use loom::sync::{Condvar, Mutex};
+        check_model(Some(3), || {
+            let n = name();
+            // `Some(None)`: the task found the message; `Some(Some(seen))`: sleep on `seen`.
+            let handed = Arc::new((Mutex::new(None::<Option<u32>>), Condvar::new()));
+            let (nt, ht) = (n.clone(), handed.clone());
+            let task = thread::spawn(move || {
+                let seen = bell::announce(&nt.bell, &nt.sleepers);
+                let found = nt.published.load(Ordering::Acquire) >= 1;
+                *ht.0.lock().unwrap() = Some((!found).then_some(seen));
+                ht.1.notify_one();
+            });
+            let (nw, hw) = (n.clone(), handed.clone());
+            let waiter = thread::spawn(move || {
+                let mut slot = hw.0.lock().unwrap();
+                let seen = loop {
+                    match *slot {
+                        Some(seen) => break seen,
+                        None => slot = hw.1.wait(slot).unwrap(),
+                    }
+                };
+                drop(slot);
+                if let Some(seen) = seen {
+                    crate::sys::futex_wait(&nw.bell, seen, Duration::from_secs(1));
+                }
+            });
+            post(&n);
+            task.join().unwrap();
+            waiter.join().unwrap();
+        });
+    }
 }

@@ -58,15 +58,32 @@ pub(crate) fn sleep<R>(
     nap: Duration,
     mut news: impl FnMut() -> Option<R>,
 ) -> Option<R> {
+    let seen = announce(bell, sleepers);
+    if let Some(r) = news() {
+        return Some(r);
+    }
+    futex_wait(bell, seen, nap);
+    None
+}
+
+/// The first half of [`sleep`], for a sleep another thread does: announces a sleeper and
+/// returns the bell's value to wait on. The caller then checks its news once more, and if
+/// it found none, `futex_wait(bell, seen, nap)` (in any thread) sleeps through no ring that
+/// follows the check.
+pub(crate) fn announce(bell: &AtomicU32, sleepers: &AtomicU32) -> u32 {
     // Acquire: pairs with the writer's Release increment.
     let seen = bell.load(Ordering::Acquire);
     // AcqRel: the writer's swap that reads this raise is ordered after our load above.
     sleepers.fetch_or(1, Ordering::AcqRel);
     // SeqCst fence: pairs with the writer's fence in `ring`.
     fence(Ordering::SeqCst);
-    if let Some(r) = news() {
-        return Some(r);
-    }
-    futex_wait(bell, seen, nap);
-    None
+    seen
+}
+
+/// Moves the bell and wakes every sleeper, announced or not: for taking a thread of ours
+/// out of its sleep on the bell (the others look again and sleep on).
+pub(crate) fn nudge(bell: &AtomicU32) {
+    // Release: as in `ring`.
+    bell.fetch_add(1, Ordering::Release);
+    futex_wake(bell);
 }

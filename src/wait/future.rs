@@ -297,7 +297,17 @@ fn stream_step<T: Message>(
     if *done {
         return Poll::Ready(None);
     }
-    match port.poll_recv::<T>(cx) {
+    stream_item(done, port.poll_recv::<T>(cx))
+}
+
+/// What a message stream yields for one poll of a receive: the message, a `messageerror`
+/// (the stream goes on), the end at `Disconnected`, or an error after which it ends (said
+/// once). `done` is the stream's flag; shared by ports' and broadcast channels' streams.
+pub(crate) fn stream_item<T>(
+    done: &mut bool,
+    got: Poll<Result<T, RecvError>>,
+) -> Poll<Option<Result<T, RecvError>>> {
+    match got {
         Poll::Pending => Poll::Pending,
         Poll::Ready(Ok(ev)) => Poll::Ready(Some(Ok(ev))),
         Poll::Ready(Err(RecvError::Disconnected)) => {

@@ -2,6 +2,7 @@
 //! receives and posts woken by a reactor thread (or tokio's), and the `on_message`
 //! dispatch thread.
 
+pub(crate) mod bell_waiter;
 pub(crate) mod dispatch;
 pub(crate) mod fd;
 pub(crate) mod future;

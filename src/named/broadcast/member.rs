@@ -377,6 +377,22 @@ impl Member {
         }
     }
 
+    /// The next message, or else (after announcing a sleeper on the bell and looking once
+    /// more) `Err` with the bell's value to sleep on: the first half of a sleep whose second
+    /// half another thread does (`wait/bell_waiter.rs`).
+    pub(super) fn next_or_announce(&mut self) -> Result<Result<Found, MessageError>, u32> {
+        if let Some(found) = self.try_next() {
+            return Ok(found);
+        }
+        let seen = bell::announce(self.reg.bell(), self.reg.sleepers());
+        self.try_next().ok_or(seen)
+    }
+
+    /// The name's segment, for a thread that sleeps on its bell.
+    pub(super) fn registry(&self) -> Arc<Registry> {
+        self.reg.clone()
+    }
+
     /// The spin phase of a wait: [`SPIN`] at most, then the caller sleeps.
     fn spin(&mut self, deadline: Option<Instant>) -> Option<Result<Found, MessageError>> {
         let start = Instant::now();
@@ -396,7 +412,7 @@ impl Member {
 
     /// Checks whether one other member is still alive (one per sleep, in turn), so that a
     /// killed member is forgotten even when nobody asks.
-    fn probe_one(&mut self) {
+    pub(super) fn probe_one(&mut self) {
         let slots = self.reg.slots();
         for _ in 0..slots {
             let k = self.probe;

@@ -27,6 +27,7 @@
 //! took what it had posted.
 
 mod body;
+mod future;
 mod inbound;
 mod join;
 mod member;
@@ -43,8 +44,10 @@ use crate::error::Error;
 use crate::error::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::named::endpoint::check_name;
 use crate::port::{MessageEvent, PostError, PostErrorKind};
+use crate::wait::bell_waiter::BellWaiter;
 use crate::wire::codec::{self, FingerprintCache, Message};
 
+pub use future::{BroadcastMessages, BroadcastRecvFuture, IntoBroadcastMessages};
 pub use join::MAX_BROADCAST_MEMBERS;
 use member::{Found, Member};
 
@@ -89,6 +92,8 @@ struct Open {
     scratch: AlignedVec<16>,
     arena: Arena,
     recv_fp: FingerprintCache,
+    /// The thread that sleeps on the bell for async receives, from the first that waited.
+    waiter: Option<BellWaiter>,
 }
 
 impl std::fmt::Debug for BroadcastChannel {
@@ -121,6 +126,7 @@ impl BroadcastChannel {
                 scratch: AlignedVec::new(),
                 arena: Arena::new(),
                 recv_fp: FingerprintCache::new(),
+                waiter: None,
             }),
         })
     }
