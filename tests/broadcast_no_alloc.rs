@@ -158,3 +158,45 @@ fn a_steady_state_broadcast_post_and_recv_make_no_system_call_when_nobody_sleeps
         "the child made a system call in 100,000 posts and receives ({status:?}; SIGSYS is 31)"
     );
 }
+
+#[test]
+fn async_receives_of_queued_messages_and_the_posts_after_a_woken_wait_make_no_system_call() {
+    const TEST: &str =
+        "async_receives_of_queued_messages_and_the_posts_after_a_woken_wait_make_no_system_call";
+    let ch = MessageChannel::new().unwrap();
+    as_child(|port| {
+        use std::task::{Context, Poll};
+        let (mut a, mut b) = warmed_up_pair("no-syscall-async");
+        // One wait through the bell thread: it starts, the post rings (and takes the
+        // sleepers flag), the task is woken.
+        let waker = common::unpark_waker();
+        let mut cx = Context::from_waker(&waker);
+        {
+            let mut fut = std::pin::pin!(b.recv_async::<Tick>());
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+            a.post_message(&TICK).unwrap();
+            while fut.as_mut().poll(&mut cx).is_pending() {
+                std::thread::park();
+            }
+        }
+        port.post_message(&1u8, []).unwrap(); // set up; from here on, no system call
+        forbid_system_calls();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for i in 0..100_000u64 {
+            a.post_message(&Tick { seq: i, ..TICK }).unwrap();
+            match std::pin::pin!(b.recv_async::<Tick>()).poll(&mut cx) {
+                Poll::Ready(ev) => assert_eq!(ev.unwrap().data.seq, i),
+                Poll::Pending => panic!("a queued message made the receive wait"),
+            }
+        }
+        // SAFETY: ends the process at once, with the one system call allowed.
+        unsafe { libc::_exit(0) };
+    });
+    let child = spawn_test_child(TEST, ch.port2);
+    ch.port1.recv::<u8>().unwrap();
+    let status = child.wait();
+    assert!(
+        status.success(),
+        "the child made a system call in 100,000 posts and async receives ({status:?}; SIGSYS is 31)"
+    );
+}
