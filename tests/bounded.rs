@@ -148,3 +148,86 @@ fn trimming_the_pool_hands_the_pages_of_free_large_slots_back() {
         },
     );
 }
+
+/// Runs `round` once to warm the pool, then 20 times more: each would need a new heap of
+/// each class it uses if the killed client's slots stayed taken.
+fn heaps_stay_flat_over_20_rounds_of(round: impl Fn()) {
+    round();
+    let before = heap_mappings();
+    for _ in 0..20 {
+        round();
+    }
+    assert_eq!(
+        heap_mappings(),
+        before,
+        "heaps grew with the killed clients"
+    );
+}
+
+/// Buffers a killed client holds: one heap's worth of 1 MiB slots (16), and 300 of 4 KiB
+/// (more than one heap of 256).
+const HELD: [(usize, usize); 2] = [(1 << 20, 16), (4 << 10, 300)];
+
+/// A client that receives the buffers, says so, and waits to be killed holding them.
+fn holder(port: MessagePort) {
+    let count: usize = HELD.iter().map(|&(_, n)| n).sum();
+    let held: Vec<_> = (0..count).map(|_| port.recv::<u8>().unwrap()).collect();
+    port.post_message(&held.len(), []).unwrap();
+    let _ = port.recv::<u8>(); // killed here
+}
+
+/// Sends a client the buffers of [`HELD`], then kills it once it holds them all.
+fn kill_a_holder(test_name: &str) {
+    let MessageChannel { port1, port2, .. } = MessageChannel::new().unwrap();
+    let child = common::spawn_test_child(test_name, port2);
+    for &(len, n) in &HELD {
+        for _ in 0..n {
+            let buf = ArrayBuffer::new(len).unwrap();
+            port1.post_message(&0u8, [buf.into()]).unwrap();
+        }
+    }
+    let count: usize = HELD.iter().map(|&(_, n)| n).sum();
+    assert_eq!(port1.recv::<usize>().unwrap().data, count);
+    child.kill(); // and reaped: its pid no longer exists
+}
+
+#[test]
+fn the_slots_of_killed_holders_go_back_to_the_pool() {
+    const NAME: &str = "the_slots_of_killed_holders_go_back_to_the_pool";
+    common::as_child(holder);
+    common::isolated(NAME, || {
+        heaps_stay_flat_over_20_rounds_of(|| kill_a_holder(NAME))
+    });
+}
+
+/// A client that says it is up and never receives: killed with its queue full of buffers.
+fn never_receives(port: MessagePort) {
+    port.post_message(&1u8, []).unwrap();
+    loop {
+        std::thread::park(); // until killed
+    }
+}
+
+/// Posts a client buffers it never receives, kills it, and drops the port.
+fn kill_a_receiver_with_buffers_queued(test_name: &str) {
+    let MessageChannel { port1, port2, .. } = MessageChannel::new().unwrap();
+    let child = common::spawn_test_child(test_name, port2);
+    assert_eq!(port1.recv::<u8>().unwrap().data, 1);
+    for &(len, n) in &HELD {
+        for _ in 0..n {
+            let buf = ArrayBuffer::new(len).unwrap();
+            port1.post_message(&0u8, [buf.into()]).unwrap();
+        }
+    }
+    child.kill();
+    drop(port1); // its peer is gone: what it never received is freed
+}
+
+#[test]
+fn buffers_queued_for_a_killed_receiver_go_back_to_the_pool() {
+    const NAME: &str = "buffers_queued_for_a_killed_receiver_go_back_to_the_pool";
+    common::as_child(never_receives);
+    common::isolated(NAME, || {
+        heaps_stay_flat_over_20_rounds_of(|| kill_a_receiver_with_buffers_queued(NAME))
+    });
+}

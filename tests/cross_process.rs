@@ -668,8 +668,8 @@ fn a_child_killed_while_holding_buffers_leaves_the_sender_able_to_allocate() {
         ch.port1.recv::<u8>(),
         Err(RecvError::Disconnected)
     ));
-    // The dead child's pooled slots stay taken until their heap goes (see docs/safety.md);
-    // the sender allocates from new slots meanwhile.
+    // The sender allocates again: the dead child's pooled slots are taken back when a class
+    // runs out (tests/bounded.rs counts the heaps).
     let again: Vec<_> = (0..300)
         .map(|_| shmport::ArrayBuffer::new(4096).unwrap())
         .collect();

@@ -4,6 +4,7 @@
 mod channel;
 mod error;
 mod handoff;
+mod in_flight;
 mod iter;
 mod liveness;
 mod post;
@@ -129,6 +130,8 @@ pub struct MessagePort {
     /// The heap table of the ring this port reads: what the writer's items name by index.
     /// It moves with the port.
     heaps_received: RefCell<transfer_in::HeapTable>,
+    /// Pooled slots this handle posted that may not be received yet (`in_flight.rs`).
+    in_flight: RefCell<in_flight::InFlight>,
     /// How deep a received archive may nest (see [`MessagePort::set_max_depth`]).
     max_depth: Cell<usize>,
     /// The process that created or received this handle. In any other process (a copy
@@ -181,6 +184,7 @@ impl MessagePort {
             watcher: std::cell::OnceCell::new(),
             heaps_sent: RefCell::new(Vec::new()),
             heaps_received: RefCell::new(Vec::new()),
+            in_flight: RefCell::default(),
             max_depth: Cell::new(codec::DEFAULT_MAX_DEPTH),
             pid: sys::current_pid(),
         })
@@ -292,6 +296,7 @@ impl Drop for MessagePort {
         if !self.moved.get() {
             self.announce_close();
             self.discard_incoming();
+            self.free_in_flight_if_peer_gone();
         }
     }
 }

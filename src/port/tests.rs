@@ -208,7 +208,10 @@ mod forged_transfers {
         // A hostile peer flips the slot back to "in transit" and replays the descriptor.
         let (heap, ..) = crate::shm::heap::allocate(0).unwrap().unwrap();
         let state = heap_state_word(&heap, slot);
-        state.store((generation << 2) | 2, std::sync::atomic::Ordering::Relaxed);
+        state.store(
+            u64::from((generation << 2) | 2),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         post_raw(
             &ch.port1,
             &[item(ITEM_SLOT, slot, 100, generation.into())],
@@ -242,7 +245,7 @@ mod forged_transfers {
         assert!(a.iter().all(|&b| b == 7));
     }
 
-    fn heap_state_word(heap: &crate::shm::heap::Heap, slot: u32) -> &std::sync::atomic::AtomicU32 {
+    fn heap_state_word(heap: &crate::shm::heap::Heap, slot: u32) -> &std::sync::atomic::AtomicU64 {
         heap.state_for_tests(slot)
     }
 

@@ -163,6 +163,7 @@ impl MessagePort {
             return Err(PostError::new(PostErrorKind::Disconnected, Vec::new()));
         }
         self.published(tx.mem());
+        self.remember_in_flight(buffers_of(&list).chain(body.as_ref()));
         hand_over(list, body);
         Ok(())
     }
@@ -291,6 +292,14 @@ fn carried_tables(list: &[Transferable]) -> Vec<Vec<Arc<Heap>>> {
             Transferable::Buffer(_) => None,
         })
         .collect()
+}
+
+/// The buffers of a transfer list.
+fn buffers_of(list: &[Transferable]) -> impl Iterator<Item = &ArrayBuffer> {
+    list.iter().filter_map(|t| match t {
+        Transferable::Buffer(b) => Some(b),
+        Transferable::Port(_) => None,
+    })
 }
 
 /// The moved ports and buffers now live on the other side: drops our handles (the ports

@@ -10,7 +10,7 @@ use memmap2::MmapRaw;
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::shm::heap::{self, Heap};
+use crate::shm::heap::{self, Heap, SlotInTransit};
 use crate::sys;
 
 /// A fixed-length byte buffer in shared memory: the web's `ArrayBuffer`.
@@ -284,6 +284,19 @@ impl ArrayBuffer {
                 sent
             }
             _ => true,
+        }
+    }
+
+    /// The pooled slot of a buffer just sent, for its sender to remember (see
+    /// [`SlotInTransit`]); `None` for other kinds of buffer.
+    pub(crate) fn slot_in_transit(&self) -> Option<SlotInTransit> {
+        match &self.region {
+            Region::Slot {
+                heap,
+                slot,
+                generation,
+            } => Some(SlotInTransit::new(heap, *slot, *generation)),
+            _ => None,
         }
     }
 

@@ -3,13 +3,16 @@
 //! A heap is one sealed memfd cut into equal slots, with one state word per slot:
 //!
 //! ```text
-//! offset 0     HeapHeader (64 bytes): magic b"SHMHEAP\0", version, slot_size, slots, data_offset
-//! offset 64    slot states: AtomicU32 x slots   (state in bits 0..2, generation in bits 2..32)
+//! offset 0     HeapHeader (64 bytes): magic b"SHMHEAP\0", version, slot_size, slots,
+//!              data_offset, the creator's PID namespace
+//! offset 64    slot states: AtomicU64 x slots   (state in bits 0..2, generation in bits 2..32,
+//!                                                the holder's pid in bits 32..64)
 //! data_offset  slots x slot_size bytes (page aligned)
 //! ```
 //!
 //! A slot is `FREE`, `OWNED` (some process holds a buffer on it) or `IN_TRANSIT` (posted,
-//! not yet received). The allocating process takes a free slot with a compare-and-swap
+//! not yet received). An owned slot's word names the process holding it, so the creator
+//! can take back the slots of a holder that was killed (see [`Heap::reclaim_dead_holders`]). The allocating process takes a free slot with a compare-and-swap
 //! (bumping the generation); whoever drops the buffer last, in whichever process, sets it
 //! free again, so the allocator reuses it without a system call. A transfer moves the
 //! state from `OWNED(g)` to `IN_TRANSIT(g)` at the sender and back to `OWNED(g)` at the
@@ -27,10 +30,10 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use memmap2::MmapRaw;
 
 use crate::sys;
-use crate::sys::sync::{AtomicU32, Ordering};
+use crate::sys::sync::{AtomicU64, Ordering};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMHEAP\0");
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER: usize = 64;
 const PAGE: usize = 4096;
 
@@ -60,8 +63,23 @@ const OWNED: u32 = 1;
 const IN_TRANSIT: u32 = 2;
 const STATE_MASK: u32 = 3;
 
-fn word(state: u32, generation: u32) -> u32 {
-    (generation << 2) | state
+/// A slot's state word: the holder (0: none, or unknown) in the high half, then the
+/// generation and the state. One compare-and-swap moves all three, so a word that names a
+/// holder names the process that wrote it last.
+fn word(state: u32, generation: u32, holder: u32) -> u64 {
+    (u64::from(holder) << 32) | u64::from((generation << 2) | state)
+}
+
+fn state_of(word: u64) -> u32 {
+    word as u32 & STATE_MASK
+}
+
+fn generation_of(word: u64) -> u32 {
+    word as u32 >> 2
+}
+
+fn holder_of(word: u64) -> u32 {
+    (word >> 32) as u32
 }
 
 /// A mapped heap, in the process that created it or in one that received a buffer of it.
@@ -71,6 +89,9 @@ pub(crate) struct Heap {
     slot_size: usize,
     slots: u32,
     identity: (u64, u64),
+    /// Whether this process shares the creator's PID namespace: only then does it write
+    /// its pid as a slot's holder (and only then can the creator check that pid).
+    same_pid_namespace: bool,
     /// The slots this process holds, one bit each: process-private, never shared. One
     /// `Heap` exists per heap and process while anything of it is alive (`Pools::mapped`).
     held: Box<[std::sync::atomic::AtomicU64]>,
@@ -84,7 +105,7 @@ unsafe impl Sync for Heap {}
 
 impl Heap {
     fn data_offset(slots: u32) -> usize {
-        (HEADER + 4 * slots as usize).next_multiple_of(PAGE)
+        (HEADER + 8 * slots as usize).next_multiple_of(PAGE)
     }
 
     /// The length of a heap of `class`.
@@ -108,6 +129,7 @@ impl Heap {
             base.add(20)
                 .cast::<u32>()
                 .write(Self::data_offset(slots) as u32);
+            base.add(24).cast::<u64>().write(sys::pid_namespace());
         }
         let identity = sys::file_identity(fd.as_fd())?;
         Ok(Heap {
@@ -116,6 +138,7 @@ impl Heap {
             slot_size,
             slots,
             identity,
+            same_pid_namespace: sys::pid_namespace() != 0,
             held: held_bits(slots),
         })
     }
@@ -132,13 +155,14 @@ impl Heap {
         let base = map.as_ptr();
         // SAFETY: the mapping holds at least one page (checked), so the 24 header bytes are
         // in bounds; volatile copies, checked below.
-        let (magic, version, slot_size, slots, data) = unsafe {
+        let (magic, version, slot_size, slots, data, pid_namespace) = unsafe {
             (
                 base.cast::<u64>().read_volatile(),
                 base.add(8).cast::<u32>().read_volatile(),
                 base.add(12).cast::<u32>().read_volatile(),
                 base.add(16).cast::<u32>().read_volatile(),
                 base.add(20).cast::<u32>().read_volatile(),
+                base.add(24).cast::<u64>().read_volatile(),
             )
         };
         let class = CLASSES.iter().position(|&c| c == slot_size as usize);
@@ -157,27 +181,41 @@ impl Heap {
             slot_size: slot_size as usize,
             slots,
             identity,
+            // The creator's namespace as it wrote it: a peer that lies only makes its
+            // heap's slots unreclaimable, or reclaimable while we hold them, which the held
+            // bits refuse (see `reclaim_dead_holders`).
+            same_pid_namespace: pid_namespace != 0 && pid_namespace == sys::pid_namespace(),
             held: held_bits(slots),
         })
     }
 
-    fn state(&self, slot: u32) -> &AtomicU32 {
+    fn state(&self, slot: u32) -> &AtomicU64 {
         debug_assert!(slot < self.slots);
-        // SAFETY: `slot < slots` (callers check), so the word at HEADER + 4 * slot lies in
-        // the state table inside the mapping, 4-aligned; slot states are only ever
-        // accessed atomically.
+        // SAFETY: `slot < slots` (callers check), so the word at HEADER + 8 * slot lies in
+        // the state table inside the mapping, 8-aligned (the mapping is page aligned);
+        // slot states are only ever accessed atomically.
         unsafe {
             &*self
                 .map
                 .as_ptr()
-                .add(HEADER + 4 * slot as usize)
-                .cast::<AtomicU32>()
+                .add(HEADER + 8 * slot as usize)
+                .cast::<AtomicU64>()
         }
     }
 
     #[cfg(all(test, not(loom)))]
-    pub(crate) fn state_for_tests(&self, slot: u32) -> &AtomicU32 {
+    pub(crate) fn state_for_tests(&self, slot: u32) -> &AtomicU64 {
         self.state(slot)
+    }
+
+    /// The holder this process writes into the words of the slots it holds: its pid, or 0
+    /// ("unknown", never reclaimed) outside the creator's PID namespace.
+    fn me(&self) -> u32 {
+        if self.same_pid_namespace {
+            sys::current_pid()
+        } else {
+            0
+        }
     }
 
     /// The first byte of slot `slot`.
@@ -199,20 +237,21 @@ impl Heap {
 
     /// Takes a free slot: `(slot, generation)`.
     fn try_take(&self, start: u32) -> Option<(u32, u32)> {
+        let me = self.me();
         for i in 0..self.slots {
             let slot = (start + i) % self.slots;
             let cur = self.state(slot).load(Ordering::Relaxed);
-            if cur & STATE_MASK != FREE {
+            if state_of(cur) != FREE {
                 continue;
             }
-            let generation = (cur >> 2).wrapping_add(1) & (u32::MAX >> 2);
+            let generation = generation_of(cur).wrapping_add(1) & (u32::MAX >> 2);
             // Acquire: pairs with the Release in `release`, so the previous owner's writes
             // to the slot's bytes happen before ours.
             if self
                 .state(slot)
                 .compare_exchange(
                     cur,
-                    word(OWNED, generation),
+                    word(OWNED, generation, me),
                     Ordering::Acquire,
                     Ordering::Relaxed,
                 )
@@ -229,8 +268,8 @@ impl Heap {
     pub(crate) fn release(&self, slot: u32, generation: u32) {
         // Release: pairs with the Acquire in `try_take`.
         let _ = self.state(slot).compare_exchange(
-            word(OWNED, generation),
-            word(FREE, generation),
+            word(OWNED, generation, self.me()),
+            word(FREE, generation, 0),
             Ordering::Release,
             Ordering::Relaxed,
         );
@@ -242,8 +281,8 @@ impl Heap {
         // happen before its reads.
         self.state(slot)
             .compare_exchange(
-                word(OWNED, generation),
-                word(IN_TRANSIT, generation),
+                word(OWNED, generation, self.me()),
+                word(IN_TRANSIT, generation, 0),
                 Ordering::Release,
                 Ordering::Relaxed,
             )
@@ -253,8 +292,8 @@ impl Heap {
     /// Undoes [`send`](Self::send) after a failed post.
     pub(crate) fn unsend(&self, slot: u32, generation: u32) {
         let _ = self.state(slot).compare_exchange(
-            word(IN_TRANSIT, generation),
-            word(OWNED, generation),
+            word(IN_TRANSIT, generation, 0),
+            word(OWNED, generation, self.me()),
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
@@ -272,8 +311,8 @@ impl Heap {
         // Acquire: pairs with the sender's Release in `send`.
         self.state(slot)
             .compare_exchange(
-                word(IN_TRANSIT, generation),
-                word(OWNED, generation),
+                word(IN_TRANSIT, generation, 0),
+                word(OWNED, generation, self.me()),
                 Ordering::Acquire,
                 Ordering::Relaxed,
             )
@@ -284,6 +323,22 @@ impl Heap {
             })
     }
 
+    /// Frees a slot still in transit under `generation`, whose receiver is gone (its
+    /// port's last descriptor closed without receiving it). True when it was freed; false
+    /// when somebody received it meanwhile (or the word was rewritten).
+    fn reclaim_in_transit(&self, slot: u32, generation: u32) -> bool {
+        // AcqRel: like a drop (Release) for the next allocation, and ordered after the
+        // sender's writes.
+        self.state(slot)
+            .compare_exchange(
+                word(IN_TRANSIT, generation, 0),
+                word(FREE, generation, 0),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     /// Hands the pages of every free slot back to the kernel (they read as zero when
     /// touched again); the bytes of the slots released. A slot this process holds is
     /// never released, whatever its state word says: a peer that marks one of our live
@@ -291,7 +346,7 @@ impl Heap {
     fn release_free_pages(&self) -> usize {
         let mut released = 0;
         for slot in 0..self.slots {
-            let free = self.state(slot).load(Ordering::Relaxed) & STATE_MASK == FREE;
+            let free = state_of(self.state(slot).load(Ordering::Relaxed)) == FREE;
             if !free || self.is_held(slot) {
                 continue;
             }
@@ -301,6 +356,38 @@ impl Heap {
             }
         }
         released
+    }
+
+    /// Frees the owned slots whose holder no longer exists (a process killed while it held
+    /// buffers of this heap): the number freed. Only the creator calls it, when a class has
+    /// no free slot. A word names the process that wrote it last, and nobody but that
+    /// holder moves an owned slot on, so "owned by `p`" with `p` gone means nobody holds
+    /// it: the compare-and-swap expects the whole word, holder included, and fails if the
+    /// slot changed hands since it was read. A pid reused by a new process reads as alive
+    /// (the slot stays taken: a leak, never a second owner). A slot this process holds is
+    /// never freed, whatever its word says.
+    fn reclaim_dead_holders(&self, liveness: &mut Liveness) -> u32 {
+        let me = self.me();
+        let mut freed = 0;
+        for slot in 0..self.slots {
+            let cur = self.state(slot).load(Ordering::Relaxed);
+            let holder = holder_of(cur);
+            if state_of(cur) != OWNED || holder == 0 || holder == me || self.is_held(slot) {
+                continue;
+            }
+            if liveness.exists(holder) {
+                continue;
+            }
+            // Acquire: whatever the dead holder wrote to the slot happens before our reuse.
+            let reclaimed = self.state(slot).compare_exchange(
+                cur,
+                word(FREE, generation_of(cur), 0),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            );
+            freed += u32::from(reclaimed.is_ok());
+        }
+        freed
     }
 
     /// Records that this process holds `slot` (allocated or received); `false` when it
@@ -328,6 +415,50 @@ impl Heap {
     /// Restores the hold on a slot whose sending failed.
     pub(crate) fn hold_again(&self, slot: u32) {
         self.hold(slot);
+    }
+}
+
+/// Which processes exist, asked of the kernel once per pid per reclaim sweep.
+#[derive(Default)]
+struct Liveness(Vec<(u32, bool)>);
+
+impl Liveness {
+    fn exists(&mut self, pid: u32) -> bool {
+        if let Some(&(_, alive)) = self.0.iter().find(|(p, _)| *p == pid) {
+            return alive;
+        }
+        let alive = sys::process_exists(pid);
+        self.0.push((pid, alive));
+        alive
+    }
+}
+
+/// A pooled slot this process posted, remembered by the sending port until it knows the
+/// receiver took it: if the receiving end is gone first (its process was killed), the
+/// sender frees it ([`SlotInTransit::reclaim`]).
+pub(crate) struct SlotInTransit {
+    heap: Arc<Heap>,
+    slot: u32,
+    generation: u32,
+}
+
+impl SlotInTransit {
+    pub(crate) fn new(heap: &Arc<Heap>, slot: u32, generation: u32) -> Self {
+        SlotInTransit {
+            heap: Arc::clone(heap),
+            slot,
+            generation,
+        }
+    }
+
+    /// Still in transit: nobody has received it yet.
+    pub(crate) fn pending(&self) -> bool {
+        self.heap.state(self.slot).load(Ordering::Relaxed) == word(IN_TRANSIT, self.generation, 0)
+    }
+
+    /// Frees the slot if nobody received it; call once its receiver is gone for good.
+    pub(crate) fn reclaim(&self) -> bool {
+        self.heap.reclaim_in_transit(self.slot, self.generation)
     }
 }
 
@@ -415,14 +546,23 @@ pub(crate) fn allocate(class: usize) -> std::io::Result<Option<(Arc<Heap>, u32, 
         } else {
             0
         };
-        for heap in &p.own[class] {
-            while let Some((slot, generation)) = heap.try_take(start) {
-                // A slot we hold that a peer marked free is not free: skip it (it stays
-                // taken; the peer only made it leak).
-                if heap.hold(slot) {
-                    p.next[class] = slot.wrapping_add(1);
-                    return Ok(Some((Arc::clone(heap), slot, generation)));
-                }
+        if let Some(taken) = p.take_own(class, start) {
+            return Ok(Some(taken));
+        }
+        // Every slot is taken: some may be held by processes that were killed.
+        let mut liveness = Liveness::default();
+        let reclaimed: u32 = p.own[class]
+            .iter()
+            .map(|heap| heap.reclaim_dead_holders(&mut liveness))
+            .sum();
+        if reclaimed > 0 {
+            event!(
+                debug,
+                "pool: took back {reclaimed} slots of {} bytes from holders that are gone",
+                CLASSES[class]
+            );
+            if let Some(taken) = p.take_own(class, start) {
+                return Ok(Some(taken));
             }
         }
         let len = Heap::len_of(class);
@@ -461,6 +601,21 @@ pub(crate) fn adopt(fd: OwnedFd) -> Result<Arc<Heap>, &'static str> {
 }
 
 impl Pools {
+    /// A free slot of one of this process's heaps of `class`, taken and held.
+    fn take_own(&mut self, class: usize, start: u32) -> Option<(Arc<Heap>, u32, u32)> {
+        for heap in &self.own[class] {
+            while let Some((slot, generation)) = heap.try_take(start) {
+                // A slot we hold that a peer marked free is not free: skip it (it stays
+                // taken; the peer only made it leak).
+                if heap.hold(slot) {
+                    self.next[class] = slot.wrapping_add(1);
+                    return Some((Arc::clone(heap), slot, generation));
+                }
+            }
+        }
+        None
+    }
+
     /// Records `heap` as mapped, and forgets the heaps that are gone (amortized: when the
     /// table has doubled since the last sweep).
     fn remember(&mut self, heap: &Arc<Heap>) {
@@ -481,4 +636,62 @@ impl Pools {
 pub(crate) unsafe fn zero(ptr: NonNull<u8>, len: usize) {
     // SAFETY: our contract.
     unsafe { ptr::write_bytes(ptr.as_ptr(), 0, len) };
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The pid of a process that has exited and been reaped.
+    fn a_pid_that_is_gone() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        child.id()
+    }
+
+    /// A heap of 16 slots whose every slot was taken here and then, as a receiver would,
+    /// made `OWNED` by `holder`.
+    fn a_heap_owned_by(holder: u32) -> Heap {
+        let heap = Heap::create(3).unwrap();
+        while let Some((slot, generation)) = heap.try_take(0) {
+            heap.state(slot)
+                .store(word(OWNED, generation, holder), Ordering::Relaxed);
+        }
+        heap
+    }
+
+    #[test]
+    fn the_slots_of_a_holder_that_is_gone_are_taken_back() {
+        let heap = a_heap_owned_by(a_pid_that_is_gone());
+        assert_eq!(heap.reclaim_dead_holders(&mut Liveness::default()), 16);
+        assert!(heap.try_take(0).is_some());
+    }
+
+    #[test]
+    fn the_slots_of_a_live_holder_stay_taken() {
+        let heap = a_heap_owned_by(std::os::unix::process::parent_id());
+        assert_eq!(heap.reclaim_dead_holders(&mut Liveness::default()), 0);
+        assert!(heap.try_take(0).is_none());
+    }
+
+    #[test]
+    fn a_slot_of_unknown_holder_or_in_transit_stays_taken() {
+        let heap = a_heap_owned_by(0);
+        let generation = generation_of(heap.state(1).load(Ordering::Relaxed));
+        heap.state(1)
+            .store(word(IN_TRANSIT, generation, 0), Ordering::Relaxed);
+        assert_eq!(heap.reclaim_dead_holders(&mut Liveness::default()), 0);
+    }
+
+    #[test]
+    fn a_slot_this_process_holds_is_never_taken_back_whatever_its_word_says() {
+        let heap = a_heap_owned_by(a_pid_that_is_gone());
+        assert!(heap.hold(5));
+        assert_eq!(heap.reclaim_dead_holders(&mut Liveness::default()), 15);
+        assert_eq!(
+            state_of(heap.state(5).load(Ordering::Relaxed)),
+            OWNED,
+            "the slot we hold was freed"
+        );
+    }
 }

@@ -349,6 +349,29 @@ pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
+/// False only when no process `pid` exists (the kernel says `ESRCH`); a process of another
+/// user, and a zombie not yet reaped, exist. A pid the kernel has since given to a new
+/// process also exists: callers may only err towards "alive".
+pub(crate) fn process_exists(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return true;
+    };
+    !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
+}
+
+/// The identity of this process's PID namespace (the inode of `/proc/self/ns/pid`), read
+/// once; 0 when it cannot be read. Process ids compare only within one namespace.
+pub(crate) fn pid_namespace() -> u64 {
+    static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+    })
+}
+
 /// True when the shared-memory object behind `fd` can never shrink: a peer holding it then
 /// cannot turn our accesses into `SIGBUS`.
 pub(crate) fn is_sealed_against_shrinking(fd: BorrowedFd<'_>) -> bool {
