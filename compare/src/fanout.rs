@@ -13,7 +13,11 @@
 //! Posts/s: messages over the publisher's time from its first post to its last.
 //! Deliveries/s: N x messages over the time from the first post to the moment every
 //! subscriber reported its last message. Sleeps/s: the subscribers' voluntary context
-//! switches (`getrusage`) over their receiving stretch, summed.
+//! switches (`getrusage`) over their receiving stretch, summed. Publisher CPU per post: the
+//! publishing thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) over the posts, per post, and
+//! its share of the wall-clock time: with more processes than cores, a post rate that falls
+//! while the CPU per post stays flat is the publisher waiting for a core, not a post costing
+//! more.
 
 use std::mem::MaybeUninit;
 use std::process::{Child, Command};
@@ -61,6 +65,20 @@ fn check(got: &[u64; 8], seq: u64) -> Result<()> {
         return Err(format!("message {seq} arrived as {got:?}").into());
     }
     Ok(())
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = MaybeUninit::<libc::timespec>::zeroed();
+    // SAFETY: clock_gettime writes a whole timespec into the pointer it is given.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, ts.as_mut_ptr()) } == 0;
+    // SAFETY: initialised by clock_gettime (or zeroed, which is a valid timespec).
+    let ts = unsafe { ts.assume_init() };
+    if ok {
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    } else {
+        Duration::ZERO
+    }
 }
 
 fn voluntary_switches() -> u64 {
@@ -116,6 +134,19 @@ struct Figures {
     posts_per_s: f64,
     deliveries_per_s: f64,
     sleeps_per_s: f64,
+    /// The publishing thread's CPU time per post, and its share of the posting stretch.
+    publisher_cpu_ns_per_post: f64,
+    publisher_cpu_share: f64,
+}
+
+impl Figures {
+    const NONE: Figures = Figures {
+        posts_per_s: f64::NAN,
+        deliveries_per_s: f64::NAN,
+        sleeps_per_s: f64::NAN,
+        publisher_cpu_ns_per_post: f64::NAN,
+        publisher_cpu_share: f64::NAN,
+    };
 }
 
 pub fn run(opts: &FanoutOptions) -> Result<()> {
@@ -133,11 +164,17 @@ pub fn run(opts: &FanoutOptions) -> Result<()> {
 type Table = Vec<(usize, Figures, Figures)>;
 
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 fn spread(v: &[f64]) -> String {
+    if v.iter().any(|x| x.is_nan()) {
+        return "not measured".into();
+    }
     let (lo, hi) = v
         .iter()
         .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
@@ -175,32 +212,36 @@ fn summarize(opts: &FanoutOptions, rounds: &[Table]) {
             spread(&ratio)
         );
     }
-    let post_ratio = |lib: usize| -> Vec<f64> {
+    // Per run, a figure at N=4 over the same figure at N=1, for shmport (lib 0) or
+    // iceoryx2 (lib 1).
+    let n4_over_n1 = |lib: usize, f: fn(&Figures) -> f64| -> Vec<f64> {
         rounds
             .iter()
             .filter_map(|t| {
-                let p = |n: usize| {
-                    t.iter().find(|r| r.0 == n).map(|r| {
-                        if lib == 0 {
-                            r.1.posts_per_s
-                        } else {
-                            r.2.posts_per_s
-                        }
-                    })
+                let at = |n: usize| {
+                    t.iter()
+                        .find(|r| r.0 == n)
+                        .map(|r| f(if lib == 0 { &r.1 } else { &r.2 }))
                 };
-                Some(p(4)? / p(1)?)
+                Some(at(4)? / at(1)?)
             })
             .collect()
     };
-    let (s, i) = (post_ratio(0), post_ratio(1));
-    if !s.is_empty() {
-        crate::say!(
-            "post rate N=4 / N=1 per run: shmport median {:.2}x ({}), iceoryx2 median {:.2}x ({})",
-            median(s.clone()),
-            spread(&s),
-            median(i.clone()),
-            spread(&i)
-        );
+    let figures: [(&str, fn(&Figures) -> f64); 2] = [
+        ("post rate", |f| f.posts_per_s),
+        ("publisher CPU per post", |f| f.publisher_cpu_ns_per_post),
+    ];
+    for (what, f) in figures {
+        let (s, i) = (n4_over_n1(0, f), n4_over_n1(1, f));
+        if !s.is_empty() {
+            crate::say!(
+                "{what} N=4 / N=1 per run: shmport median {:.2}x ({}), iceoryx2 median {:.2}x ({})",
+                median(s.clone()),
+                spread(&s),
+                median(i.clone()),
+                spread(&i)
+            );
+        }
     }
 }
 
@@ -211,12 +252,13 @@ fn run_once(opts: &FanoutOptions, round: u32) -> Result<Table> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     crate::say!(
-        "{:>2} | {:>22} | {:>22} | {:>13} | {:>21}",
+        "{:>2} | {:>22} | {:>22} | {:>13} | {:>21} | {:>27}",
         "N",
         "shmport posts/deliv /s",
         "iceoryx2 posts/deliv /s",
         "deliv ratio",
-        "sleeps/s shm / ice"
+        "sleeps/s shm / ice",
+        "publisher CPU/post (share)"
     );
     let mut by_n = Vec::new();
     let mut table = Vec::new();
@@ -225,14 +267,10 @@ fn run_once(opts: &FanoutOptions, round: u32) -> Result<Table> {
         let ice = if opts.iceoryx2 {
             measure(Lib::Iceoryx2, n, opts.messages, round)?
         } else {
-            Figures {
-                posts_per_s: f64::NAN,
-                deliveries_per_s: f64::NAN,
-                sleeps_per_s: f64::NAN,
-            }
+            Figures::NONE
         };
         crate::say!(
-            "{n:>2} | {:>9.2} M / {:>7.2} M | {:>9.2} M / {:>7.2} M | {:>13.2} | {:>9.0} / {:>9.0}",
+            "{n:>2} | {:>9.2} M / {:>7.2} M | {:>9.2} M / {:>7.2} M | {:>13.2} | {:>9.0} / {:>9.0} | {:>4.0} ns ({:>3.0}%) / {:>4.0} ns ({:>3.0}%)",
             shm.posts_per_s / 1e6,
             shm.deliveries_per_s / 1e6,
             ice.posts_per_s / 1e6,
@@ -240,17 +278,25 @@ fn run_once(opts: &FanoutOptions, round: u32) -> Result<Table> {
             shm.deliveries_per_s / ice.deliveries_per_s,
             shm.sleeps_per_s,
             ice.sleeps_per_s,
+            shm.publisher_cpu_ns_per_post,
+            100.0 * shm.publisher_cpu_share,
+            ice.publisher_cpu_ns_per_post,
+            100.0 * ice.publisher_cpu_share,
         );
         crate::json::line(
             "RESULT",
             format!(
-                "mode=fanout n={n} shmport_posts={:.0} shmport_deliveries={:.0} iceoryx2_posts={:.0} iceoryx2_deliveries={:.0} shmport_sleeps={:.0} iceoryx2_sleeps={:.0}",
+                "mode=fanout n={n} shmport_posts={:.0} shmport_deliveries={:.0} iceoryx2_posts={:.0} iceoryx2_deliveries={:.0} shmport_sleeps={:.0} iceoryx2_sleeps={:.0} shmport_publisher_cpu_ns_per_post={:.1} iceoryx2_publisher_cpu_ns_per_post={:.1} shmport_publisher_cpu_share={:.3} iceoryx2_publisher_cpu_share={:.3}",
                 shm.posts_per_s,
                 shm.deliveries_per_s,
                 ice.posts_per_s,
                 ice.deliveries_per_s,
                 shm.sleeps_per_s,
-                ice.sleeps_per_s
+                ice.sleeps_per_s,
+                shm.publisher_cpu_ns_per_post,
+                ice.publisher_cpu_ns_per_post,
+                shm.publisher_cpu_share,
+                ice.publisher_cpu_share
             ),
         );
         by_n.push((n, shm.posts_per_s, ice.posts_per_s));
@@ -298,11 +344,11 @@ fn measure(lib: Lib, n: usize, messages: u64, round: u32) -> Result<Figures> {
         ctl.recv::<u8>()?; // subscribed
     }
     publisher.connect(n)?;
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), thread_cpu_time());
     for seq in 0..messages {
         publisher.post(seq)?;
     }
-    let posted = start.elapsed();
+    let (posted, posting_cpu) = (start.elapsed(), thread_cpu_time() - cpu);
     let mut sleeps = 0u64;
     let mut receiving = Duration::ZERO;
     for (_, ctl) in &kids {
@@ -320,6 +366,8 @@ fn measure(lib: Lib, n: usize, messages: u64, round: u32) -> Result<Figures> {
         posts_per_s: messages as f64 / posted.as_secs_f64(),
         deliveries_per_s: (n as u64 * messages) as f64 / delivered.as_secs_f64(),
         sleeps_per_s: sleeps as f64 / receiving.as_secs_f64(),
+        publisher_cpu_ns_per_post: posting_cpu.as_nanos() as f64 / messages as f64,
+        publisher_cpu_share: posting_cpu.as_secs_f64() / posted.as_secs_f64(),
     })
 }
 
