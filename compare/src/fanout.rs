@@ -160,6 +160,9 @@ pub fn run(opts: &FanoutOptions) -> Result<()> {
     Ok(())
 }
 
+/// Picks one figure out of a measurement.
+type Pick = fn(&Figures) -> f64;
+
 /// One table: per N, shmport's and iceoryx2's figures.
 type Table = Vec<(usize, Figures, Figures)>;
 
@@ -214,7 +217,7 @@ fn summarize(opts: &FanoutOptions, rounds: &[Table]) {
     }
     // Per run, a figure at N=4 over the same figure at N=1, for shmport (lib 0) or
     // iceoryx2 (lib 1).
-    let n4_over_n1 = |lib: usize, f: fn(&Figures) -> f64| -> Vec<f64> {
+    let n4_over_n1 = |lib: usize, f: Pick| -> Vec<f64> {
         rounds
             .iter()
             .filter_map(|t| {
@@ -227,7 +230,7 @@ fn summarize(opts: &FanoutOptions, rounds: &[Table]) {
             })
             .collect()
     };
-    let figures: [(&str, fn(&Figures) -> f64); 2] = [
+    let figures: [(&str, Pick); 2] = [
         ("post rate", |f| f.posts_per_s),
         ("publisher CPU per post", |f| f.publisher_cpu_ns_per_post),
     ];
