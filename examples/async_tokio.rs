@@ -14,7 +14,12 @@
 //! ```text
 //! cargo run --release --features tokio --example async_tokio
 //! cargo run --release --features tokio --example async_tokio -- --json   # one JSON object
+//! cargo run --release --features tokio --example async_tokio -- --current-thread
 //! ```
+//!
+//! The runtime is multi-threaded with two workers, or single-threaded with
+//! `--current-thread` (on a machine with few cores, a second worker woken to look for work
+//! competes with the child for a core).
 //!
 //! It ends with the same round trips made by a blocking receive (a futex wait) on the same
 //! kind of channel, and the ratio of the two.
@@ -42,10 +47,16 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         mut port1, port2, ..
     } = MessageChannel::new()?;
     let mut child = shmport::spawn(&mut Command::new(std::env::current_exe()?), port2)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = if std::env::args().any(|a| a == "--current-thread") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+    };
     // 1. Round trips with recv_async, in a task on a runtime thread (which also runs
     //    tokio's reactor).
     let (port1_back, async_rtt) = rt.block_on(rt.spawn(async move {
