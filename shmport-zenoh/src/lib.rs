@@ -48,12 +48,21 @@
 //! # Threads, not async
 //!
 //! Zenoh runs its own runtime for the network; the bridge adds one plain thread per
-//! channel (a *pump*) and uses Zenoh's blocking API (`zenoh::Wait`). A pump owns its
-//! bridge-side port and waits on it with a [`PortSet`](shmport::PortSet), which also
-//! holds a small local channel that Zenoh's callbacks ring when frames arrive. Threads
-//! because every operation on the local side is a synchronous `MessagePort` call, because
-//! a channel blocked by its consumer must not hold anything another channel needs, and
-//! because the bridge then pulls no async runtime into programs that have none.
+//! channel (a *pump*) and uses Zenoh's blocking API (`zenoh::Wait`). A pump's state (the
+//! bridge-side port, sequence numbers, credit) sits behind a lock. The pump thread sends:
+//! it waits with `poll(2)` on its port's [readiness
+//! descriptor](shmport::MessagePort::readiness_fd) and a doorbell socket, without holding
+//! the lock, and reads the port as credit allows. Samples from the peer up to 64 KiB are
+//! handled by the Zenoh callback that delivers them, straight into the local port, when
+//! the lock is free and nothing is queued before them; otherwise (the pump thread is busy,
+//! the local ring is full, a frame transfers ports, which declares Zenoh keys, a larger
+//! sample, whose copy is better overlapped with Zenoh's next read) they are queued and the
+//! doorbell rung. A callback never blocks and never publishes. After a callback delivered
+//! a message, the pump thread watches the port for 50 µs, so that an answer posted at once
+//! leaves without waiting for the thread to wake. Threads because every operation on the
+//! local side is a synchronous `MessagePort` call, because a channel blocked by its
+//! consumer must not hold anything another channel needs, and because the bridge then
+//! pulls no async runtime into programs that have none.
 //!
 //! # Security
 //!
@@ -265,6 +274,8 @@ pub enum BridgeError {
     Timeout,
     /// The peer answered with something that is not a handshake of this version.
     Protocol(frame::FrameError),
+    /// The operating system refused a resource of the bridge (a channel's doorbell socket).
+    Io(std::io::Error),
 }
 
 impl fmt::Display for BridgeError {
@@ -275,6 +286,7 @@ impl fmt::Display for BridgeError {
             BridgeError::InvalidName(why) => write!(f, "invalid name: {why}"),
             BridgeError::Timeout => write!(f, "timed out"),
             BridgeError::Protocol(e) => write!(f, "protocol: {e}"),
+            BridgeError::Io(e) => write!(f, "io: {e}"),
         }
     }
 }

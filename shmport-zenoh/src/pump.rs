@@ -3,14 +3,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use shmport::rkyv::util::AlignedVec;
-use shmport::{
-    ArrayBuffer, MessageChannel, MessagePort, PortKey, PortSet, Transferable, TryRecvError,
-};
+use shmport::{ArrayBuffer, MessageChannel, MessagePort, Transferable, TryRecvError};
 use zenoh::Wait;
 use zenoh::bytes::ZBytes;
 use zenoh::matching::MatchingListener;
@@ -43,11 +45,16 @@ pub(crate) fn random_u64() -> u64 {
 pub(crate) struct Shared {
     inbox: Mutex<Inbox>,
     limit: usize,
-    /// A wake-up is queued on `waker` and not yet taken.
+    /// A wake-up is queued on `bell` and not yet taken.
     notified: AtomicBool,
-    waker: Mutex<MessagePort>,
+    /// The pump thread's doorbell: a byte written here ends its wait.
+    bell: UnixStream,
     matched: AtomicBool,
     peer_gone: AtomicBool,
+    /// The channel's state while its pump runs. The pump thread works on it, then waits
+    /// without holding it; a Zenoh callback that finds it free handles its sample on it
+    /// at once (no hand-off to the pump thread), else queues the sample in `inbox`.
+    pump: Mutex<Option<Pump>>,
 }
 
 #[derive(Default)]
@@ -60,10 +67,30 @@ struct Inbox {
 impl Shared {
     fn wake(&self) {
         if !self.notified.swap(true, Ordering::AcqRel) {
-            let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner());
-            // Full or gone: a wake-up is queued already, or the pump has ended.
-            let _ = waker.try_post_message(&0u8, []);
+            // Full (a wake-up is queued already) or gone (the pump has ended): nothing to do.
+            let _ = (&self.bell).write(&[0]);
         }
+    }
+
+    /// A sample from the peer: handled on the calling (Zenoh) thread when the pump thread
+    /// is not working on the channel and nothing queued waits before it, else queued for
+    /// the pump thread.
+    fn on_sample(&self, payload: ZBytes) {
+        if let Ok(mut guard) = self.pump.try_lock() {
+            if let Some(wake) = guard.as_mut().and_then(|p| p.try_direct(&payload)) {
+                drop(guard);
+                if wake {
+                    self.wake();
+                }
+                return;
+            }
+        }
+        self.push(payload);
+    }
+
+    fn inbox_empty(&self) -> bool {
+        let inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.samples.is_empty() && !inbox.overflow
     }
 
     fn push(&self, payload: ZBytes) {
@@ -93,7 +120,7 @@ impl Shared {
 pub(crate) struct End {
     channel: u64,
     shared: Arc<Shared>,
-    waker_rx: MessagePort,
+    bell_rx: UnixStream,
     publisher: Publisher<'static>,
     subscriber: Subscriber<()>,
     matching: MatchingListener<()>,
@@ -102,21 +129,28 @@ pub(crate) struct End {
 impl End {
     /// Declares the keys of `channel`'s end: `origin` is the end that chose the id.
     pub(crate) fn declare(core: &Core, channel: u64, origin: bool) -> Result<End, BridgeError> {
-        let wake_ch = MessageChannel::builder().capacity(4096).build()?;
+        let (bell, bell_rx) = UnixStream::pair()
+            .and_then(|(a, b)| {
+                a.set_nonblocking(true)?;
+                b.set_nonblocking(true)?;
+                Ok((a, b))
+            })
+            .map_err(BridgeError::Io)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
             limit: inbox_limit(core.window_bytes),
             notified: AtomicBool::new(false),
-            waker: Mutex::new(wake_ch.port1),
+            bell,
             matched: AtomicBool::new(false),
             peer_gone: AtomicBool::new(false),
+            pump: Mutex::new(None),
         });
         let zerr = BridgeError::Zenoh;
         let s = shared.clone();
         let subscriber = core
             .session
             .declare_subscriber(core.channel_key(channel, origin))
-            .callback(move |sample| s.push(sample.payload().clone()))
+            .callback(move |sample| s.on_sample(sample.payload().clone()))
             .wait()
             .map_err(zerr)?;
         let publisher = core
@@ -146,7 +180,7 @@ impl End {
         Ok(End {
             channel,
             shared,
-            waker_rx: wake_ch.port2,
+            bell_rx,
             publisher,
             subscriber,
             matching,
@@ -178,10 +212,7 @@ impl End {
             .spawn({
                 let core = core.clone();
                 move || {
-                    if let Some(mut pump) = Pump::new(core.clone(), self, peer, port, fingerprints)
-                    {
-                        pump.run();
-                    }
+                    run(core.clone(), self, peer, port, fingerprints);
                     let mut n = core.pumps.lock().unwrap_or_else(|e| e.into_inner());
                     *n -= 1;
                     core.pumps_done.notify_all();
@@ -297,14 +328,19 @@ struct Pump {
     _matching: MatchingListener<()>,
     peer: String,
     fingerprints: Arc<HashMap<u64, u64>>,
-    set: PortSet,
-    waker_key: PortKey,
-    /// The bridge-side port: in the set while the pump wants to read it, parked outside
-    /// it otherwise (no credit, not matched yet), `None` in both once the local user
-    /// closed.
-    in_set: Option<PortKey>,
-    parked: Option<MessagePort>,
+    /// The bridge-side port, `None` once the local user closed.
+    port: Option<MessagePort>,
+    /// The port's readiness descriptor could not be had: the pump polls it.
+    no_fd: bool,
     out: Vec<u8>,
+    /// A sample's bytes made contiguous, when Zenoh hands them in pieces (kept for the
+    /// next such sample).
+    scratch: Vec<u8>,
+    /// The peer granted more credit since the pump thread last looked.
+    credit_arrived: bool,
+    /// A Zenoh callback just posted into the local port: its user may answer at once, so
+    /// the pump thread watches the port for a moment instead of sleeping.
+    expect_answer: bool,
     // Outbound direction: what we sent, what the peer granted.
     out_seq: u64,
     sent_msgs: u64,
@@ -325,34 +361,166 @@ struct Pump {
     assembly_held: u64,
     pending: VecDeque<Ready>,
     ended: Option<Ended>,
+}
+
+/// What the pump thread waits for after a step.
+struct Next {
+    /// The bridge-side port becoming readable (the pump would read it).
+    port: bool,
     /// Poll instead of sleeping: a message waits for room in the local ring, or the
-    /// port could not join the set.
+    /// port's readiness cannot be watched.
     poll: bool,
-    backoff: Duration,
+}
+
+/// The largest sample a Zenoh callback handles itself. Larger ones go to the pump
+/// thread: their copy into the local ring then overlaps Zenoh's reading of the next
+/// sample (on another core) instead of delaying it, which is worth a hand-off.
+const DIRECT_MAX: usize = 64 << 10;
+
+/// The scratch buffer's capacity kept between samples.
+const SCRATCH_KEEP: usize = 4 << 20;
+
+/// The bytes of `payload`, contiguous: borrowed when Zenoh has them in one piece, copied
+/// into `scratch` otherwise.
+fn contiguous<'a>(payload: &'a ZBytes, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    let mut slices = payload.slices();
+    match (slices.next(), slices.next()) {
+        (None, _) => &[],
+        (Some(one), None) => one,
+        _ => {
+            scratch.clear();
+            scratch.reserve(payload.len());
+            for s in payload.slices() {
+                scratch.extend_from_slice(s);
+            }
+            scratch
+        }
+    }
+}
+
+/// How long the pump thread watches the port for an answer to a message just delivered.
+const WATCH: Duration = Duration::from_micros(50);
+
+/// Watches the bridge-side port for up to [`WATCH`] (no system call per look): true when
+/// a message or a queued frame arrived meanwhile.
+fn watch_for_answer(shared: &Shared) -> bool {
+    let until = std::time::Instant::now() + WATCH;
+    loop {
+        let news = match shared.pump.try_lock() {
+            Ok(p) => p
+                .as_ref()
+                .is_none_or(|p| p.port.as_ref().is_some_and(|port| !port.is_empty())),
+            // A callback is working on the channel: look again after it.
+            Err(_) => false,
+        };
+        if news || shared.notified.load(Ordering::Acquire) {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// The pump thread of one channel end: steps the pump, then waits (without holding it)
+/// for news: a frame queued by a Zenoh callback, the bridge-side port readable.
+fn run(
+    core: Arc<Core>,
+    end: End,
+    peer: String,
+    port: MessagePort,
+    fingerprints: Arc<HashMap<u64, u64>>,
+) {
+    let End {
+        shared,
+        bell_rx,
+        publisher,
+        subscriber,
+        matching,
+        ..
+    } = end;
+    let port_fd: Option<OwnedFd> = port
+        .readiness_fd()
+        .and_then(|fd| fd.try_clone_to_owned())
+        .ok();
+    let pump = Pump::new(
+        core,
+        shared.clone(),
+        publisher,
+        subscriber,
+        matching,
+        peer,
+        port,
+        fingerprints,
+        port_fd.is_none(),
+    );
+    let lock = || shared.pump.lock().unwrap_or_else(|e| e.into_inner());
+    *lock() = Some(pump);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let (next, watch) = match lock().as_mut() {
+            Some(p) => {
+                let next = p.step();
+                (next, std::mem::take(&mut p.expect_answer))
+            }
+            None => (None, false),
+        };
+        let Some(next) = next else {
+            break;
+        };
+        if watch && next.port && watch_for_answer(&shared) {
+            continue;
+        }
+        let mut fds = Vec::with_capacity(2);
+        fds.push(PollFd::new(&bell_rx, PollFlags::IN));
+        if let (true, Some(fd)) = (next.port, &port_fd) {
+            fds.push(PollFd::new(fd, PollFlags::IN));
+        }
+        let timeout = if next.poll {
+            let t = backoff;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            Timespec::try_from(t).ok()
+        } else {
+            backoff = BACKOFF_MIN;
+            None
+        };
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => {
+                if let Some(p) = lock().as_mut() {
+                    p.ended = Some(Ended::Gone);
+                }
+            }
+        }
+        if !fds[0].revents().is_empty() {
+            let mut buf = [0u8; 64];
+            while matches!((&bell_rx).read(&mut buf), Ok(n) if n > 0) {}
+            shared.notified.store(false, Ordering::Release);
+        }
+    }
+    // The callbacks find no pump from here on; the channel's keys go with it.
+    let pump = lock().take();
+    drop(pump);
 }
 
 const BACKOFF_MIN: Duration = Duration::from_micros(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(2);
 
 impl Pump {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         core: Arc<Core>,
-        end: End,
+        shared: Arc<Shared>,
+        publisher: Publisher<'static>,
+        subscriber: Subscriber<()>,
+        matching: MatchingListener<()>,
         peer: String,
         port: MessagePort,
         fingerprints: Arc<HashMap<u64, u64>>,
-    ) -> Option<Pump> {
-        let End {
-            shared,
-            waker_rx,
-            publisher,
-            subscriber,
-            matching,
-            ..
-        } = end;
-        let mut set = PortSet::new().ok()?;
-        let waker_key = set.insert(waker_rx).ok()?;
-        Some(Pump {
+        no_fd: bool,
+    ) -> Pump {
+        Pump {
             core,
             shared,
             publisher,
@@ -360,11 +528,12 @@ impl Pump {
             _matching: matching,
             peer,
             fingerprints,
-            set,
-            waker_key,
-            in_set: None,
-            parked: Some(port),
+            port: Some(port),
+            no_fd,
             out: Vec::new(),
+            scratch: Vec::new(),
+            credit_arrived: false,
+            expect_answer: false,
             out_seq: 0,
             sent_msgs: 0,
             sent_bytes: 0,
@@ -383,28 +552,81 @@ impl Pump {
             assembly_held: 0,
             pending: VecDeque::new(),
             ended: None,
-            poll: false,
-            backoff: BACKOFF_MIN,
+        }
+    }
+
+    /// One round of the pump thread: what arrived, what the local port has, credit; `None`
+    /// when the channel is over.
+    fn step(&mut self) -> Option<Next> {
+        self.credit_arrived = false;
+        self.take_inbox();
+        self.settle();
+        self.forward();
+        self.send_credit();
+        self.flush();
+        if self.finished() {
+            return None;
+        }
+        let port = self.wants_port();
+        Some(Next {
+            port,
+            poll: !self.pending.is_empty() || (port && self.no_fd),
         })
     }
 
-    fn run(&mut self) {
-        loop {
-            self.take_inbox();
-            self.deliver();
-            if self.pending.is_empty() && self.assembly_held > 0 {
-                // Nothing waits for the local ring: chunks of a message being assembled
-                // have left the network's budget for the buffer they are copied into.
-                self.returned_bytes += std::mem::take(&mut self.assembly_held);
+    /// Handles a sample on the Zenoh callback's thread, when it is small, nothing queued
+    /// waits before it and it needs nothing that may block or declare Zenoh keys (a frame
+    /// transferring ports): `None` when the pump thread must take it; else whether the pump thread has
+    /// work now (credit to send or to use, a message waiting for room, the end).
+    fn try_direct(&mut self, payload: &ZBytes) -> Option<bool> {
+        if payload.len() > DIRECT_MAX
+            || self.ended.is_some()
+            || !self.pending.is_empty()
+            || !self.shared.inbox_empty()
+        {
+            return None;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let handled = {
+            let bytes = contiguous(payload, &mut scratch);
+            let (frames, err) = frame::decode_all(bytes);
+            let ports = frames
+                .iter()
+                .any(|f| matches!(f, Frame::Msg(h) if !h.ports.is_empty()));
+            if !ports {
+                self.on_frames(frames, err);
             }
-            self.forward();
-            self.send_credit();
-            self.flush();
-            if self.finished() {
-                return;
-            }
-            self.place_port();
-            self.wait();
+            !ports
+        };
+        if scratch.capacity() <= SCRATCH_KEEP {
+            self.scratch = scratch;
+        }
+        if !handled {
+            return None;
+        }
+        let returned = self.returned_msgs;
+        self.settle();
+        // A message went to the local user, who may answer at once: have the pump
+        // thread up and watching by then (woken now, off the answer's path) instead of
+        // woken by the answer.
+        self.expect_answer = self.returned_msgs > returned && self.wants_port() && !self.no_fd;
+        Some(
+            self.expect_answer
+                || self.ended.is_some()
+                || !self.pending.is_empty()
+                || self.credit_arrived
+                || self.credit_due().is_some(),
+        )
+    }
+
+    /// Posts what waits for the local ring; what the network lent to a message being
+    /// assembled is the bridge's to return once nothing waits.
+    fn settle(&mut self) {
+        self.deliver();
+        if self.pending.is_empty() && self.assembly_held > 0 {
+            // Nothing waits for the local ring: chunks of a message being assembled
+            // have left the network's budget for the buffer they are copied into.
+            self.returned_bytes += std::mem::take(&mut self.assembly_held);
         }
     }
 
@@ -412,70 +634,25 @@ impl Pump {
         self.shared.matched.load(Ordering::Acquire)
     }
 
-    /// The bridge-side port, wherever it is.
-    fn port(&mut self) -> Option<&MessagePort> {
-        match self.in_set {
-            Some(k) => self.set.get(k),
-            None => self.parked.as_ref(),
-        }
+    /// The bridge-side port.
+    fn port(&self) -> Option<&MessagePort> {
+        self.port.as_ref()
     }
 
     fn drop_port(&mut self) {
-        if let Some(k) = self.in_set.take() {
-            drop(self.set.remove(k));
-        }
-        self.parked = None;
+        self.port = None;
     }
 
-    /// Puts the port in the set when the pump would read it on news, parks it otherwise
-    /// (a port left readable in the set would be reported again and again).
-    fn place_port(&mut self) {
-        let want = self.matched()
+    /// Whether the pump would read the port on news (a port left readable in the wait
+    /// would be reported again and again).
+    fn wants_port(&self) -> bool {
+        self.port.is_some()
+            && self.matched()
             && self.ended.is_none()
             && !self.local_done
             && self.outgoing.is_none()
             && self.sent_msgs < self.granted_msgs
-            && self.sent_bytes < self.granted_bytes;
-        self.poll = !self.pending.is_empty();
-        match (want, self.in_set) {
-            (true, None) => {
-                if let Some(port) = self.parked.take() {
-                    match self.set.insert(port) {
-                        Ok(k) => self.in_set = Some(k),
-                        Err(e) => {
-                            self.parked = Some(*e.port);
-                            self.poll = true;
-                        }
-                    }
-                }
-            }
-            (false, Some(k)) => {
-                self.in_set = None;
-                self.parked = self.set.remove(k);
-            }
-            _ => {}
-        }
-    }
-
-    fn wait(&mut self) {
-        let woke = if self.poll {
-            let t = self.backoff;
-            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-            self.set.wait_timeout(t)
-        } else {
-            self.backoff = BACKOFF_MIN;
-            self.set.wait().map(Some)
-        };
-        match woke {
-            Ok(Some(k)) if k == self.waker_key => {
-                if let Some(w) = self.set.get(k) {
-                    while w.try_recv::<u8>().is_ok() {}
-                }
-                self.shared.notified.store(false, Ordering::Release);
-            }
-            Ok(_) => {}
-            Err(_) => self.ended = Some(Ended::Gone),
-        }
+            && self.sent_bytes < self.granted_bytes
     }
 
     fn take_inbox(&mut self) {
@@ -485,27 +662,34 @@ impl Pump {
             inbox.bytes = 0;
             (std::mem::take(&mut inbox.samples), inbox.overflow)
         };
+        let mut scratch = std::mem::take(&mut self.scratch);
         for sample in samples {
             if self.ended.is_some() {
                 break;
             }
-            let bytes = sample.to_bytes();
-            let (frames, err) = frame::decode_all(&bytes);
-            for f in frames {
-                if self.ended.is_some() {
-                    break;
-                }
-                self.on_frame(f);
-            }
-            if err.is_some() {
-                self.violation();
-            }
+            let (frames, err) = frame::decode_all(contiguous(&sample, &mut scratch));
+            self.on_frames(frames, err);
+        }
+        if scratch.capacity() <= SCRATCH_KEEP {
+            self.scratch = scratch;
         }
         if overflow {
             self.violation();
         }
         if gone && self.ended.is_none() {
             self.ended = Some(Ended::Gone);
+        }
+    }
+
+    fn on_frames(&mut self, frames: Vec<Frame<'_>>, err: Option<frame::FrameError>) {
+        for f in frames {
+            if self.ended.is_some() {
+                break;
+            }
+            self.on_frame(f);
+        }
+        if err.is_some() {
+            self.violation();
         }
     }
 
@@ -540,6 +724,9 @@ impl Pump {
     fn on_frame(&mut self, f: Frame<'_>) {
         match f {
             Frame::Credit { messages, bytes } => {
+                if messages > self.granted_msgs || bytes > self.granted_bytes {
+                    self.credit_arrived = true;
+                }
                 self.granted_msgs = self.granted_msgs.max(messages);
                 self.granted_bytes = self.granted_bytes.max(bytes);
             }
@@ -727,11 +914,7 @@ impl Pump {
             if self.sent_msgs >= self.granted_msgs || self.sent_bytes >= self.granted_bytes {
                 return;
             }
-            let port = match self.in_set {
-                Some(k) => self.set.get(k),
-                None => self.parked.as_ref(),
-            };
-            let Some(port) = port else {
+            let Some(port) = self.port.as_ref() else {
                 return;
             };
             // The archive goes straight from the port's private copy into the frame:
@@ -740,6 +923,9 @@ impl Pump {
             let avail = self.granted_bytes - self.sent_bytes;
             let received = port.try_recv_raw_with(|archive, fingerprint| {
                 let inline = archive.len().min(CHUNK).min(avail as usize);
+                // Room for the prefix, the bytes and the suffix of a message that
+                // transfers nothing: no regrowth (a copy of a large frame) at the suffix.
+                out.reserve(inline + 64);
                 frame::put_msg_prefix(out, seq, fingerprint, archive.len() as u32, inline as u32);
                 out.extend_from_slice(&archive[..inline]);
                 let mut rest = AlignedVec::<16>::new();
@@ -835,22 +1021,27 @@ impl Pump {
         }
     }
 
-    /// Grants the peer more credit when a quarter of a window has left the bridge, or
-    /// when the peer may be waiting for it.
+    /// Grants the peer more credit when it is due.
     fn send_credit(&mut self) {
+        if let Some((want_m, want_b)) = self.credit_due() {
+            frame::put_credit(&mut self.out, want_m, want_b);
+            self.announced_msgs = want_m;
+            self.announced_bytes = want_b;
+        }
+    }
+
+    /// The credit to grant now (messages, bytes), if any: when a quarter of a window has
+    /// left the bridge, or when the peer may be waiting for it.
+    fn credit_due(&self) -> Option<(u64, u64)> {
         if !self.matched() || self.ended.is_some() {
-            return;
+            return None;
         }
         let (wm, wb) = (self.core.window_messages, self.core.window_bytes);
         let (want_m, want_b) = (self.returned_msgs + wm, self.returned_bytes + wb);
         let (um, ub) = (want_m - self.announced_msgs, want_b - self.announced_bytes);
         let starving = (self.announced_msgs == self.recv_msgs && um > 0)
             || (self.announced_bytes == self.recv_bytes && ub > 0);
-        if um >= (wm / 4).max(1) || ub >= wb / 4 || starving {
-            frame::put_credit(&mut self.out, want_m, want_b);
-            self.announced_msgs = want_m;
-            self.announced_bytes = want_b;
-        }
+        (um >= (wm / 4).max(1) || ub >= wb / 4 || starving).then_some((want_m, want_b))
     }
 
     fn flush(&mut self) {
