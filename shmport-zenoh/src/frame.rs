@@ -36,7 +36,7 @@ pub const MAX_ARCHIVE_LEN: u64 = (1 << 31) - (1 << 16);
 pub const MAX_BODY_LEN: u64 = 1 << 40;
 
 /// Version of the handshake and frame format.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// One frame, borrowing its bytes from the sample.
 #[derive(Debug, PartialEq, Eq)]
@@ -279,21 +279,18 @@ pub fn put_credit(out: &mut Vec<u8>, messages: u64, bytes: u64) {
     out.extend_from_slice(&bytes.to_le_bytes());
 }
 
-/// The connector's query and the acceptor's reply: who the bridge is, which channel,
-/// and the stable names of the message types it knows.
+/// The connector's query and the acceptor's reply: who the bridge is, which channel.
+/// (Version 1 also listed stable type names for translation; message types now carry a
+/// stable fingerprint of their own, `shmport::declare_stable_name`.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// The channel id the connector chose.
     pub channel: u64,
     /// The sender bridge's id (its liveliness token is `<realm>/live/<id>`).
     pub bridge: String,
-    /// Registered message types: stable name and this program's fingerprint.
-    pub types: Vec<(String, u64)>,
 }
 
-/// The most types a handshake may list.
-pub const MAX_TYPES: usize = 4096;
-/// The longest name (bridge id or type name) a handshake may carry.
+/// The longest bridge id a handshake may carry.
 pub const MAX_NAME: usize = 1024;
 
 impl Hello {
@@ -303,11 +300,6 @@ impl Hello {
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&self.channel.to_le_bytes());
         put_str(&mut out, &self.bridge);
-        out.extend_from_slice(&(self.types.len() as u16).to_le_bytes());
-        for (name, fp) in &self.types {
-            put_str(&mut out, name);
-            out.extend_from_slice(&fp.to_le_bytes());
-        }
         out
     }
 
@@ -323,23 +315,10 @@ impl Hello {
         }
         let channel = r.u64()?;
         let bridge = get_str(&mut r)?;
-        let n = r.u16()? as usize;
-        if n > MAX_TYPES {
-            return Err(FrameError("too many types"));
-        }
-        let mut types = Vec::with_capacity(n.min(r.bytes.len() / 10));
-        for _ in 0..n {
-            let name = get_str(&mut r)?;
-            types.push((name, r.u64()?));
-        }
         if !r.is_empty() {
             return Err(FrameError("bytes after the handshake"));
         }
-        Ok(Hello {
-            channel,
-            bridge,
-            types,
-        })
+        Ok(Hello { channel, bridge })
     }
 }
 
@@ -421,11 +400,25 @@ mod tests {
         let h = Hello {
             channel: 99,
             bridge: "abc".into(),
-            types: vec![("my.Type/1".into(), 42)],
         };
         let mut b = h.encode();
         assert_eq!(Hello::decode(&b), Ok(h));
         b.push(0);
         assert!(Hello::decode(&b).is_err());
+    }
+
+    #[test]
+    fn a_version_1_handshake_with_type_names_is_refused() {
+        // Version 1: version, channel, bridge id, then (name, fingerprint) pairs.
+        let mut b = 1u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&99u64.to_le_bytes());
+        put_str(&mut b, "abc");
+        b.extend_from_slice(&1u16.to_le_bytes());
+        put_str(&mut b, "my.Type/1");
+        b.extend_from_slice(&42u64.to_le_bytes());
+        assert_eq!(
+            Hello::decode(&b),
+            Err(FrameError("another protocol version"))
+        );
     }
 }

@@ -78,10 +78,12 @@
 //! # Stable type identity
 //!
 //! A message's type fingerprint hashes its Rust type name, so two separately built
-//! programs can disagree about the same type. Declare a stable name
-//! ([`StableType`], [`BridgeConfig::message_type`]); the two bridges exchange their names
-//! and fingerprints in the handshake and translate incoming fingerprints. Types without
-//! a name travel with the sender's fingerprint, which is right for the same build.
+//! programs can disagree about the same type. Declare a stable name for the type in the
+//! core, on both sides, before its first message
+//! ([`shmport::declare_stable_name`]`::<Job>("com.example.Job/1")`): the fingerprint then
+//! hashes that name, so both programs put and expect the same one, and the bridge carries
+//! it unchanged, as it carries every fingerprint. Types without a stable name travel with
+//! their type name's fingerprint, which is right when both sides run the same build.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -94,7 +96,7 @@ use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use shmport::{MessageChannel, MessagePort, RawMessage};
+use shmport::{MessageChannel, MessagePort};
 use zenoh::Wait;
 use zenoh::liveliness::LivelinessToken;
 use zenoh::pubsub::Subscriber;
@@ -110,26 +112,6 @@ use frame::Hello;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-/// A message type with a name that stays the same across builds, compilers and module
-/// paths: what two separately built programs agree on.
-///
-/// ```
-/// use shmport::rkyv::{Archive, Deserialize, Serialize};
-///
-/// #[derive(Archive, Serialize, Deserialize)]
-/// #[rkyv(crate = shmport::rkyv)] // shmport's rkyv, so both ends use the same one
-/// struct Job { id: u64 }
-///
-/// impl shmport_zenoh::StableType for Job {
-///     const STABLE_NAME: &'static str = "example.Job/1";
-/// }
-/// let config = shmport_zenoh::BridgeConfig::new().message_type::<Job>();
-/// ```
-pub trait StableType: shmport::Message {
-    /// The type's stable name; change it when the type's layout changes.
-    const STABLE_NAME: &'static str;
-}
-
 /// How to open a [`Bridge`].
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
@@ -140,7 +122,6 @@ pub struct BridgeConfig {
     multicast_scouting: bool,
     window_messages: u64,
     window_bytes: u64,
-    types: Vec<(String, u64)>,
 }
 
 impl Default for BridgeConfig {
@@ -161,7 +142,6 @@ impl BridgeConfig {
             multicast_scouting: false,
             window_messages: 1024,
             window_bytes: 32 << 20,
-            types: Vec::new(),
         }
     }
 
@@ -206,19 +186,6 @@ impl BridgeConfig {
     pub fn window(mut self, messages: u64, bytes: u64) -> Self {
         self.window_messages = messages.max(1);
         self.window_bytes = bytes.max(2 * pump::CHUNK as u64);
-        self
-    }
-
-    /// Declares `T`'s stable name for the handshake (see [`StableType`]).
-    pub fn message_type<T: StableType>(self) -> Self {
-        self.message_type_named::<T>(T::STABLE_NAME)
-    }
-
-    /// Declares a stable name for a type this crate cannot implement [`StableType`] for
-    /// (`String`, `Vec<u8>`, another crate's type).
-    pub fn message_type_named<T: shmport::Message>(mut self, name: &str) -> Self {
-        self.types
-            .push((name.into(), RawMessage::fingerprint_of::<T>()));
         self
     }
 
@@ -376,7 +343,6 @@ pub(crate) struct Core {
     session: zenoh::Session,
     realm: String,
     id: String,
-    types: Vec<(String, u64)>,
     window_messages: u64,
     window_bytes: u64,
     peers: Arc<PeerTable>,
@@ -391,17 +357,7 @@ impl Core {
         Hello {
             channel,
             bridge: self.id.clone(),
-            types: self.types.clone(),
         }
-    }
-
-    /// Remote fingerprint -> local fingerprint, for the names both sides declared.
-    fn translation(&self, theirs: &[(String, u64)]) -> HashMap<u64, u64> {
-        let ours: HashMap<&str, u64> = self.types.iter().map(|(n, f)| (n.as_str(), *f)).collect();
-        theirs
-            .iter()
-            .filter_map(|(n, f)| ours.get(n.as_str()).map(|&l| (*f, l)))
-            .collect()
     }
 
     fn channel_key(&self, channel: u64, to_origin: bool) -> String {
@@ -442,7 +398,7 @@ impl Bridge {
     }
 
     /// A bridge on an existing session (its endpoints, lease and scouting are the
-    /// session's; `config`'s realm, window and types apply).
+    /// session's; `config`'s realm and window apply).
     ///
     /// # Errors
     ///
@@ -477,7 +433,6 @@ impl Bridge {
                 session,
                 realm: config.realm,
                 id,
-                types: config.types,
                 window_messages: config.window_messages,
                 window_bytes: config.window_bytes,
                 peers,
@@ -569,8 +524,7 @@ impl Bridge {
             end.abandon();
             return Err(BridgeError::Timeout);
         }
-        let map = Arc::new(core.translation(&answer.types));
-        end.start(core, answer.bridge, ch.port1, map);
+        end.start(core, answer.bridge, ch.port1);
         Ok(ch.port2)
     }
 
@@ -674,8 +628,7 @@ impl Listener {
             end.abandon();
             return Ok(None);
         }
-        let map = Arc::new(core.translation(&hello.types));
-        end.start(core, hello.bridge, ch.port1, map);
+        end.start(core, hello.bridge, ch.port1);
         Ok(Some(ch.port2))
     }
 }

@@ -1,7 +1,7 @@
 //! One channel's pump: the thread that owns the bridge-side port and moves frames between
 //! it and Zenoh, with sequence numbers and credit.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -197,13 +197,7 @@ impl End {
     }
 
     /// Starts the pump of this end: it owns `port` and talks to `peer`'s bridge.
-    pub(crate) fn start(
-        self,
-        core: &Arc<Core>,
-        peer: String,
-        port: MessagePort,
-        fingerprints: Arc<HashMap<u64, u64>>,
-    ) {
+    pub(crate) fn start(self, core: &Arc<Core>, peer: String, port: MessagePort) {
         core.peers.watch(&peer, &self.shared);
         *core.pumps.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         let core = core.clone();
@@ -212,7 +206,7 @@ impl End {
             .spawn({
                 let core = core.clone();
                 move || {
-                    run(core.clone(), self, peer, port, fingerprints);
+                    run(core.clone(), self, peer, port);
                     let mut n = core.pumps.lock().unwrap_or_else(|e| e.into_inner());
                     *n -= 1;
                     core.pumps_done.notify_all();
@@ -327,7 +321,6 @@ struct Pump {
     _subscriber: Subscriber<()>,
     _matching: MatchingListener<()>,
     peer: String,
-    fingerprints: Arc<HashMap<u64, u64>>,
     /// The bridge-side port, `None` once the local user closed.
     port: Option<MessagePort>,
     /// The port's readiness descriptor could not be had: the pump polls it.
@@ -425,13 +418,7 @@ fn watch_for_answer(shared: &Shared) -> bool {
 
 /// The pump thread of one channel end: steps the pump, then waits (without holding it)
 /// for news: a frame queued by a Zenoh callback, the bridge-side port readable.
-fn run(
-    core: Arc<Core>,
-    end: End,
-    peer: String,
-    port: MessagePort,
-    fingerprints: Arc<HashMap<u64, u64>>,
-) {
+fn run(core: Arc<Core>, end: End, peer: String, port: MessagePort) {
     let End {
         shared,
         bell_rx,
@@ -452,7 +439,6 @@ fn run(
         matching,
         peer,
         port,
-        fingerprints,
         port_fd.is_none(),
     );
     let lock = || shared.pump.lock().unwrap_or_else(|e| e.into_inner());
@@ -517,7 +503,6 @@ impl Pump {
         matching: MatchingListener<()>,
         peer: String,
         port: MessagePort,
-        fingerprints: Arc<HashMap<u64, u64>>,
         no_fd: bool,
     ) -> Pump {
         Pump {
@@ -527,7 +512,6 @@ impl Pump {
             _subscriber: subscriber,
             _matching: matching,
             peer,
-            fingerprints,
             port: Some(port),
             no_fd,
             out: Vec::new(),
@@ -774,10 +758,9 @@ impl Pump {
         if self.recv_msgs > self.announced_msgs || !self.take_bytes(h.inline.len()) {
             return self.violation();
         }
-        let fingerprint = *self
-            .fingerprints
-            .get(&h.fingerprint)
-            .unwrap_or(&h.fingerprint);
+        // Carried unchanged: a type with a stable name (`shmport::declare_stable_name`)
+        // has the same fingerprint in both programs.
+        let fingerprint = h.fingerprint;
         if self.try_post_whole(&h, fingerprint) {
             return;
         }
@@ -795,12 +778,7 @@ impl Pump {
                 return self.violation();
             };
             match End::declare(&self.core, id, false) {
-                Ok(end) => end.start(
-                    &self.core,
-                    self.peer.clone(),
-                    ch.port1,
-                    self.fingerprints.clone(),
-                ),
+                Ok(end) => end.start(&self.core, self.peer.clone(), ch.port1),
                 Err(_) => return self.violation(),
             }
             ports.push(ch.port2);
@@ -996,12 +974,7 @@ impl Pump {
             // A port whose keys cannot be declared is dropped: its peer sees
             // `Disconnected`, and the far side's end of the id never hears from it.
             if let Ok(end) = End::declare(&self.core, id, true) {
-                end.start(
-                    &self.core,
-                    self.peer.clone(),
-                    port,
-                    self.fingerprints.clone(),
-                );
+                end.start(&self.core, self.peer.clone(), port);
             }
             ids.push(id);
         }

@@ -61,7 +61,6 @@ impl Hostile {
         let hello = Hello {
             channel,
             bridge: self.id.clone(),
-            types: Vec::new(),
         };
         let session = self.session.clone();
         let key = format!("{}/svc/h", self.realm);

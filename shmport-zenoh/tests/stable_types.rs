@@ -1,11 +1,13 @@
-//! Stable type names: two programs whose Rust type names differ (here: two modules of one
-//! program) agree on a message type through the names exchanged in the handshake.
+//! Stable type identity across builds: two programs whose Rust type names differ (here:
+//! two modules of one program) agree on a message type when both declare its stable name
+//! in the core (`shmport::declare_stable_name`); the bridge carries the fingerprint
+//! unchanged.
 
 mod common;
 
 use common::*;
 use shmport::{MessagePort, RecvError};
-use shmport_zenoh::{Bridge, BridgeConfig, StableType};
+use shmport_zenoh::{Bridge, BridgeConfig};
 
 mod sender_build {
     use shmport::rkyv::{Archive, Deserialize, Serialize};
@@ -17,8 +19,12 @@ mod sender_build {
         pub name: String,
     }
 
-    impl shmport_zenoh::StableType for Job {
-        const STABLE_NAME: &'static str = "test.Job/1";
+    /// Never given a stable name (the declarations are process-wide: each test has its
+    /// own types).
+    #[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
+    #[rkyv(crate = shmport::rkyv)]
+    pub struct Unnamed {
+        pub id: u64,
     }
 }
 
@@ -32,21 +38,19 @@ mod receiver_build {
         pub name: String,
     }
 
-    impl shmport_zenoh::StableType for Job {
-        const STABLE_NAME: &'static str = "test.Job/1";
+    #[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
+    #[rkyv(crate = shmport::rkyv)]
+    pub struct Unnamed {
+        pub id: u64,
     }
 }
 
-/// A channel from a bridge configured by `send` to one configured by `recv`.
-fn pair(
-    test: &str,
-    send: BridgeConfig,
-    recv: BridgeConfig,
-) -> (Bridge, Bridge, MessagePort, MessagePort) {
+/// A channel from one bridge to another.
+fn pair(test: &str) -> (Bridge, Bridge, MessagePort, MessagePort) {
     let realm = realm(test);
-    let (receiver, endpoint) = listening_bridge(&realm, recv);
+    let (receiver, endpoint) = listening_bridge(&realm, BridgeConfig::new());
     let listener = receiver.bind("jobs").unwrap();
-    let sender = Bridge::open(send.realm(&realm).connect(&endpoint)).unwrap();
+    let sender = Bridge::open(BridgeConfig::new().realm(&realm).connect(&endpoint)).unwrap();
     let (tx, rx) = std::thread::scope(|s| {
         let connecting = s.spawn(|| sender.connect("jobs", PATIENCE).unwrap());
         let rx = listener.accept().unwrap();
@@ -56,12 +60,10 @@ fn pair(
 }
 
 #[test]
-fn a_stable_name_translates_the_fingerprint_between_builds() {
-    let (_s, _r, tx, rx) = pair(
-        "stable",
-        BridgeConfig::new().message_type::<sender_build::Job>(),
-        BridgeConfig::new().message_type::<receiver_build::Job>(),
-    );
+fn a_stable_name_declared_in_the_core_carries_the_type_across_builds() {
+    shmport::declare_stable_name::<sender_build::Job>("test.Job/1").unwrap();
+    shmport::declare_stable_name::<receiver_build::Job>("test.Job/1").unwrap();
+    let (_s, _r, tx, rx) = pair("stable");
     let job = sender_build::Job {
         id: 7,
         name: "resize".into(),
@@ -73,21 +75,11 @@ fn a_stable_name_translates_the_fingerprint_between_builds() {
 
 #[test]
 fn without_stable_names_a_differently_named_type_is_a_message_error() {
-    let (_s, _r, tx, rx) = pair("unnamed", BridgeConfig::new(), BridgeConfig::new());
-    assert_ne!(
-        <sender_build::Job as StableType>::STABLE_NAME,
-        std::any::type_name::<receiver_build::Job>()
-    );
-    tx.post_message(
-        &sender_build::Job {
-            id: 1,
-            name: "x".into(),
-        },
-        [],
-    )
-    .unwrap();
+    let (_s, _r, tx, rx) = pair("unnamed");
+    tx.post_message(&sender_build::Unnamed { id: 1 }, [])
+        .unwrap();
     assert!(matches!(
-        rx.recv::<receiver_build::Job>(),
+        rx.recv::<receiver_build::Unnamed>(),
         Err(RecvError::MessageError(_))
     ));
 }
