@@ -67,6 +67,33 @@ fn is_empty_looks_without_taking() {
 }
 
 #[test]
+fn len_counts_the_queued_messages_without_taking_any() {
+    let ch = MessageChannel::new().unwrap();
+    assert_eq!(ch.port2.len(), 0);
+    for i in 0..3u32 {
+        ch.port1.post_message(&i, []).unwrap();
+    }
+    assert_eq!(ch.port2.len(), 3);
+    assert_eq!(ch.port2.len(), 3, "counting twice takes nothing");
+    assert_eq!(ch.port2.recv::<u32>().unwrap().data, 0);
+    assert_eq!(ch.port2.len(), 2);
+}
+
+#[test]
+fn len_counts_a_transfer_and_a_large_body_as_one_message_each() {
+    let ch = MessageChannel::builder().capacity(4096).build().unwrap();
+    let other = MessageChannel::new().unwrap();
+    ch.port1.post_message(&1u8, [other.port1.into()]).unwrap();
+    ch.port1.post_message(&vec![7u8; 1 << 20], []).unwrap();
+    ch.port1
+        .post_message(&String::from("a messageerror for u8"), [])
+        .unwrap();
+    assert_eq!(ch.port2.len(), 3);
+    assert_eq!(ch.port2.try_iter::<u8>().count(), 3);
+    assert_eq!(ch.port2.len(), 0);
+}
+
+#[test]
 fn is_peer_gone_sees_a_dropped_peer_and_leaves_its_messages() {
     let ch = MessageChannel::new().unwrap();
     assert!(!ch.port2.is_peer_gone());

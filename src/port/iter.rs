@@ -1,6 +1,6 @@
 //! Blocking conveniences as std's and crossbeam's receivers have them: iterators over the
-//! incoming messages, a non-consuming look at the queue, and a non-consuming "is the peer
-//! gone?".
+//! incoming messages, non-consuming looks at the queue (`is_empty`, `len`), and a
+//! non-consuming "is the peer gone?".
 
 use std::marker::PhantomData;
 
@@ -73,6 +73,35 @@ impl MessagePort {
         self.rx
             .try_borrow_mut()
             .map_or(true, |mut rx| !matches!(rx.peek(), Ok(Some(_)) | Err(_)))
+    }
+
+    /// The number of messages queued for this port now, as crossbeam's `Receiver::len`
+    /// counts them: each is what one receive would return (a message, or a
+    /// `messageerror`). Takes nothing and makes no system call; it walks the queued
+    /// records' headers in shared memory, so it costs time in proportion to their number
+    /// (and nothing on the post or receive path).
+    ///
+    /// A snapshot: the writer may post more at any moment. Headers the writer could not
+    /// have written honestly end the count with what was counted before them (the next
+    /// receive poisons the channel); a poisoned channel, or a copy of the port in a process
+    /// made by `fork`, counts 0.
+    ///
+    /// ```
+    /// let ch = shmport::MessageChannel::new()?;
+    /// assert_eq!(ch.port2.len(), 0);
+    /// for i in 0..3u8 {
+    ///     ch.port1.post_message(&i, [])?;
+    /// }
+    /// assert_eq!(ch.port2.len(), 3);
+    /// assert_eq!(ch.port2.recv::<u8>()?.data, 0);
+    /// assert_eq!(ch.port2.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn len(&self) -> usize {
+        if self.peer.get() == PeerState::Poisoned || !self.in_owner_process() {
+            return 0;
+        }
+        self.rx.try_borrow().map_or(0, |rx| rx.queued())
     }
 
     /// True when the peer port is gone for good: closed, dropped, or its process exited or

@@ -645,6 +645,58 @@ impl Consumer {
         }
         self.head - self.published_head >= self.publish_every && self.flush()
     }
+
+    /// How many records (padding not counted) are published after the consumer's
+    /// position now, taking none. The walk is the one [`peek`](Self::peek) makes, up to
+    /// the producer's published tail: every header is copied and checked before it moves
+    /// the walk, and a framing `peek` would refuse (or a tail that cannot be) ends the
+    /// count with what was counted so far. Each step advances at least 8 bytes and the walk
+    /// stops at most a ring's capacity past the head, so it ends.
+    pub(crate) fn queued(&self) -> usize {
+        let cap = self.mem.cap;
+        // Acquire: pairs with the producer's Release store of its tail in
+        // `Producer::publish_record`: every mark published before that tail is visible.
+        let tail = self.mem.ctrl().tail.load(Ordering::Acquire);
+        if tail < self.head || tail - self.head > cap as u64 {
+            return 0;
+        }
+        let (mut pos, mut off, mut n) = (self.head, self.head_off, 0);
+        while pos < tail {
+            let to_end = cap - off;
+            if to_end < RECORD_HEADER {
+                (pos, off) = (pos + to_end as u64, 0);
+                continue;
+            }
+            // Acquire: as in `peek`, pairs with the Release store of the mark in
+            // `RingMem::publish`.
+            // SAFETY: `off + 24 <= cap` (a shorter remainder was skipped above) and `off`
+            // is 8-aligned: it starts at the head's offset and moves by record sizes and
+            // to 0.
+            let mark = unsafe { self.mem.mark(off) }.load(Ordering::Acquire);
+            if mark != pos + 1 {
+                break;
+            }
+            // SAFETY: as for the mark just above.
+            let header = unsafe { self.mem.read_fields(off) };
+            let size = if header.kind == KIND_PAD {
+                if header.len as usize != to_end - RECORD_HEADER {
+                    break;
+                }
+                to_end
+            } else {
+                let size = record_size(header.len as usize);
+                if header.kind == 0 || header.len as usize > self.mem.max_payload() || size > to_end
+                {
+                    break;
+                }
+                n += 1;
+                size
+            };
+            pos += size as u64;
+            off = if off + size == cap { 0 } else { off + size };
+        }
+        n
+    }
 }
 
 /// The invariant every pair of indices must satisfy; a peer that breaks it is corrupt.
@@ -1013,6 +1065,104 @@ mod tests {
         ring.ctrl().head.store(32, Ordering::Relaxed);
         assert!(Consumer::attach(ring.mem()).is_err());
         assert!(Producer::attach(ring.mem()).is_err());
+    }
+
+    #[test]
+    fn an_empty_ring_has_nothing_queued() {
+        let ring = HeapRing::new(4096);
+        let c = Consumer::attach(ring.mem()).unwrap();
+        assert_eq!(c.queued(), 0);
+    }
+
+    #[test]
+    fn queued_counts_published_records_and_takes_none() {
+        let ring = HeapRing::new(4096);
+        let mut p = Producer::attach(ring.mem()).unwrap();
+        let mut c = Consumer::attach(ring.mem()).unwrap();
+        for i in 0..5u8 {
+            assert!(p.try_write(&vec![i; i as usize * 9], 2, u64::from(i)));
+        }
+        assert_eq!(c.queued(), 5);
+        assert_eq!(c.queued(), 5);
+        pop(&mut c).unwrap().unwrap();
+        pop(&mut c).unwrap().unwrap();
+        assert_eq!(c.queued(), 3);
+        assert_eq!(pop(&mut c).unwrap().unwrap().0.tag, 2);
+    }
+
+    #[test]
+    fn queued_skips_padding_and_remainders_after_wrapping_around() {
+        let ring = HeapRing::new(4096);
+        let mut p = Producer::attach(ring.mem()).unwrap();
+        let mut c = Consumer::attach(ring.mem()).unwrap();
+        let (mut sent, mut got) = (0u64, 0u64);
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let rounds = if cfg!(miri) { 200 } else { 20_000 };
+        while got < rounds {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            p.refresh().unwrap();
+            if p.try_write(&vec![0; (rng % 500) as usize], 2, sent) {
+                sent += 1;
+            }
+            assert_eq!(c.queued() as u64, sent - got);
+            if rng % 3 == 0 {
+                while pop(&mut c).unwrap().is_some() {
+                    got += 1;
+                    assert_eq!(c.queued() as u64, sent - got);
+                }
+            }
+        }
+        assert!(p.tail > 4 * 4096, "the ring wrapped around several times");
+    }
+
+    #[test]
+    fn queued_skips_a_remainder_too_short_for_a_header() {
+        // The layout of `a_remainder_left_by_the_producer_is_not_released_ahead_of_its_tail`.
+        let ring = HeapRing::new(96);
+        let mut p = Producer::attach(ring.mem()).unwrap();
+        let mut c = Consumer::attach(ring.mem()).unwrap();
+        assert!(p.try_write(&[1; 8], 2, 0)); // 0..32
+        assert!(p.try_write(&[1; 24], 2, 1)); // 32..80; 16 left, free: skipped, tail 96
+        assert_eq!(c.queued(), 2);
+        pop(&mut c).unwrap().unwrap();
+        pop(&mut c).unwrap().unwrap(); // head 80, before the remainder
+        assert_eq!(c.queued(), 0);
+        p.refresh().unwrap();
+        assert!(p.try_write(&[1; 24], 2, 2)); // 96..144
+        assert_eq!(c.queued(), 1);
+        assert!(p.try_write(&[1; 8], 2, 3)); // 144..176; 16 left, not free: tail stays
+        assert_eq!(c.queued(), 2);
+    }
+
+    #[test]
+    fn queued_stops_at_a_corrupt_length_with_what_it_counted() {
+        let mut ring = HeapRing::new(4096);
+        {
+            let mut p = Producer::attach(ring.mem()).unwrap();
+            assert!(p.try_write(&[1; 16], 2, 0)); // 0..40
+            assert!(p.try_write(&[1; 16], 2, 1)); // 40..80
+            assert!(p.try_write(&[1; 16], 2, 2)); // 80..120
+        }
+        ring.forge(40, 41, u32::MAX, 2);
+        let c = Consumer::attach(ring.mem()).unwrap();
+        assert_eq!(c.queued(), 1);
+        ring.forge(0, 1, 4000, 2);
+        assert_eq!(c.queued(), 0);
+    }
+
+    #[test]
+    fn queued_trusts_no_impossible_tail() {
+        let ring = HeapRing::new(4096);
+        let mut p = Producer::attach(ring.mem()).unwrap();
+        let c = Consumer::attach(ring.mem()).unwrap();
+        assert!(p.try_write(&[1; 16], 2, 0));
+        ring.ctrl().tail.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(c.queued(), 0);
+        // A tail past the records: the count stops where the marks do.
+        ring.ctrl().tail.store(4096, Ordering::Relaxed);
+        assert_eq!(c.queued(), 1);
     }
 
     #[test]
