@@ -62,7 +62,7 @@ impl MessagePort {
     /// One poll of an async post: posts if the peer's ring has room, else leaves the
     /// task's waker to be woken when the reader frees room. `list` is taken for each try
     /// and put back when the ring is full.
-    fn poll_post<T: Message>(
+    pub(super) fn poll_post<T: Message>(
         &self,
         cx: &mut Context<'_>,
         msg: &T,
@@ -96,8 +96,8 @@ impl MessagePort {
         }
     }
 
-    /// A receive future or stream was dropped: the reactor forgets its task's waker.
-    fn forget_waker(&self) {
+    /// A future, stream or sink was dropped: the reactor forgets its task's waker.
+    pub(super) fn forget_waker(&self) {
         if let Some(reg) = self.existing_watcher::<Registration>() {
             reg.clear_waker();
         }

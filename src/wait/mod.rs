@@ -9,6 +9,7 @@ pub(crate) mod future;
 pub(crate) mod portset;
 pub(crate) mod portset_async;
 pub(crate) mod reactor;
+pub(crate) mod sink;
 mod slab;
 #[cfg(feature = "tokio")]
 mod tokio;
