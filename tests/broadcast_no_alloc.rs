@@ -8,44 +8,14 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use common::counting::allocations_during;
 
 use common::{as_child, spawn_test_child};
 use shmport::rkyv::{Archive, Deserialize, Serialize};
 use shmport::{BroadcastChannel, MessageChannel};
 
-struct Counting;
-
-thread_local! {
-    static ARMED: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if ARMED.with(Cell::get) {
-            COUNT.with(|c| c.set(c.get() + 1));
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if ARMED.with(Cell::get) {
-            COUNT.with(|c| c.set(c.get() + 1));
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::counting::Counting = common::counting::Counting;
 
 #[derive(Archive, Serialize, Deserialize, Debug, PartialEq, Clone, Copy)]
 struct Tick {
@@ -84,12 +54,8 @@ fn steady_state(a: &mut BroadcastChannel, b: &mut BroadcastChannel, rounds: u64)
 #[test]
 fn a_steady_state_broadcast_post_and_recv_allocate_nothing() {
     let (mut a, mut b) = warmed_up_pair("no-alloc");
-    COUNT.with(|c| c.set(0));
-    ARMED.with(|x| x.set(true));
-    steady_state(&mut a, &mut b, 100_000);
-    ARMED.with(|x| x.set(false));
     assert_eq!(
-        COUNT.with(Cell::get),
+        allocations_during(|| steady_state(&mut a, &mut b, 100_000)),
         0,
         "allocations in 100,000 posts and receives"
     );

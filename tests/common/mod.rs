@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod counting;
+
 use std::process::{Child, Command, ExitStatus};
 
 use shmport::MessagePort;
