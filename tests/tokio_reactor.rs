@@ -48,3 +48,32 @@ fn async_receives_and_posts_in_tokio_start_no_reactor_thread() {
     drop(port1);
     echo.join().unwrap();
 }
+
+#[test]
+fn every_wait_is_woken_while_older_doorbells_sit_unread() {
+    // Under tokio the doorbells are drained only every few waits (its readiness is
+    // edge-triggered): each of these round trips waits, and each must still be woken.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let MessageChannel {
+        mut port1, port2, ..
+    } = MessageChannel::new().unwrap();
+    port2.set_wait_strategy(shmport::WaitStrategy::Block);
+    let echo = std::thread::spawn(move || {
+        while let Ok(ev) = port2.recv::<u32>() {
+            if port2.post_message(&ev.data, []).is_err() {
+                break;
+            }
+        }
+    });
+    rt.block_on(async {
+        for i in 0..5_000u32 {
+            port1.post_message(&i, []).unwrap();
+            assert_eq!(port1.recv_async::<u32>().await.unwrap().data, i);
+        }
+    });
+    drop(port1);
+    echo.join().unwrap();
+}

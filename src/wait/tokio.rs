@@ -14,7 +14,16 @@ use crate::port::{MessagePort, SocketWatcher};
 /// A port's socket registered with the tokio runtime its first async wait ran in, through
 /// a duplicate of the descriptor that the registration owns.
 #[derive(Debug)]
-pub(crate) struct TokioWatch(AsyncFd<OwnedFd>);
+pub(crate) struct TokioWatch {
+    fd: AsyncFd<OwnedFd>,
+    /// Arms since the doorbells were last drained (see [`TokioWatch::due_for_drain`]).
+    arms: std::sync::atomic::AtomicU32,
+}
+
+/// Arms between two drains of the doorbells. The writer rings at most once per arm, so at
+/// most this many doorbells wait unread: far fewer than the socket buffer holds, so a ring
+/// never fails for a full buffer (which would be news tokio never hears of).
+const ARMS_PER_DRAIN: u32 = 32;
 
 impl TokioWatch {
     pub(crate) fn new(fd: BorrowedFd<'_>) -> io::Result<TokioWatch> {
@@ -23,14 +32,31 @@ impl TokioWatch {
         // file, for the life of the `AsyncFd`; `own` is an `OwnedFd` the `AsyncFd` owns and
         // closes only when it is dropped, so nothing else can close or replace it.
         let registered = unsafe { AsyncFd::register_with_interest(own, Interest::READABLE) };
-        registered.map(TokioWatch).map_err(io::Error::from)
+        registered
+            .map(|fd| TokioWatch {
+                fd,
+                arms: std::sync::atomic::AtomicU32::new(0),
+            })
+            .map_err(io::Error::from)
+    }
+
+    /// Counts an arm; true (and the count restarts) when the doorbells should be drained
+    /// before it. Unread doorbells do not hide news from tokio: its registration is
+    /// edge-triggered, and each arriving doorbell is an edge.
+    pub(crate) fn due_for_drain(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Only the port's one receiving task arms (the port is not `Sync`): no race.
+        let n = self.arms.load(Relaxed) + 1;
+        let due = n >= ARMS_PER_DRAIN;
+        self.arms.store(if due { 0 } else { n }, Relaxed);
+        due
     }
 
     /// `Ready(hung_up)` once the socket reported news since the last call (the readiness
     /// is cleared: the caller drains, arms and looks); `Pending` with the waker left with
     /// tokio otherwise.
     pub(crate) fn poll_news(&self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        match self.0.poll_read_ready(cx) {
+        match self.fd.poll_read_ready(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Ready(Ok(mut guard)) => {

@@ -40,14 +40,20 @@ where
         }
         let reg = self.port.watcher(Registration::new)?;
         let hung_up = reg.set_waker(cx.waker());
-        self.arm_and_look(hung_up, cx).unwrap_or(Poll::Pending)
+        self.arm_and_look(hung_up, true, cx)
+            .unwrap_or(Poll::Pending)
     }
 
-    /// Consumes the doorbells, arms, looks once more. `None` when armed and nothing
-    /// settled; `Some(Pending)` when more doorbells wait (the task is woken again at once,
-    /// so a flood is drained in bounded steps, yielding in between).
-    fn arm_and_look(&mut self, hung_up: bool, cx: &mut Context<'_>) -> Option<Poll<io::Result<R>>> {
-        let more_doorbells = self.port.drain_doorbells();
+    /// Consumes the doorbells (when `drain`), arms, looks once more. `None` when armed and
+    /// nothing settled; `Some(Pending)` when more doorbells wait (the task is woken again
+    /// at once, so a flood is drained in bounded steps, yielding in between).
+    fn arm_and_look(
+        &mut self,
+        hung_up: bool,
+        drain: bool,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<io::Result<R>>> {
+        let more_doorbells = drain && self.port.drain_doorbells();
         (self.arm)();
         if let Some(r) = (self.attempt)(hung_up) {
             (self.disarm)();
@@ -68,7 +74,10 @@ where
     ) -> Poll<io::Result<R>> {
         let mut hung_up = false;
         loop {
-            if let Some(settled) = self.arm_and_look(hung_up, cx) {
+            // Tokio's readiness is edge-triggered: each doorbell that arrives is news even
+            // while older ones sit unread, so they are drained only every few arms (a
+            // system call saved per wait), before enough pile up to fill the socket.
+            if let Some(settled) = self.arm_and_look(hung_up, watch.due_for_drain(), cx) {
                 return settled;
             }
             // Armed and still nothing: leave the waker with tokio. A doorbell rung since
