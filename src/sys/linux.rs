@@ -533,28 +533,6 @@ pub(crate) fn send_byte_nonblocking(sock: BorrowedFd<'_>, byte: u8) {
     }
 }
 
-/// Consumes the one-byte messages equal to `byte` at the head of `sock`'s queue, stopping
-/// at the first other message (which stays queued) or after `limit`. Returns how many.
-pub(crate) fn drain_byte_messages(sock: BorrowedFd<'_>, byte: u8, limit: usize) -> usize {
-    use rustix::net::{RecvFlags, recv};
-    let mut head = [0u8; 2];
-    let mut drained = 0;
-    // A longer message reports its true length with TRUNC, so it never looks like one.
-    while drained < limit {
-        let peeked = recv(
-            sock,
-            &mut head,
-            RecvFlags::DONTWAIT | RecvFlags::PEEK | RecvFlags::TRUNC,
-        );
-        if !matches!(peeked, Ok((_, 1))) || head[0] != byte {
-            break;
-        }
-        let _ = recv(sock, &mut head, RecvFlags::DONTWAIT);
-        drained += 1;
-    }
-    drained
-}
-
 /// A new epoll instance, close-on-exec.
 pub(crate) fn epoll_new() -> io::Result<OwnedFd> {
     Ok(rustix::event::epoll::create(

@@ -9,6 +9,10 @@ pub(crate) mod sync;
 mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
+#[cfg(target_os = "linux")]
+mod linux_drain;
+#[cfg(target_os = "linux")]
+pub(crate) use linux_drain::drain_byte_messages;
 
 // Under `--cfg loom` the futex is a model loom can explore (and `linux` leaves it out).
 #[cfg(loom)]
