@@ -16,6 +16,7 @@ pub(super) const LIVENESS_EVERY: u32 = 64;
 
 impl MessagePort {
     /// True when the peer is known to be gone without asking the kernel.
+    #[inline]
     pub(super) fn peer_gone_cheap(&self) -> bool {
         match self.peer.get() {
             PeerState::Alive => {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use rkyv::ser::allocator::Arena;
 
 use crate::shm::buffer::ArrayBuffer;
-use crate::shm::ring::{Corrupt, Placement, Producer};
+use crate::shm::ring::{Corrupt, Producer};
 use crate::wire::codec::{self, KIND_MESSAGE, Message};
 
 use super::*;
@@ -239,27 +239,21 @@ impl MessagePort {
         fp: u64,
         arena: &mut Arena,
     ) -> Result<bool, Corrupt> {
-        let hint = self.size_hint.get();
         for round in 0..2 {
-            let (here, wrapped) = tx.room();
-            for at in [Placement::InPlace, Placement::AfterWrap] {
-                let room = match at {
-                    Placement::InPlace => here,
-                    Placement::AfterWrap => wrapped.filter(|&w| here.is_none_or(|h| w > h)),
-                };
-                if room.is_none_or(|r| r < hint) {
-                    continue;
-                }
-                let Some(mut reservation) = tx.reserve(at) else {
-                    continue;
-                };
-                if let Some(len) = codec::encode_into(msg, reservation.area(), arena) {
+            // The predicted size first; after a miss, only a place with more room than the
+            // one that was too small (the other side of a wrap).
+            let mut min = self.size_hint.get();
+            while let Some(mut reservation) = tx.reserve_at_least(min) {
+                let area = reservation.area();
+                let room = area.len();
+                if let Some(len) = codec::encode_into(msg, area, arena) {
                     reservation.commit(len, KIND_MESSAGE, fp);
-                    if len != hint {
+                    if len != self.size_hint.get() {
                         self.size_hint.set(len);
                     }
                     return Ok(true);
                 }
+                min = room + 1;
             }
             if round == 0 {
                 tx.refresh()?;

@@ -34,18 +34,21 @@
 //! The consumer publishes its head in batches (every eighth of the ring, and whenever it
 //! finds the ring empty), keeping the head's line off the per-message path too.
 
-use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::sys::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sys::sync::{AtomicU64, Ordering};
 
+#[path = "ring_ctrl.rs"]
+mod ctrl;
 #[path = "ring_many.rs"]
 mod many;
 #[path = "ring_walk.rs"]
 mod walk;
+
+pub(crate) use ctrl::RingCtrl;
 
 /// Bytes of record header.
 pub(crate) const RECORD_HEADER: usize = 24;
@@ -53,58 +56,6 @@ pub(crate) const RECORD_HEADER: usize = 24;
 pub(crate) const RECORD_ALIGN: usize = 8;
 /// The kind of a padding record (skipped by the consumer).
 pub(crate) const KIND_PAD: u32 = 1;
-
-/// The control block of one ring: producer and consumer indices on separate cache-line
-/// pairs (128 bytes, against adjacent-line prefetch), each with the futex word the *other*
-/// side sets when it sleeps.
-#[repr(C, align(128))]
-pub(crate) struct RingCtrl {
-    /// Bytes ever published by the producer. Written by the producer only; read when a
-    /// producer attaches.
-    pub tail: AtomicU64,
-    /// 1 while the consumer sleeps (or is about to) waiting for data; the futex word.
-    pub reader_sleeping: AtomicU32,
-    /// Never read. `UnsafeCell`, so a `&RingCtrl` claims nothing about bytes a peer may
-    /// write.
-    pad0: UnsafeCell<[u8; 116]>,
-    /// Bytes ever released by the consumer. Written by the consumer only.
-    pub head: AtomicU64,
-    /// 1 while the producer sleeps (or is about to) waiting for room; the futex word.
-    pub writer_sleeping: AtomicU32,
-    /// Set by the consumer when it lost heap registrations (their descriptors did not
-    /// arrive); the producer then starts the channel's heap table over. See
-    /// `wire::transfer`, "Heap tables".
-    pub heaps_lost: AtomicU32,
-    pad1: UnsafeCell<[u8; 112]>,
-}
-
-#[cfg(not(loom))]
-const _: () = {
-    use std::mem::{align_of, offset_of, size_of};
-    assert!(size_of::<RingCtrl>() == 256);
-    assert!(align_of::<RingCtrl>() == 128);
-    assert!(offset_of!(RingCtrl, tail) == 0);
-    assert!(offset_of!(RingCtrl, reader_sleeping) == 8);
-    assert!(offset_of!(RingCtrl, head) == 128);
-    assert!(offset_of!(RingCtrl, writer_sleeping) == 136);
-    assert!(offset_of!(RingCtrl, heaps_lost) == 140);
-};
-
-impl RingCtrl {
-    /// A control block for an empty ring (for rings over heap memory in tests and fuzzing).
-    #[cfg(any(test, fuzzing))]
-    pub(crate) fn new() -> Self {
-        RingCtrl {
-            tail: AtomicU64::new(0),
-            reader_sleeping: AtomicU32::new(0),
-            pad0: UnsafeCell::new([0; 116]),
-            head: AtomicU64::new(0),
-            writer_sleeping: AtomicU32::new(0),
-            heaps_lost: AtomicU32::new(0),
-            pad1: UnsafeCell::new([0; 112]),
-        }
-    }
-}
 
 /// The header fields after the mark, copied out of the ring before they are looked at.
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
@@ -329,6 +280,7 @@ impl Producer {
 
     /// Free bytes `(at the current position up to the end, at the start after a wrap)`
     /// according to the cached consumer index.
+    #[inline]
     fn free_regions(&self) -> (usize, usize) {
         let used = (self.tail - self.head_cache) as usize;
         let free = self.mem.cap - used;
@@ -342,6 +294,7 @@ impl Producer {
 
     /// The largest payload placeable now, `(in place, after wrapping)`; `None` where not
     /// even a header fits (distinct from `Some(0)`: room for an empty payload).
+    #[inline]
     pub(crate) fn room(&self) -> (Option<usize>, Option<usize>) {
         let (here, wrapped) = self.free_regions();
         let max = self.mem.max_payload();
@@ -364,8 +317,25 @@ impl Producer {
         }
     }
 
+    /// Reserves the payload area of the next record where at least `min` bytes fit now, in
+    /// place or else after a wrap, with all the room there. `None`: nowhere yet.
+    #[inline]
+    pub(crate) fn reserve_at_least(&mut self, min: usize) -> Option<Reservation<'_>> {
+        let (at, room) = match self.room() {
+            (Some(here), _) if here >= min => (Placement::InPlace, here),
+            (_, Some(wrapped)) if wrapped >= min => (Placement::AfterWrap, wrapped),
+            _ => return None,
+        };
+        Some(Reservation {
+            producer: self,
+            at,
+            room,
+        })
+    }
+
     /// Reserves the payload area of the next record at `at`: as many bytes as
     /// [`room`](Self::room) reports there. `None` when not even a header fits there.
+    #[inline]
     pub(crate) fn reserve(&mut self, at: Placement) -> Option<Reservation<'_>> {
         let (here, wrapped) = self.room();
         let room = match at {
@@ -381,6 +351,7 @@ impl Producer {
 
     /// Publishes a record of `len` payload bytes written at `at` (`len` within the room
     /// reserved there, and the producer unchanged since: the `Reservation` holds it).
+    #[inline]
     fn publish_record(&mut self, at: Placement, len: usize, kind: u32, tag: u64) {
         let wrap = at == Placement::AfterWrap;
         let pad_at = self.tail_off;
@@ -433,6 +404,7 @@ impl Producer {
     /// consumer sees the zero or a newer mark. When that slot is not free (the ring is
     /// exactly full), it holds the genuine header of the oldest unread record, whose mark
     /// names an earlier position: safe as it is.
+    #[inline]
     fn clear_next_mark(&self) {
         let (mut pos, mut off) = (self.tail, self.tail_off);
         if self.mem.cap - off < RECORD_HEADER {
@@ -485,6 +457,7 @@ pub(crate) struct Reservation<'a> {
 impl Reservation<'_> {
     /// The reserved bytes, free ring memory no one else touches until the commit (what
     /// they hold now is unspecified).
+    #[inline]
     pub(crate) fn area(&mut self) -> &mut [MaybeUninit<u8>] {
         let off = match self.at {
             Placement::InPlace => self.producer.tail_off,
@@ -509,6 +482,7 @@ impl Reservation<'_> {
     ///
     /// If `len` exceeds the reserved area, or `kind` is 0 or padding: bugs in shmport,
     /// never caused by a peer.
+    #[inline]
     pub(crate) fn commit(self, len: usize, kind: u32, tag: u64) {
         assert!(
             len <= self.room && kind != 0 && kind != KIND_PAD,
@@ -576,6 +550,7 @@ impl Consumer {
 
     /// The next record, if one is published. Padding is skipped (and released). When
     /// nothing is published the caller should [`flush`](Self::flush) before waiting.
+    #[inline]
     pub(crate) fn peek(&mut self) -> Result<Option<Record>, Corrupt> {
         // `frame_at`'s step, written out (as a call: +8 instructions per receive, callgrind).
         loop {
@@ -623,6 +598,7 @@ impl Consumer {
     }
 
     /// Copies a peeked record's payload into `out` (replacing its contents).
+    #[inline]
     pub(crate) fn copy_payload(&self, record: &Record, out: &mut rkyv::util::AlignedVec<16>) {
         out.clear();
         out.reserve(record.len());
@@ -638,6 +614,7 @@ impl Consumer {
 
     /// Gives a record's bytes back to the producer. Returns true when the head was
     /// published, in which case the caller must wake a producer waiting for room.
+    #[inline]
     pub(crate) fn release(&mut self, record: Record) -> bool {
         debug_assert!(record.next_head > self.head);
         let size = (record.next_head - self.head) as usize;
