@@ -46,20 +46,29 @@ fn queue(test: Test) -> usize {
 }
 
 impl Parent<'_> {
-    /// Sets up `kind` for `test` with the child; the parent's end. `with_floor`: round
-    /// trips alternate with the cross-process floor (see `pair`).
-    pub fn connect(&self, kind: Kind, test: Test, with_floor: bool) -> Result<Box<dyn Link + '_>> {
+    /// Sets up `kind` for `test` with the child; the parent's end. `partner`: round trips
+    /// alternate with that transport's (the cross-process floor, or the Unix socket for
+    /// shmport's blocking receive; see `pair`).
+    pub fn connect(
+        &self,
+        kind: Kind,
+        test: Test,
+        partner: Option<Kind>,
+    ) -> Result<Box<dyn Link + '_>> {
+        let partner = partner.filter(|&p| p != kind);
         let mut order = Order {
             kind,
             test,
             size: self.size as u64,
             name: String::new(),
-            with_floor: with_floor && kind != Kind::Floor,
+            partner,
         };
         // Before the order: the pinger's side resets the count the child then follows.
-        let floor = order
-            .with_floor
-            .then(|| floor::End::pinger(self.floor.counter()));
+        let floor =
+            (partner == Some(Kind::Floor)).then(|| floor::End::pinger(self.floor.counter()));
+        if partner == Some(Kind::UnixSocket) {
+            order.name = self.listener.path().to_string_lossy().into_owned();
+        }
         let link: Box<dyn Link + '_> = match kind {
             Kind::Floor => {
                 let end = floor::End::pinger(self.floor.counter());
@@ -95,9 +104,13 @@ impl Parent<'_> {
                 return Err(format!("{} runs between threads", kind.label()).into());
             }
         };
-        Ok(match floor {
-            Some(floor) => Box::new(Pair::new(floor, link)),
-            None => link,
+        Ok(match (floor, partner) {
+            (Some(floor), _) => Box::new(Pair::new(floor, link)),
+            (None, Some(Kind::UnixSocket)) => {
+                let socket = sock::Ends::new(self.listener.accept_stream()?, self.size);
+                Box::new(Pair::new(socket, link))
+            }
+            _ => link,
         })
     }
 }
@@ -123,10 +136,14 @@ pub fn child(order: &Order, mut ports: Vec<MessagePort>) -> Result<Box<dyn Link>
             return Err("a thread transport was ordered to the child".into());
         }
     };
-    Ok(if order.with_floor {
-        let floor = floor::End::echoer(floor::inherited()?.counter());
-        Box::new(Pair::new(floor, link))
-    } else {
-        link
+    Ok(match order.partner {
+        Some(Kind::Floor) => {
+            let floor = floor::End::echoer(floor::inherited()?.counter());
+            Box::new(Pair::new(floor, link))
+        }
+        Some(Kind::UnixSocket) => {
+            Box::new(Pair::new(sock::Ends::connect(&order.name, size)?, link))
+        }
+        _ => link,
     })
 }

@@ -176,8 +176,9 @@ pub struct Order {
     pub test: Test,
     pub size: u64,
     pub name: String,
-    /// Alternate round trips with the cross-process floor (see `pair`).
-    pub with_floor: bool,
+    /// The transport whose round trips alternate with this one's (see `pair`): the
+    /// cross-process floor, or the Unix socket for shmport's blocking receive.
+    pub partner: Option<Kind>,
 }
 
 /// Runs the comparison `opts.repeat` times; `floor` is the memory shared with the child

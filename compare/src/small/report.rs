@@ -186,7 +186,7 @@ pub fn round_trips(run: u32, size: usize, rows: &[Trips], spreads: &mut Spreads)
     }
     if rows.iter().any(|t| t.interleaved) {
         say!(
-            "  * measured together: their round trips alternate, {} at a time, over the same seconds",
+            "  * measured in pairs (each floor with its spinning transport, the Unix socket with shmport blocking):\n    a pair's round trips alternate, {} at a time, over the same seconds (its system calls and switches are counted together)",
             pair::CHUNK
         );
     }

@@ -106,17 +106,22 @@ pub fn rounds(kind: Kind, opts: &Options) -> (u64, u64) {
     (rounds / 10 + 1, rounds)
 }
 
-/// The transport measured interleaved with `floor`, when both are selected.
+/// The transport measured interleaved with `floor`, when both are selected: each
+/// spinning kind with its floor, and the blocking receive with the Unix socket (both
+/// sleep; a VM's scheduler places their wake-ups differently from one second to the
+/// next, 9 or 80 µs a round trip here, so measured one after the other their ratio swung
+/// from 0.2x to 2.3x).
 fn partner(floor: Kind) -> Option<Kind> {
     match floor {
         Kind::Floor => Some(Kind::ShmportBusyPoll),
         Kind::FloorThreads => Some(Kind::RtrbThreads),
+        Kind::UnixSocket => Some(Kind::ShmportBlock),
         _ => None,
     }
 }
 
 fn floor_partnered_with(kind: Kind) -> Option<Kind> {
-    [Kind::Floor, Kind::FloorThreads]
+    [Kind::Floor, Kind::FloorThreads, Kind::UnixSocket]
         .into_iter()
         .find(|&f| partner(f) == Some(kind))
 }
@@ -141,7 +146,7 @@ pub fn measure(links: &Parent<'_>, kind: Kind, opts: &Options) -> Result<Vec<Tri
         };
         (ns, Side { usage, ..parent }, None)
     } else {
-        let (ns, parent, child) = across(links, kind, floor.is_some(), warmup, rounds)?;
+        let (ns, parent, child) = across(links, kind, floor, warmup, rounds)?;
         (ns, parent, Some(child))
     };
     Ok(match floor {
@@ -160,12 +165,12 @@ pub fn measure(links: &Parent<'_>, kind: Kind, opts: &Options) -> Result<Vec<Tri
 fn across(
     links: &Parent<'_>,
     kind: Kind,
-    with_floor: bool,
+    partner: Option<Kind>,
     warmup: u64,
     rounds: u64,
 ) -> Result<(Vec<u64>, Side, Side)> {
     let test = Test::RoundTrip { warmup, rounds };
-    let mut link = links.connect(kind, test, with_floor)?;
+    let mut link = links.connect(kind, test, partner)?;
     let (ns, parent) = match time_round_trips(link.as_mut(), warmup, rounds) {
         Ok(timed) => timed,
         Err(e) => {

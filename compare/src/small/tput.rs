@@ -58,7 +58,7 @@ pub fn measure(links: &Parent<'_>, kind: Kind, opts: &Options) -> Result<Flow> {
             receiver: untold(receiver),
         });
     }
-    let mut link = links.connect(kind, Test::Throughput, false)?;
+    let mut link = links.connect(kind, Test::Throughput, None)?;
     let sender = match frame::send_frames(link.as_mut(), &plan) {
         Ok(sender) => sender,
         Err(e) => {
