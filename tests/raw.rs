@@ -113,3 +113,121 @@ fn raw_receives_drain_then_report_disconnected() {
     ));
     assert!(matches!(ch.port2.recv_raw(), Err(RecvError::Disconnected)));
 }
+
+/// `archive` cut into `n` pieces of about equal length (the last one may be empty).
+fn pieces(archive: &[u8], n: usize) -> Vec<&[u8]> {
+    let step = archive.len().div_ceil(n).max(1);
+    let mut parts: Vec<&[u8]> = archive.chunks(step).collect();
+    parts.push(&[]);
+    parts
+}
+
+#[test]
+fn an_archive_in_pieces_arrives_whole_in_the_ring_and_beside_it() {
+    // 500 B fits a 4 KiB ring's record; 100,000 B travels beside the ring.
+    for len in [0usize, 1, 500, 100_000] {
+        let ch = MessageChannel::builder().capacity(4096).build().unwrap();
+        let value: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let raw = RawMessage::encode(&value).unwrap();
+        for n in [1, 2, 7] {
+            ch.port1
+                .post_raw_parts(&pieces(&raw.archive, n), raw.fingerprint, [])
+                .unwrap();
+            assert_eq!(
+                ch.port2.recv::<Vec<u8>>().unwrap().data,
+                value,
+                "{len} B in {n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_archive_in_pieces_moves_its_transfer_list() {
+    let ch = MessageChannel::new().unwrap();
+    let mut buf = ArrayBuffer::new(10).unwrap();
+    buf[9] = 4;
+    let raw = RawMessage::encode(&String::from("in pieces")).unwrap();
+    ch.port1
+        .post_raw_parts(&pieces(&raw.archive, 3), raw.fingerprint, [buf.into()])
+        .unwrap();
+    let mut ev = ch.port2.recv::<String>().unwrap();
+    assert_eq!(ev.data, "in pieces");
+    assert_eq!(ev.buffers.remove(0)[9], 4);
+}
+
+#[test]
+fn try_post_raw_parts_says_full_and_hands_the_transfer_list_back() {
+    let ch = MessageChannel::builder().capacity(4096).build().unwrap();
+    let raw = RawMessage::encode(&[1u8; 256]).unwrap();
+    let parts = pieces(&raw.archive, 2);
+    let full = loop {
+        if let Err(e) = ch.port1.try_post_raw_parts(&parts, raw.fingerprint, []) {
+            break e;
+        }
+    };
+    assert!(full.is_full());
+    let err = loop {
+        // With a buffer, the message goes as a transfer record: also `Full`, the buffer back.
+        if let Err(e) = ch.port1.try_post_raw_parts(
+            &parts,
+            raw.fingerprint,
+            [ArrayBuffer::new(8).unwrap().into()],
+        ) {
+            break e;
+        }
+    };
+    assert!(err.is_full());
+    assert_eq!(err.into_inner().len(), 1);
+    let mut n = 0;
+    while let Ok(ev) = ch.port2.try_recv::<[u8; 256]>() {
+        assert_eq!(ev.data, [1u8; 256]);
+        n += 1;
+    }
+    assert!(n > 0);
+}
+
+#[test]
+fn pieces_adding_up_to_more_than_a_message_may_be_are_too_large() {
+    let ch = MessageChannel::new().unwrap();
+    // Zeroed by the allocator, never touched: 1 GiB of address space, no memory.
+    let half = vec![0u8; 1 << 30];
+    let buf = ArrayBuffer::new(8).unwrap();
+    let err = ch
+        .port1
+        .try_post_raw_parts(&[&half, &half], 0, [buf.into()])
+        .unwrap_err();
+    assert!(matches!(err.kind(), PostErrorKind::TooLarge { .. }));
+    assert_eq!(err.into_inner().len(), 1);
+}
+
+#[test]
+fn large_raw_receives_hand_over_the_ports_copy_and_the_port_goes_on() {
+    let ch = MessageChannel::new().unwrap();
+    // In a record (20 KB), beside the ring (1 MB), inside a transfer record (20 KB with a
+    // buffer: the archive is a part of the record), small (copied), then large again.
+    let cases: [(usize, bool); 5] = [
+        (20_000, false),
+        (1 << 20, false),
+        (20_000, true),
+        (10, false),
+        (1 << 20, true),
+    ];
+    for (len, with_buffer) in cases {
+        let value: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        let transfer: Vec<shmport::Transferable> = if with_buffer {
+            vec![ArrayBuffer::new(3).unwrap().into()]
+        } else {
+            Vec::new()
+        };
+        ch.port1.post_message(&value, transfer).unwrap();
+        let raw = ch.port2.recv_raw().unwrap();
+        assert_eq!(raw.buffers.len(), usize::from(with_buffer));
+        assert_eq!(raw.decode::<Vec<u8>>().unwrap(), value, "{len} B");
+        // What was handed over is the caller's: a later receive does not touch it.
+        ch.port1.post_message(&vec![9u8; len], []).unwrap();
+        let again = ch.port2.try_recv_raw().unwrap();
+        assert_eq!(raw.decode::<Vec<u8>>().unwrap(), value);
+        assert_eq!(again.decode::<Vec<u8>>().unwrap(), vec![9u8; len]);
+    }
+}

@@ -111,12 +111,19 @@ impl MessagePort {
     /// does: its archive (copied into private memory), its fingerprint, and its
     /// transferred ports and buffers.
     ///
+    /// The archive is the one copy the port makes of every message (the peer cannot
+    /// change it any more), handed over rather than copied again: a forwarder can pass
+    /// it on as it is (a network library's owned buffer) without a copy of its own. (An
+    /// archive under 16 KiB is copied into a vector of its own size instead, so that the
+    /// port keeps its receive buffer for the next message.)
+    ///
     /// # Errors
     ///
     /// As [`recv`](Self::recv), except that no type is checked: `MessageError` only when
     /// the record itself or its transferred objects are bad.
     pub fn recv_raw(&self) -> Result<RawMessage, RecvError> {
-        Self::untimed(self.recv_until(None, &mut copy_archive)).map(into_raw)
+        let ev = Self::untimed(self.recv_until(None, &mut locate_archive))?;
+        Ok(self.raw_message(ev))
     }
 
     /// [`recv_raw`](Self::recv_raw), waiting at most `timeout`.
@@ -125,8 +132,8 @@ impl MessagePort {
     ///
     /// As [`recv_timeout`](Self::recv_timeout), without the type check.
     pub fn recv_raw_timeout(&self, timeout: Duration) -> Result<RawMessage, RecvTimeoutError> {
-        self.recv_until(Instant::now().checked_add(timeout), &mut copy_archive)
-            .map(into_raw)
+        let ev = self.recv_until(Instant::now().checked_add(timeout), &mut locate_archive)?;
+        Ok(self.raw_message(ev))
     }
 
     /// [`recv_raw`](Self::recv_raw) without waiting.
@@ -135,7 +142,8 @@ impl MessagePort {
     ///
     /// As [`try_recv`](Self::try_recv), without the type check.
     pub fn try_recv_raw(&self) -> Result<RawMessage, TryRecvError> {
-        self.try_recv_now(&mut copy_archive).map(into_raw)
+        let ev = self.try_recv_now(&mut locate_archive)?;
+        Ok(self.raw_message(ev))
     }
 
     /// [`try_recv_raw`](Self::try_recv_raw), lending the archive to `f` instead of
@@ -214,6 +222,138 @@ impl MessagePort {
         )
     }
 
+    /// [`post_raw`](Self::post_raw) of an archive that is in pieces: `parts`, in order,
+    /// are its bytes (as a network library may hand over a large message). The pieces
+    /// are written straight where the message goes (the peer's ring, or the shared
+    /// memory beside it for a message too large for the ring): no contiguous copy first.
+    ///
+    /// ```
+    /// use shmport::{MessageChannel, RawMessage};
+    ///
+    /// let ch = MessageChannel::new()?;
+    /// let raw = RawMessage::encode(&vec![7u8; 1000])?;
+    /// // The archive as it might arrive from a network, in three pieces.
+    /// let (a, rest) = raw.archive.split_at(10);
+    /// let (b, c) = rest.split_at(500);
+    /// ch.port1.post_raw_parts(&[a, b, c], raw.fingerprint, [])?;
+    /// assert_eq!(ch.port2.recv::<Vec<u8>>()?.data, vec![7u8; 1000]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`post_raw`](Self::post_raw), with the transfer list handed back (`TooLarge`
+    /// when the pieces add up to more than [`MAX_MESSAGE_LEN`](Self::MAX_MESSAGE_LEN)).
+    pub fn post_raw_parts(
+        &self,
+        parts: &[&[u8]],
+        fingerprint: u64,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        self.post_parts(
+            parts,
+            fingerprint,
+            transfer.into_iter().collect(),
+            RoomWait::Forever,
+        )
+    }
+
+    /// [`post_raw_parts`](Self::post_raw_parts) without ever waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_post_raw`](Self::try_post_raw): `Full` when the peer's ring has no room
+    /// now.
+    pub fn try_post_raw_parts(
+        &self,
+        parts: &[&[u8]],
+        fingerprint: u64,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        self.post_parts(
+            parts,
+            fingerprint,
+            transfer.into_iter().collect(),
+            RoomWait::Never,
+        )
+    }
+
+    /// `post_archive` of an archive in pieces.
+    fn post_parts(
+        &self,
+        parts: &[&[u8]],
+        fp: u64,
+        list: Vec<Transferable>,
+        wait: RoomWait,
+    ) -> Result<(), PostError> {
+        match parts {
+            [] => self.post_archive(&[], fp, list, wait),
+            [one] => self.post_archive(one, fp, list, wait),
+            _ => {
+                let len = parts.iter().try_fold(0usize, |n, p| n.checked_add(p.len()));
+                self.post_checked(len.unwrap_or(usize::MAX), list, |port, tx, list| {
+                    port.send_parts(tx, parts, len.unwrap_or(0), fp, list, wait)
+                })
+            }
+        }
+    }
+
+    /// Sends an archive in pieces of `len` bytes in all (checked by `post_checked`).
+    fn send_parts(
+        &self,
+        tx: &mut Producer,
+        parts: &[&[u8]],
+        len: usize,
+        fp: u64,
+        list: Vec<Transferable>,
+        wait: RoomWait,
+    ) -> Result<(), PostError> {
+        if !list.is_empty() {
+            // A transfer record carries its archive after its item table: made whole here
+            // (transfer lists are rare where archives come in pieces).
+            let whole = parts.concat();
+            return self.send_encoded(tx, &whole, fp, list, wait);
+        }
+        if len > tx.mem().max_payload() {
+            // The body the archive travels in, written piece by piece.
+            let mut body = match ArrayBuffer::new_unzeroed(len) {
+                Ok(b) => b,
+                Err(e) => return Err(PostError::new(PostErrorKind::Os(e.into_io()), list)),
+            };
+            let mut rest = &mut body[..];
+            for p in parts {
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(p.len());
+                head.copy_from_slice(p);
+                rest = tail;
+            }
+            return self.send_body(tx, body, fp, wait);
+        }
+        let write = |tx: &mut Producer| {
+            let Some(mut r) = tx.fits(len).and_then(|at| tx.reserve(at)) else {
+                return false;
+            };
+            let mut area = &mut r.area()[..len];
+            for p in parts {
+                let (head, tail) = std::mem::take(&mut area).split_at_mut(p.len());
+                // A byte loop the compiler turns into a copy; the area is uninitialized
+                // ring memory, which a plain slice copy cannot write without `unsafe`.
+                for (d, s) in head.iter_mut().zip(p.iter()) {
+                    d.write(*s);
+                }
+                area = tail;
+            }
+            r.commit(len, KIND_MESSAGE, fp);
+            true
+        };
+        match self.when_room(tx, wait, write) {
+            Ok(()) => {
+                self.published(tx.mem());
+                Ok(())
+            }
+            Err(kind) => Err(PostError::new(kind, Vec::new())),
+        }
+    }
+
     /// The checks of `post` and `post_with_transfers`, then the sending of an archive
     /// that is already encoded.
     fn post_archive(
@@ -223,10 +363,32 @@ impl MessagePort {
         list: Vec<Transferable>,
         wait: RoomWait,
     ) -> Result<(), PostError> {
+        self.post_checked(archive.len(), list, |port, tx, list| {
+            if !list.is_empty() || archive.len() > tx.mem().max_payload() {
+                return port.send_encoded(tx, archive, fp, list, wait);
+            }
+            match port.when_room(tx, wait, |tx| tx.try_write(archive, KIND_MESSAGE, fp)) {
+                Ok(()) => {
+                    port.published(tx.mem());
+                    Ok(())
+                }
+                Err(kind) => Err(PostError::new(kind, Vec::new())),
+            }
+        })
+    }
+
+    /// The checks of `post` and `post_with_transfers` for an archive of `len` bytes, then
+    /// `send` with the producer.
+    fn post_checked(
+        &self,
+        len: usize,
+        list: Vec<Transferable>,
+        send: impl FnOnce(&Self, &mut Producer, Vec<Transferable>) -> Result<(), PostError>,
+    ) -> Result<(), PostError> {
         if !self.in_owner_process() {
             return Err(PostError::new(PostErrorKind::WrongProcess, list));
         }
-        if archive.len() > Self::MAX_MESSAGE_LEN {
+        if len > Self::MAX_MESSAGE_LEN {
             let kind = PostErrorKind::TooLarge {
                 max: Self::MAX_MESSAGE_LEN,
             };
@@ -241,36 +403,68 @@ impl MessagePort {
         let Ok(mut tx) = self.tx.try_borrow_mut() else {
             return Err(PostError::new(PostErrorKind::Reentrant, list));
         };
-        if !list.is_empty() || archive.len() > tx.mem().max_payload() {
-            return self.send_encoded(&mut tx, archive, fp, list, wait);
-        }
-        match self.when_room(&mut tx, wait, |tx| tx.try_write(archive, KIND_MESSAGE, fp)) {
-            Ok(()) => {
-                self.published(tx.mem());
-                Ok(())
+        send(self, &mut tx, list)
+    }
+
+    /// The archive of a raw receive: the port's receive buffer itself when the archive is
+    /// all of it (handed over, the port starts a new one), else a copy.
+    fn raw_message(&self, ev: MessageEvent<(Lent, u64)>) -> RawMessage {
+        let MessageEvent {
+            data: (lent, fingerprint),
+            ports,
+            buffers,
+        } = ev;
+        let archive = match lent {
+            Lent::Copied(v) => v,
+            Lent::At { addr, len } => {
+                let mut scratch = self.rx_scratch.borrow_mut();
+                let start = scratch.as_ptr() as usize;
+                let whole = addr == start && len == scratch.len();
+                if whole && scratch.capacity() / 2 <= len {
+                    std::mem::take(&mut *scratch)
+                } else {
+                    // A part of the buffer (an archive inside a transfer record), or far
+                    // less than the buffer holds: copied.
+                    let at = addr.wrapping_sub(start);
+                    let bytes = at
+                        .checked_add(len)
+                        .and_then(|end| scratch.get(at..end))
+                        .unwrap_or_default();
+                    let mut v = AlignedVec::<16>::with_capacity(bytes.len());
+                    v.extend_from_slice(bytes);
+                    v
+                }
             }
-            Err(kind) => Err(PostError::new(kind, Vec::new())),
+        };
+        RawMessage {
+            archive,
+            fingerprint,
+            ports,
+            buffers,
         }
     }
 }
 
-/// The decoder of the raw receives: a private copy of the archive and its tag.
-fn copy_archive(bytes: &[u8], tag: u64) -> Result<(AlignedVec<16>, u64), MessageError> {
-    let mut v = AlignedVec::<16>::with_capacity(bytes.len());
-    v.extend_from_slice(bytes);
-    Ok((v, tag))
+/// The smallest archive a raw receive hands over instead of copying.
+const HAND_OVER_MIN: usize = 16 << 10;
+
+/// Where a raw receive's archive is: a small one copied at once, a larger one found in the
+/// port's receive buffer (by address, compared after the receive has put the buffer back).
+enum Lent {
+    Copied(AlignedVec<16>),
+    At { addr: usize, len: usize },
 }
 
-fn into_raw(ev: MessageEvent<(AlignedVec<16>, u64)>) -> RawMessage {
-    let MessageEvent {
-        data: (archive, fingerprint),
-        ports,
-        buffers,
-    } = ev;
-    RawMessage {
-        archive,
-        fingerprint,
-        ports,
-        buffers,
+/// The decoder of the raw receives.
+fn locate_archive(bytes: &[u8], tag: u64) -> Result<(Lent, u64), MessageError> {
+    if bytes.len() < HAND_OVER_MIN {
+        let mut v = AlignedVec::<16>::with_capacity(bytes.len());
+        v.extend_from_slice(bytes);
+        return Ok((Lent::Copied(v), tag));
     }
+    let at = Lent::At {
+        addr: bytes.as_ptr() as usize,
+        len: bytes.len(),
+    };
+    Ok((at, tag))
 }
