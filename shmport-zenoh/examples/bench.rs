@@ -5,6 +5,11 @@
 //! cargo run --release -p shmport-zenoh --example bench
 //! ```
 //!
+//! `SZ_BENCH_ROUNDS=6` runs six alternating rounds of each figure instead of two, and
+//! `SZ_BENCH_ONLY=tput-1m` (a comma-separated list of `rtt-64`, `tput-64`, `rtt-1m`,
+//! `tput-1m`) only the figures named: more same-run ratios of one figure on a noisy
+//! machine.
+//!
 //! The parent listens on a loopback port and spawns itself as the remote side. Raw Zenoh
 //! is used the way an application would: a publisher with `CongestionControl::Block`
 //! and a subscriber with Zenoh's default FIFO channel, read by an application thread
@@ -19,8 +24,6 @@ use shmport_zenoh::{Bridge, BridgeConfig};
 use zenoh::qos::CongestionControl;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-const ROUNDS: usize = 2;
 
 fn main() -> Result<()> {
     if let Ok(addr) = std::env::var("SZ_BENCH_REMOTE") {
@@ -37,10 +40,14 @@ fn main() -> Result<()> {
         .spawn()?;
     let port = listener.accept()?;
     let raw = Raw::new(bridge.session())?;
-    println!("two processes on loopback, {ROUNDS} alternating rounds; figures per round");
+    let rounds: usize = std::env::var("SZ_BENCH_ROUNDS").map_or(Ok(2), |r| r.parse())?;
+    let only = std::env::var("SZ_BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|w| w == name);
+    println!("two processes on loopback, {rounds} alternating rounds; figures per round");
     for (size, rtt_n, tput_n) in [(64usize, 5_000usize, 200_000u64), (1 << 20, 200, 1_000)] {
         let msg = vec![3u8; size];
-        for round in 0..ROUNDS {
+        let unit = if size < 1 << 20 { "64" } else { "1m" };
+        for round in (0..rounds).filter(|_| wanted(&format!("rtt-{unit}"))) {
             let b = bridge_rtt(&port, &msg, rtt_n)?;
             let r = raw.rtt(&msg, rtt_n)?;
             println!(
@@ -52,7 +59,7 @@ fn main() -> Result<()> {
                 b.0.as_secs_f64() / r.0.as_secs_f64()
             );
         }
-        for round in 0..ROUNDS {
+        for round in (0..rounds).filter(|_| wanted(&format!("tput-{unit}"))) {
             let b = bridge_tput(&port, &msg, tput_n)?;
             let r = raw.tput(&msg, tput_n)?;
             println!(

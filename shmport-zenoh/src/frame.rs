@@ -19,6 +19,10 @@
 //! frame carries the first `inline_len` bytes of the archive, `Chunk` frames the rest.
 //! (The transfer list follows the inline bytes so that a sender can write the archive
 //! into the frame before it knows what the message transfers.)
+//!
+//! A sample may reach the receiver in pieces (Zenoh reassembles a large message from its
+//! fragments without copying them together): [`decode_parts`] reads frames across piece
+//! boundaries, and a frame's bytes are [`Parts`], borrowed from the pieces they lie in.
 
 /// Frame kinds.
 const KIND_MSG: u8 = 1;
@@ -38,6 +42,71 @@ pub const MAX_BODY_LEN: u64 = 1 << 40;
 /// Version of the handshake and frame format.
 pub const VERSION: u32 = 2;
 
+/// Bytes of a frame as the sample holds them: one slice, or several in order when they
+/// cross the boundaries of the sample's pieces.
+#[derive(Debug, Clone)]
+pub struct Parts<'a> {
+    first: &'a [u8],
+    more: Vec<&'a [u8]>,
+    len: usize,
+}
+
+impl<'a> Parts<'a> {
+    /// The bytes as slices, in order (none of them empty unless all of it is).
+    pub fn slices(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        std::iter::once(self.first).chain(self.more.iter().copied())
+    }
+
+    /// The bytes in one slice, when they lie in one.
+    pub fn as_contiguous(&self) -> Option<&'a [u8]> {
+        self.more.is_empty().then_some(self.first)
+    }
+
+    /// All the bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// No bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes, copied into one vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for s in self.slices() {
+            v.extend_from_slice(s);
+        }
+        v
+    }
+}
+
+impl<'a> From<&'a [u8]> for Parts<'a> {
+    fn from(bytes: &'a [u8]) -> Parts<'a> {
+        Parts {
+            first: bytes,
+            more: Vec::new(),
+            len: bytes.len(),
+        }
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Parts<'a> {
+    fn from(bytes: &'a [u8; N]) -> Parts<'a> {
+        Parts::from(&bytes[..])
+    }
+}
+
+/// Equal when the bytes are, however they are cut.
+impl PartialEq for Parts<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.slices().flatten().eq(other.slices().flatten())
+    }
+}
+
+impl Eq for Parts<'_> {}
+
 /// One frame, borrowing its bytes from the sample.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
@@ -48,7 +117,7 @@ pub enum Frame<'a> {
         /// Frame sequence number.
         seq: u64,
         /// The bytes (never empty).
-        bytes: &'a [u8],
+        bytes: Parts<'a>,
     },
     /// The sender's port closed: nothing follows.
     Close {
@@ -78,7 +147,7 @@ pub struct MsgHeader<'a> {
     /// The length of each transferred buffer.
     pub buffers: Vec<u64>,
     /// The first bytes of the body.
-    pub inline: &'a [u8],
+    pub inline: Parts<'a>,
 }
 
 impl MsgHeader<'_> {
@@ -102,51 +171,106 @@ impl std::fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
-/// A cursor over untrusted bytes.
-struct Reader<'a> {
-    bytes: &'a [u8],
+/// A cursor over untrusted bytes, in one or more pieces.
+struct Reader<'a, 'p> {
+    /// What is left of the current piece.
+    cur: &'a [u8],
+    /// The pieces after it.
+    rest: &'p [&'a [u8]],
+    /// Bytes left in all.
+    left: usize,
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
-        if n > self.bytes.len() {
+impl<'a, 'p> Reader<'a, 'p> {
+    fn new(pieces: &'p [&'a [u8]]) -> Reader<'a, 'p> {
+        Reader {
+            cur: &[],
+            rest: pieces,
+            left: pieces.iter().map(|p| p.len()).sum(),
+        }
+    }
+
+    /// The current piece, moved past empty ones.
+    fn current(&mut self) -> &'a [u8] {
+        while self.cur.is_empty() {
+            let Some((&next, rest)) = self.rest.split_first() else {
+                break;
+            };
+            (self.cur, self.rest) = (next, rest);
+        }
+        self.cur
+    }
+
+    fn take(&mut self, n: usize) -> Result<Parts<'a>, FrameError> {
+        if n > self.left {
             return Err(FrameError("truncated"));
         }
-        let (head, tail) = self.bytes.split_at(n);
-        self.bytes = tail;
-        Ok(head)
+        self.left -= n;
+        let cur = self.current();
+        if n <= cur.len() {
+            let (head, tail) = cur.split_at(n);
+            self.cur = tail;
+            return Ok(Parts::from(head));
+        }
+        let mut parts = Parts {
+            first: cur,
+            more: Vec::new(),
+            len: n,
+        };
+        let mut want = n - cur.len();
+        self.cur = &[];
+        while want > 0 {
+            // `n <= left` before: the pieces hold `want` more bytes.
+            let cur = self.current();
+            let k = want.min(cur.len());
+            parts.more.push(&cur[..k]);
+            self.cur = &cur[k..];
+            want -= k;
+        }
+        Ok(parts)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+        let mut a = [0u8; N];
+        let parts = self.take(N)?;
+        let mut at = 0;
+        for s in parts.slices() {
+            a[at..at + s.len()].copy_from_slice(s);
+            at += s.len();
+        }
+        Ok(a)
     }
 
     fn u8(&mut self) -> Result<u8, FrameError> {
-        Ok(self.take(1)?[0])
+        Ok(self.array::<1>()?[0])
     }
 
     fn u16(&mut self) -> Result<u16, FrameError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        self.array().map(u16::from_le_bytes)
     }
 
     fn u32(&mut self) -> Result<u32, FrameError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.array().map(u32::from_le_bytes)
     }
 
     fn u64(&mut self) -> Result<u64, FrameError> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+        self.array().map(u64::from_le_bytes)
     }
 
     fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.left == 0
     }
 }
 
 /// Decodes every frame of a sample. The first bad frame ends decoding with its error
 /// (the frames before it are returned: they were well-formed and in order).
 pub fn decode_all(bytes: &[u8]) -> (Vec<Frame<'_>>, Option<FrameError>) {
-    let mut r = Reader { bytes };
+    decode_parts(std::slice::from_ref(&bytes))
+}
+
+/// [`decode_all`] of a sample in pieces: `pieces`, in order, are its bytes.
+pub fn decode_parts<'a>(pieces: &[&'a [u8]]) -> (Vec<Frame<'a>>, Option<FrameError>) {
+    let mut r = Reader::new(pieces);
     let mut frames = Vec::new();
     while !r.is_empty() {
         match decode_one(&mut r) {
@@ -157,7 +281,7 @@ pub fn decode_all(bytes: &[u8]) -> (Vec<Frame<'_>>, Option<FrameError>) {
     (frames, None)
 }
 
-fn decode_one<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, FrameError> {
+fn decode_one<'a>(r: &mut Reader<'a, '_>) -> Result<Frame<'a>, FrameError> {
     match r.u8()? {
         KIND_MSG => {
             let seq = r.u64()?;
@@ -227,7 +351,9 @@ pub fn put_msg(out: &mut Vec<u8>, h: &MsgHeader<'_>) {
         h.archive_len,
         h.inline.len() as u32,
     );
-    out.extend_from_slice(h.inline);
+    for s in h.inline.slices() {
+        out.extend_from_slice(s);
+    }
     put_msg_suffix(out, &h.ports, &h.buffers);
 }
 
@@ -309,7 +435,8 @@ impl Hello {
     ///
     /// [`FrameError`] for anything but a well-formed handshake of this version.
     pub fn decode(bytes: &[u8]) -> Result<Hello, FrameError> {
-        let mut r = Reader { bytes };
+        let pieces = [bytes];
+        let mut r = Reader::new(&pieces);
         if r.u32()? != VERSION {
             return Err(FrameError("another protocol version"));
         }
@@ -327,7 +454,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn get_str(r: &mut Reader<'_>) -> Result<String, FrameError> {
+fn get_str(r: &mut Reader<'_, '_>) -> Result<String, FrameError> {
     let n = r.u16()? as usize;
     if n > MAX_NAME {
         return Err(FrameError("name too long"));
@@ -349,7 +476,7 @@ mod tests {
             archive_len: 5,
             ports: vec![11, 12],
             buffers: vec![5],
-            inline: b"abcde",
+            inline: b"abcde".into(),
         };
         put_msg(&mut out, &h);
         put_chunk_header(&mut out, 8, 3);
@@ -364,7 +491,7 @@ mod tests {
                 Frame::Msg(h),
                 Frame::Chunk {
                     seq: 8,
-                    bytes: b"fgh"
+                    bytes: b"fgh".into()
                 },
                 Frame::Close { seq: 9 },
                 Frame::Credit {
@@ -386,12 +513,64 @@ mod tests {
                 archive_len: 4,
                 ports: vec![3],
                 buffers: vec![4],
-                inline: b"xyzw",
+                inline: b"xyzw".into(),
             },
         );
         for cut in 1..out.len() {
             let (frames, err) = decode_all(&out[..cut]);
             assert!(frames.is_empty() && err.is_some(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn frames_cut_into_pieces_anywhere_decode_the_same() {
+        let mut out = Vec::new();
+        put_credit(&mut out, 1, 2);
+        put_msg(
+            &mut out,
+            &MsgHeader {
+                seq: 0,
+                fingerprint: 3,
+                archive_len: 300,
+                ports: vec![4],
+                buffers: vec![5, 6],
+                inline: (&[7u8; 200][..]).into(),
+            },
+        );
+        put_chunk_header(&mut out, 1, 100);
+        out.extend_from_slice(&[8u8; 100]);
+        put_close(&mut out, 2);
+        let (whole, err) = decode_all(&out);
+        assert_eq!((whole.len(), err), (4, None));
+        for cuts in [
+            vec![1],
+            vec![3, 40, 41],
+            vec![30, 230, 240, 250],
+            (1..out.len()).collect(),
+        ] {
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for &c in &cuts {
+                pieces.push(&out[at..c]);
+                at = c;
+            }
+            pieces.push(&out[at..]);
+            pieces.insert(1, &[]);
+            let (frames, err) = decode_parts(&pieces);
+            assert_eq!((&frames, err), (&whole, None), "cut at {cuts:?}");
+            for cut in 0..out.len() {
+                // Every truncation is still an error or fewer frames, never a panic.
+                let short: Vec<&[u8]> = pieces
+                    .iter()
+                    .scan(0usize, |n, p| {
+                        let take = p.len().min(cut.saturating_sub(*n));
+                        *n += p.len();
+                        Some(&p[..take])
+                    })
+                    .collect();
+                let (frames, err) = decode_parts(&short);
+                assert!(err.is_some() || frames.len() < whole.len());
+            }
         }
     }
 

@@ -36,7 +36,7 @@ fn valid_sample(rng: &mut Rng) -> Vec<u8> {
                         archive_len: (inline.len() as u64 + rng.below(100)) as u32,
                         ports: (0..rng.below(3)).map(|_| rng.next()).collect(),
                         buffers: (0..rng.below(3)).map(|_| rng.below(1 << 20)).collect(),
-                        inline,
+                        inline: inline.into(),
                     },
                 );
             }
@@ -90,7 +90,7 @@ fn valid_frames_round_trip_through_the_decoder() {
                 Frame::Msg(h) => frame::put_msg(&mut again, h),
                 Frame::Chunk { seq, bytes } => {
                     frame::put_chunk_header(&mut again, *seq, bytes.len() as u32);
-                    again.extend_from_slice(bytes);
+                    again.extend_from_slice(&bytes.to_vec());
                 }
                 Frame::Close { seq } => frame::put_close(&mut again, *seq),
                 Frame::Credit { messages, bytes } => {

@@ -99,7 +99,7 @@ fn msg(seq: u64, value: u32) -> Vec<u8> {
             archive_len: raw.archive.len() as u32,
             ports: Vec::new(),
             buffers: Vec::new(),
-            inline: &raw.archive,
+            inline: (&raw.archive[..]).into(),
         },
     );
     out

@@ -382,3 +382,53 @@ fn a_channel_works_across_two_network_namespaces() {
     port.post_message(&String::from("done"), []).unwrap();
     assert!(child.wait().success());
 }
+
+#[test]
+fn large_archives_arrive_whole_both_ways() {
+    // Under and at the size sent without a copy, a ring's worth, 1 MiB, and more than one
+    // frame carries (2 MiB): with a window so small that credit cuts messages into chunks.
+    const SIZES: [usize; 6] = [100, 16_383, 16_384, 70_000, 1 << 20, 5 << 20];
+    let value = |len: usize| -> Vec<u8> { (0..len).map(|i| ((i * 7 + len) % 253) as u8).collect() };
+    let window = |c: BridgeConfig| c.window(3, 4 << 20);
+    as_remote(window, |bridge| {
+        let port = bridge.connect("large", PATIENCE).unwrap();
+        // Echoed undecoded, with the buffer that came along.
+        for _ in 0..2 * SIZES.len() {
+            let mut raw = port.recv_raw().unwrap();
+            let transfer = raw.take_transfer();
+            port.post_raw(&raw.archive, raw.fingerprint, transfer)
+                .unwrap();
+        }
+        assert_eq!(port.recv::<String>().unwrap().data, "done");
+    });
+    let realm = realm("large");
+    let (bridge, endpoint) = listening_bridge(&realm, window(BridgeConfig::new()));
+    let listener = bridge.bind("large").unwrap();
+    let child = spawn_remote(
+        "large_archives_arrive_whole_both_ways",
+        &endpoint,
+        &realm,
+        &[],
+    );
+    let port = listener.accept().unwrap();
+    for with_buffer in [false, true] {
+        for len in SIZES {
+            let mut transfer = Vec::new();
+            if with_buffer {
+                let mut b = ArrayBuffer::new(len).unwrap();
+                b[len - 1] = 5;
+                transfer.push(b.into());
+            }
+            port.post_message(&value(len), transfer).unwrap();
+        }
+        for len in SIZES {
+            let mut ev = port.recv::<Vec<u8>>().unwrap();
+            assert!(ev.data == value(len), "the {len}-byte archive");
+            if with_buffer {
+                assert_eq!(ev.buffers.remove(0)[len - 1], 5);
+            }
+        }
+    }
+    port.post_message(&String::from("done"), []).unwrap();
+    assert!(child.wait().success());
+}
