@@ -232,6 +232,15 @@ impl<'a, 'p> Reader<'a, 'p> {
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
         let mut a = [0u8; N];
+        let cur = self.current();
+        if cur.len() >= N {
+            // The common case: within the current piece.
+            let (head, tail) = cur.split_at(N);
+            a.copy_from_slice(head);
+            self.cur = tail;
+            self.left -= N;
+            return Ok(a);
+        }
         let parts = self.take(N)?;
         let mut at = 0;
         for s in parts.slices() {

@@ -334,6 +334,9 @@ struct Pump {
     /// The port's readiness descriptor could not be had: the pump polls it.
     no_fd: bool,
     out: Vec<u8>,
+    /// The last message read from the port had a large archive: read the next one as
+    /// an owned copy (`try_recv_raw`) rather than lent (`try_recv_raw_with`).
+    last_was_large: bool,
     /// Owned bytes appended to the batch without a copy (a large archive), with the
     /// bytes of `out` before them; `None` while the batch is all in `out`.
     out_parts: Option<ZBytesWriter>,
@@ -383,6 +386,21 @@ const DIRECT_MAX: usize = 64 << 10;
 /// The smallest archive sent without a copy into the batch: the owned copy the port
 /// handed over becomes a piece of the sample.
 const ZERO_COPY_MIN: usize = 16 << 10;
+
+/// A message read from the bridge-side port for sending.
+enum Received {
+    /// Its archive, handed over by the port, and fingerprint: nothing written yet.
+    Owned(AlignedVec<16>, u64),
+    /// The `Msg` frame's prefix and this many inline bytes are written into the batch;
+    /// the rest of the archive, copied.
+    Copied(usize, Bytes),
+}
+
+/// Appends the start of a `Msg` frame for an archive of `len` bytes, `inline` of them in
+/// the frame (both within a message's limits: the port refuses longer archives).
+fn put_msg_prefix_for(out: &mut Vec<u8>, seq: u64, fingerprint: u64, len: usize, inline: usize) {
+    frame::put_msg_prefix(out, seq, fingerprint, len as u32, inline as u32);
+}
 
 /// Calls `f` with the pieces of `payload`, as Zenoh holds them (a large sample is its
 /// fragments, which are not copied together).
@@ -523,6 +541,7 @@ impl Pump {
             port: Some(port),
             no_fd,
             out: Vec::new(),
+            last_was_large: false,
             out_parts: None,
             out_parts_len: 0,
             credit_arrived: false,
@@ -916,8 +935,10 @@ impl Pump {
                 return;
             };
             let avail = self.granted_bytes - self.sent_bytes;
-            match port.try_recv_raw() {
-                Ok(raw) => {
+            let received = if self.last_was_large {
+                // Large messages flow: take the port's own copy, handed over, and make it
+                // a piece of the sample.
+                port.try_recv_raw().map(|raw| {
                     let RawMessage {
                         archive,
                         fingerprint,
@@ -925,25 +946,39 @@ impl Pump {
                         buffers,
                         ..
                     } = raw;
+                    (Received::Owned(archive, fingerprint), ports, buffers)
+                })
+            } else {
+                // Small messages flow: the archive, lent, is copied into the batch (no
+                // allocation per message); one that turns out large is copied whole.
+                let (out, seq) = (&mut self.out, self.out_seq);
+                port.try_recv_raw_with(|archive, fingerprint| {
+                    let inline = archive.len().min(CHUNK).min(avail as usize);
+                    out.reserve(inline + 64);
+                    put_msg_prefix_for(out, seq, fingerprint, archive.len(), inline);
+                    out.extend_from_slice(&archive[..inline]);
+                    Received::Copied(inline, Bytes::copy_from_slice(&archive[inline..]))
+                })
+                .map(|ev| (ev.data, ev.ports, ev.buffers))
+            };
+            match received {
+                Ok((Received::Owned(archive, fingerprint), ports, buffers)) => {
                     let len = archive.len();
+                    self.last_was_large = len >= ZERO_COPY_MIN;
                     let inline = len.min(CHUNK).min(avail as usize);
-                    frame::put_msg_prefix(
-                        &mut self.out,
-                        self.out_seq,
-                        fingerprint,
-                        len as u32,
-                        inline as u32,
-                    );
+                    put_msg_prefix_for(&mut self.out, self.out_seq, fingerprint, len, inline);
                     let rest = if len < ZERO_COPY_MIN {
-                        // Small: copied into the batch.
                         self.out.extend_from_slice(&archive[..inline]);
                         Bytes::copy_from_slice(&archive[inline..])
                     } else {
-                        // The port's own copy, handed over, becomes a piece of the sample.
                         let archive = Bytes::from_owner(archive);
                         self.append_owned(archive.slice(..inline));
                         archive.slice(inline..)
                     };
+                    self.finish_msg_frame(inline, rest, ports, buffers);
+                }
+                Ok((Received::Copied(inline, rest), ports, buffers)) => {
+                    self.last_was_large = inline + rest.len() >= ZERO_COPY_MIN;
                     self.finish_msg_frame(inline, rest, ports, buffers);
                 }
                 Err(TryRecvError::Empty) => return,
