@@ -336,7 +336,8 @@ impl MessagePort {
             for p in parts {
                 let (head, tail) = std::mem::take(&mut area).split_at_mut(p.len());
                 // A byte loop the compiler turns into a copy; the area is uninitialized
-                // ring memory, which a plain slice copy cannot write without `unsafe`.
+                // ring memory, which a plain slice copy cannot write (a raw pointer copy would need a
+                // module on the allow-list of docs/safety.md).
                 for (d, s) in head.iter_mut().zip(p.iter()) {
                     d.write(*s);
                 }
