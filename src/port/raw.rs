@@ -328,24 +328,7 @@ impl MessagePort {
             }
             return self.send_body(tx, body, fp, wait);
         }
-        let write = |tx: &mut Producer| {
-            let Some(mut r) = tx.fits(len).and_then(|at| tx.reserve(at)) else {
-                return false;
-            };
-            let mut area = &mut r.area()[..len];
-            for p in parts {
-                let (head, tail) = std::mem::take(&mut area).split_at_mut(p.len());
-                // A byte loop the compiler turns into a copy; the area is uninitialized
-                // ring memory, which a plain slice copy cannot write (a raw pointer copy would need a
-                // module on the allow-list of docs/safety.md).
-                for (d, s) in head.iter_mut().zip(p.iter()) {
-                    d.write(*s);
-                }
-                area = tail;
-            }
-            r.commit(len, KIND_MESSAGE, fp);
-            true
-        };
+        let write = |tx: &mut Producer| tx.try_write_parts(parts, KIND_MESSAGE, fp);
         match self.when_room(tx, wait, write) {
             Ok(()) => {
                 self.published(tx.mem());

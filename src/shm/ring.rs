@@ -419,21 +419,28 @@ impl Producer {
 
     /// Copies `bytes` into one record if there is room now; returns whether it did.
     pub(crate) fn try_write(&mut self, bytes: &[u8], kind: u32, tag: u64) -> bool {
-        let Some(mut r) = self.fits(bytes.len()).and_then(|at| self.reserve(at)) else {
+        self.try_write_parts(&[bytes], kind, tag)
+    }
+
+    /// Copies `parts`, one after the other, into one record if there is room now; returns
+    /// whether it did.
+    pub(crate) fn try_write_parts(&mut self, parts: &[&[u8]], kind: u32, tag: u64) -> bool {
+        let len = parts.iter().map(|p| p.len()).sum();
+        let Some(mut r) = self.fits(len).and_then(|at| self.reserve(at)) else {
             return false;
         };
-        let area = r.area();
-        // SAFETY: `fits` guarantees `bytes.len() <= area.len()`; `area` is free ring memory
-        // owned by this producer and cannot overlap a caller's slice, which is either
-        // process-private memory or a part of some ring we do not write.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                area.as_mut_ptr().cast::<u8>(),
-                bytes.len(),
-            )
-        };
-        r.commit(bytes.len(), kind, tag);
+        let mut at = r.area().as_mut_ptr().cast::<u8>();
+        for part in parts {
+            // SAFETY: `fits` guarantees `len <= area.len()`, and the parts add up to `len`,
+            // so every copy stays inside the area; the area is free ring memory owned by
+            // this producer and cannot overlap a caller's slice, which is either
+            // process-private memory or a part of some ring we do not write.
+            unsafe {
+                std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
+                at = at.add(part.len());
+            }
+        }
+        r.commit(len, kind, tag);
         true
     }
 }
