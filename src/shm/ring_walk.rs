@@ -1,6 +1,6 @@
 //! Finding and checking the record published at a position of a ring, without taking it:
-//! the step [`Consumer::peek`] takes (written out there for the hot path), and the walk
-//! [`Consumer::queued`] makes over every record published.
+//! the step [`Consumer::peek`] takes, and the walk [`Consumer::queued`] makes over every
+//! record published.
 
 use super::{Consumer, Corrupt, KIND_PAD, RECORD_HEADER, RecordHeader, record_size};
 use crate::sys::sync::Ordering;
@@ -14,6 +14,8 @@ pub(super) struct Frame {
     /// padding.
     pub(super) size: usize,
     pub(super) is_padding: bool,
+    /// Its header, copied out of the ring and checked.
+    pub(super) header: RecordHeader,
 }
 
 impl Consumer {
@@ -21,6 +23,7 @@ impl Consumer {
     /// none is published there yet. A remainder too short for a header is skipped (the
     /// frame's `pos` and `off` are then past it) only once a record is found after it:
     /// until then the producer's tail may still stand before it.
+    #[inline(always)]
     pub(super) fn frame_at(&self, pos: u64, off: usize) -> Result<Option<Frame>, Corrupt> {
         let cap = self.mem.cap;
         let (pos, off) = if cap - off < RECORD_HEADER {
@@ -44,12 +47,14 @@ impl Consumer {
             off,
             size,
             is_padding,
+            header,
         }))
     }
 
     /// The bytes a record with `header` takes in the ring (the rest of the ring for
     /// padding), `to_end` bytes before the ring's end, and whether it is padding; `Err`
     /// for a framing no producer writes (the checks `peek` makes).
+    #[inline(always)]
     pub(super) fn extent(
         &self,
         header: &RecordHeader,
