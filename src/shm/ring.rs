@@ -334,8 +334,9 @@ impl Producer {
     }
 
     /// Reserves the payload area of the next record at `at`: as many bytes as
-    /// [`room`](Self::room) reports there. `None` when not even a header fits there.
-    #[inline]
+    /// [`room`](Self::room) reports there. `None` when not even a header fits there. (The
+    /// loom model picks the placement itself; the library asks `reserve_at_least`.)
+    #[cfg(loom)]
     pub(crate) fn reserve(&mut self, at: Placement) -> Option<Reservation<'_>> {
         let (here, wrapped) = self.room();
         let room = match at {
@@ -426,12 +427,12 @@ impl Producer {
     /// whether it did.
     pub(crate) fn try_write_parts(&mut self, parts: &[&[u8]], kind: u32, tag: u64) -> bool {
         let len = parts.iter().map(|p| p.len()).sum();
-        let Some(mut r) = self.fits(len).and_then(|at| self.reserve(at)) else {
+        let Some(mut r) = self.reserve_at_least(len) else {
             return false;
         };
         let mut at = r.area().as_mut_ptr().cast::<u8>();
         for part in parts {
-            // SAFETY: `fits` guarantees `len <= area.len()`, and the parts add up to `len`,
+            // SAFETY: `reserve_at_least` gave `len <= area.len()`, and the parts add up to `len`,
             // so every copy stays inside the area; the area is free ring memory owned by
             // this producer and cannot overlap a caller's slice, which is either
             // process-private memory or a part of some ring we do not write.
