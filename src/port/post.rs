@@ -179,12 +179,23 @@ impl MessagePort {
             return self.send_encoded(&mut tx, &scratch, fp, Vec::new(), wait);
         }
         self.size_hint.set(len);
-        match self.when_room(&mut tx, wait, |tx| tx.try_write(&scratch, KIND_MESSAGE, fp)) {
+        self.write_record(&mut tx, wait, |tx| tx.try_write(&scratch, KIND_MESSAGE, fp))
+    }
+
+    /// Writes one record with `write` once the ring has room (as `wait` allows; see
+    /// [`when_room`](Self::when_room)), then wakes the reader if it sleeps.
+    pub(super) fn write_record(
+        &self,
+        tx: &mut Producer,
+        wait: RoomWait,
+        write: impl FnMut(&mut Producer) -> bool,
+    ) -> Result<(), PostError> {
+        match self.when_room(tx, wait, write) {
             Ok(()) => {
                 self.published(tx.mem());
                 Ok(())
             }
-            Err(kind) => fail(kind),
+            Err(kind) => Err(PostError::new(kind, Vec::new())),
         }
     }
 

@@ -278,68 +278,7 @@ impl MessagePort {
         )
     }
 
-    /// `post_archive` of an archive in pieces.
-    fn post_parts(
-        &self,
-        parts: &[&[u8]],
-        fp: u64,
-        list: Vec<Transferable>,
-        wait: RoomWait,
-    ) -> Result<(), PostError> {
-        match parts {
-            [] => self.post_archive(&[], fp, list, wait),
-            [one] => self.post_archive(one, fp, list, wait),
-            _ => {
-                let len = parts.iter().try_fold(0usize, |n, p| n.checked_add(p.len()));
-                self.post_checked(len.unwrap_or(usize::MAX), list, |port, tx, list| {
-                    port.send_parts(tx, parts, len.unwrap_or(0), fp, list, wait)
-                })
-            }
-        }
-    }
-
-    /// Sends an archive in pieces of `len` bytes in all (checked by `post_checked`).
-    fn send_parts(
-        &self,
-        tx: &mut Producer,
-        parts: &[&[u8]],
-        len: usize,
-        fp: u64,
-        list: Vec<Transferable>,
-        wait: RoomWait,
-    ) -> Result<(), PostError> {
-        if !list.is_empty() {
-            // A transfer record carries its archive after its item table: made whole here
-            // (transfer lists are rare where archives come in pieces).
-            let whole = parts.concat();
-            return self.send_encoded(tx, &whole, fp, list, wait);
-        }
-        if len > tx.mem().max_payload() {
-            // The body the archive travels in, written piece by piece.
-            let mut body = match ArrayBuffer::new_unzeroed(len) {
-                Ok(b) => b,
-                Err(e) => return Err(PostError::new(PostErrorKind::Os(e.into_io()), list)),
-            };
-            let mut rest = &mut body[..];
-            for p in parts {
-                let (head, tail) = std::mem::take(&mut rest).split_at_mut(p.len());
-                head.copy_from_slice(p);
-                rest = tail;
-            }
-            return self.send_body(tx, body, fp, wait);
-        }
-        let write = |tx: &mut Producer| tx.try_write_parts(parts, KIND_MESSAGE, fp);
-        match self.when_room(tx, wait, write) {
-            Ok(()) => {
-                self.published(tx.mem());
-                Ok(())
-            }
-            Err(kind) => Err(PostError::new(kind, Vec::new())),
-        }
-    }
-
-    /// The checks of `post` and `post_with_transfers`, then the sending of an archive
-    /// that is already encoded.
+    /// [`post_parts`](Self::post_parts) of one contiguous archive.
     fn post_archive(
         &self,
         archive: &[u8],
@@ -347,31 +286,25 @@ impl MessagePort {
         list: Vec<Transferable>,
         wait: RoomWait,
     ) -> Result<(), PostError> {
-        self.post_checked(archive.len(), list, |port, tx, list| {
-            if !list.is_empty() || archive.len() > tx.mem().max_payload() {
-                return port.send_encoded(tx, archive, fp, list, wait);
-            }
-            match port.when_room(tx, wait, |tx| tx.try_write(archive, KIND_MESSAGE, fp)) {
-                Ok(()) => {
-                    port.published(tx.mem());
-                    Ok(())
-                }
-                Err(kind) => Err(PostError::new(kind, Vec::new())),
-            }
-        })
+        self.post_parts(&[archive], fp, list, wait)
     }
 
-    /// The checks of `post` and `post_with_transfers` for an archive of `len` bytes, then
-    /// `send` with the producer.
-    fn post_checked(
+    /// The checks of `post` and `post_with_transfers`, then the sending of an archive
+    /// that is already encoded, in `parts` (one, or the pieces of a raw post).
+    fn post_parts(
         &self,
-        len: usize,
+        parts: &[&[u8]],
+        fp: u64,
         list: Vec<Transferable>,
-        send: impl FnOnce(&Self, &mut Producer, Vec<Transferable>) -> Result<(), PostError>,
+        wait: RoomWait,
     ) -> Result<(), PostError> {
         if !self.in_owner_process() {
             return Err(PostError::new(PostErrorKind::WrongProcess, list));
         }
+        let len = parts
+            .iter()
+            .try_fold(0usize, |n, p| n.checked_add(p.len()))
+            .unwrap_or(usize::MAX);
         if len > Self::MAX_MESSAGE_LEN {
             let kind = PostErrorKind::TooLarge {
                 max: Self::MAX_MESSAGE_LEN,
@@ -387,7 +320,40 @@ impl MessagePort {
         let Ok(mut tx) = self.tx.try_borrow_mut() else {
             return Err(PostError::new(PostErrorKind::Reentrant, list));
         };
-        send(self, &mut tx, list)
+        self.send_parts(&mut tx, parts, len, fp, list, wait)
+    }
+
+    /// Sends an archive in `parts` of `len` bytes in all: into one ring record, or as a
+    /// transfer record (its archive inline or in a body).
+    fn send_parts(
+        &self,
+        tx: &mut Producer,
+        parts: &[&[u8]],
+        len: usize,
+        fp: u64,
+        list: Vec<Transferable>,
+        wait: RoomWait,
+    ) -> Result<(), PostError> {
+        if !list.is_empty() {
+            // A transfer record carries its archive after its item table: pieces are made
+            // whole here (transfer lists are rare where archives come in pieces).
+            let whole;
+            let archive = match parts {
+                [one] => *one,
+                _ => {
+                    whole = parts.concat();
+                    &whole
+                }
+            };
+            return self.send_encoded(tx, archive, fp, list, wait);
+        }
+        if len > tx.mem().max_payload() {
+            return match ArrayBuffer::body_copy(parts) {
+                Ok(body) => self.send_body(tx, body, fp, wait),
+                Err(e) => Err(PostError::new(PostErrorKind::Os(e.into_io()), list)),
+            };
+        }
+        self.write_record(tx, wait, |tx| tx.try_write_parts(parts, KIND_MESSAGE, fp))
     }
 
     /// The archive of a raw receive: the port's receive buffer itself when the archive is

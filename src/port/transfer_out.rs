@@ -88,7 +88,7 @@ impl MessagePort {
         if inline {
             return self.send_record(tx, Archive::Inline(archive), fp, list, wait);
         }
-        match ArrayBuffer::body_copy(archive) {
+        match ArrayBuffer::body_copy(&[archive]) {
             Ok(body) => self.send_record(tx, Archive::Body(body), fp, list, wait),
             Err(e) => Err(PostError::new(PostErrorKind::Os(e.into_io()), list)),
         }

@@ -131,11 +131,16 @@ impl ArrayBuffer {
         heap::trim()
     }
 
-    /// A buffer holding a copy of `bytes`, pooled when it fits a class: the out-of-ring
-    /// body of a large message.
-    pub(crate) fn body_copy(bytes: &[u8]) -> Result<ArrayBuffer, Error> {
-        let mut buf = Self::allocate(bytes.len(), false)?;
-        buf.copy_from_slice(bytes);
+    /// A buffer holding a copy of `parts`, one after the other, pooled when it fits a
+    /// class: the out-of-ring body of a large message.
+    pub(crate) fn body_copy(parts: &[&[u8]]) -> Result<ArrayBuffer, Error> {
+        let mut buf = Self::allocate(parts.iter().map(|p| p.len()).sum(), false)?;
+        let mut rest = &mut buf[..];
+        for part in parts {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(part.len());
+            head.copy_from_slice(part);
+            rest = tail;
+        }
         Ok(buf)
     }
 
