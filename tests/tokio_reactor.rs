@@ -3,7 +3,29 @@
 //! (`cargo test --release --features tokio --test tokio_reactor`)
 #![cfg(feature = "tokio")]
 
-use shmport::MessageChannel;
+use shmport::{Message, MessageChannel, MessagePort};
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A thread that answers each `T` received on `port` with `answer(&it)` until the port
+/// closes.
+fn echo<T: Message, A: Message>(
+    port: MessagePort,
+    answer: impl Fn(&T) -> A + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while let Ok(ev) = port.recv::<T>() {
+            if port.post_message(&answer(&ev.data), []).is_err() {
+                break;
+            }
+        }
+    })
+}
 
 fn reactor_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -15,20 +37,11 @@ fn reactor_threads() -> usize {
 
 #[test]
 fn async_receives_and_posts_in_tokio_start_no_reactor_thread() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     let MessageChannel {
         mut port1, port2, ..
     } = MessageChannel::builder().capacity(4096).build().unwrap();
-    let echo = std::thread::spawn(move || {
-        while let Ok(ev) = port2.recv::<(u32, [u8; 300])>() {
-            if port2.post_message(&ev.data.0, []).is_err() {
-                break;
-            }
-        }
-    });
+    let echo = echo(port2, |m: &(u32, [u8; 300])| m.0);
     rt.block_on(async {
         for round in 0..100u32 {
             // Twenty 300-byte messages through a 4 KiB ring: posts wait for room too.
@@ -53,21 +66,12 @@ fn async_receives_and_posts_in_tokio_start_no_reactor_thread() {
 fn every_wait_is_woken_while_older_doorbells_sit_unread() {
     // Under tokio the doorbells are drained only every few waits (its readiness is
     // edge-triggered): each of these round trips waits, and each must still be woken.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     let MessageChannel {
         mut port1, port2, ..
     } = MessageChannel::new().unwrap();
     port2.set_wait_strategy(shmport::WaitStrategy::Block);
-    let echo = std::thread::spawn(move || {
-        while let Ok(ev) = port2.recv::<u32>() {
-            if port2.post_message(&ev.data, []).is_err() {
-                break;
-            }
-        }
-    });
+    let echo = echo(port2, |n: &u32| *n);
     rt.block_on(async {
         for i in 0..5_000u32 {
             port1.post_message(&i, []).unwrap();
