@@ -51,6 +51,7 @@ impl MessageChannel {
             capacity: DEFAULT_CAPACITY,
             wait: WaitStrategy::default(),
             max_depth: DEFAULT_MAX_DEPTH,
+            max_queued: super::in_flight::DEFAULT_MAX_QUEUED,
         }
     }
 }
@@ -73,6 +74,7 @@ pub struct ChannelBuilder {
     capacity: usize,
     wait: WaitStrategy,
     max_depth: usize,
+    max_queued: usize,
 }
 
 impl ChannelBuilder {
@@ -96,6 +98,14 @@ impl ChannelBuilder {
         self
     }
 
+    /// How many bytes of bodies and transferred buffers either port may have queued for
+    /// its reader before a post waits (default 256 MiB; see
+    /// [`MessagePort::set_max_queued_bytes`]).
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued = bytes;
+        self
+    }
+
     /// Creates the channel.
     ///
     /// # Errors
@@ -113,6 +123,8 @@ impl ChannelBuilder {
         };
         ch.port1.set_max_depth(self.max_depth);
         ch.port2.set_max_depth(self.max_depth);
+        ch.port1.set_max_queued_bytes(self.max_queued);
+        ch.port2.set_max_queued_bytes(self.max_queued);
         Ok(ch)
     }
 }

@@ -1,7 +1,15 @@
-//! The pooled slots a port has posted and its peer may not have received yet: freed by
-//! the sender when the receiving end is gone for good (its process was killed), which
-//! nobody else can notice. A receiver that closes normally frees what was queued for it
-//! itself (`discard_incoming`).
+//! What a port has posted and its peer may not have taken yet.
+//!
+//! - The pooled slots: freed by the sender when the receiving end is gone for good (its
+//!   process was killed), which nobody else can notice. A receiver that closes normally
+//!   frees what was queued for it itself (`discard_incoming`).
+//! - The bytes outside the ring (message bodies and transferred buffers) of records the
+//!   reader has not taken: a post waits while they exceed the port's bound
+//!   ([`MessagePort::set_max_queued_bytes`]), as it waits for room in the ring, so a slow
+//!   reader holds at most that much of the pool, and a sender that outruns it is held back
+//!   instead of exhausting the pool and falling back to a memfd per body.
+
+use std::collections::VecDeque;
 
 use crate::shm::buffer::ArrayBuffer;
 use crate::shm::heap::SlotInTransit;
@@ -19,6 +27,45 @@ pub(super) struct InFlight {
 
 /// Fewest slots remembered before the first prune.
 const PRUNE_FROM: usize = 64;
+
+/// The out-of-ring bytes of the records a port wrote that its reader has not taken yet.
+#[derive(Default)]
+pub(super) struct Queued {
+    /// `(the ring's written bytes after the record, the record's out-of-ring bytes)`, oldest
+    /// first.
+    records: VecDeque<(u64, usize)>,
+    bytes: usize,
+}
+
+/// The default of [`MessagePort::max_queued_bytes`].
+pub(super) const DEFAULT_MAX_QUEUED: usize = 256 << 20;
+
+impl Queued {
+    /// Whether a record with `bytes` out-of-ring bytes may be written now, below `max`,
+    /// once the reader has taken everything written before `consumed`. One record is always
+    /// admitted when nothing is queued, however large.
+    pub(super) fn admits(&mut self, bytes: usize, max: usize, consumed: u64) -> bool {
+        if bytes == 0 || self.bytes.saturating_add(bytes) <= max {
+            return true;
+        }
+        while let Some(&(end, n)) = self.records.front() {
+            if end > consumed {
+                break;
+            }
+            self.bytes -= n;
+            self.records.pop_front();
+        }
+        self.bytes == 0 || self.bytes.saturating_add(bytes) <= max
+    }
+
+    /// Counts a record just written, ending at `end` in the ring.
+    pub(super) fn push(&mut self, end: u64, bytes: usize) {
+        if bytes > 0 {
+            self.records.push_back((end, bytes));
+            self.bytes += bytes;
+        }
+    }
+}
 
 impl InFlight {
     fn remember(&mut self, slot: SlotInTransit) {

@@ -132,6 +132,10 @@ pub struct MessagePort {
     heaps_received: RefCell<transfer_in::HeapTable>,
     /// Pooled slots this handle posted that may not be received yet (`in_flight.rs`).
     in_flight: RefCell<in_flight::InFlight>,
+    /// The out-of-ring bytes posted and not yet taken by the reader (`in_flight.rs`), and
+    /// their bound ([`MessagePort::set_max_queued_bytes`]).
+    queued: RefCell<in_flight::Queued>,
+    max_queued: Cell<usize>,
     /// How deep a received archive may nest (see [`MessagePort::set_max_depth`]).
     max_depth: Cell<usize>,
     /// The process that created or received this handle. In any other process (a copy
@@ -185,6 +189,8 @@ impl MessagePort {
             heaps_sent: RefCell::new(Vec::new()),
             heaps_received: RefCell::new(Vec::new()),
             in_flight: RefCell::default(),
+            queued: RefCell::default(),
+            max_queued: Cell::new(in_flight::DEFAULT_MAX_QUEUED),
             max_depth: Cell::new(codec::DEFAULT_MAX_DEPTH),
             pid: sys::current_pid(),
         })
@@ -229,6 +235,44 @@ impl MessagePort {
     /// ```
     pub fn set_max_depth(&self, levels: usize) {
         self.max_depth.set(levels);
+    }
+
+    /// How many bytes of message bodies and transferred buffers this port may have queued
+    /// for its reader before a post waits; 256 MiB unless changed.
+    pub fn max_queued_bytes(&self) -> usize {
+        self.max_queued.get()
+    }
+
+    /// Changes how many bytes outside the ring this port may have queued for its reader:
+    /// the bodies of messages too large for the ring and the `ArrayBuffer`s transferred.
+    ///
+    /// The ring bounds the number of queued messages; this bounds their memory. A post
+    /// whose bytes would take the queue past the bound waits as for room in the ring
+    /// (`post_message` until the reader takes some, `try_post_message` fails with
+    /// [`PostErrorKind::Full`], `post_message_timeout` after its timeout), so a reader that
+    /// falls behind holds back its sender instead of letting it fill the buffer pool. A
+    /// message is always accepted when nothing is queued, however large. The count is the
+    /// sender's (a port that moves elsewhere starts again from zero there, with the
+    /// default); what the reader has received and still holds is its own and not counted.
+    /// `usize::MAX` removes the bound.
+    ///
+    /// ```
+    /// use shmport::{ArrayBuffer, MessageChannel, PostErrorKind};
+    ///
+    /// let ch = MessageChannel::new()?;
+    /// ch.port1.set_max_queued_bytes(1 << 20);
+    /// let frame = || ArrayBuffer::new(512 << 10);
+    /// let (a, b, c) = (frame()?, frame()?, frame()?);
+    /// ch.port1.post_message(&(), [a.into()])?;
+    /// ch.port1.post_message(&(), [b.into()])?; // 1 MiB queued: the bound
+    /// let err = ch.port1.try_post_message(&(), [c.into()]).unwrap_err();
+    /// assert!(matches!(err.kind(), PostErrorKind::Full));
+    /// ch.port2.recv::<()>()?; // the reader takes one: room for another
+    /// ch.port1.try_post_message(&(), err.into_inner())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_max_queued_bytes(&self, bytes: usize) {
+        self.max_queued.set(bytes);
     }
 
     /// False in a process that did not create or receive this handle: a copy made by

@@ -213,11 +213,14 @@ impl MessagePort {
         };
         let mut scratch = std::mem::take(&mut *self.rx_scratch.borrow_mut());
         rx.copy_payload(&record, &mut scratch);
-        if rx.release(record) {
+        let header = record.header;
+        // A transfer record's release is published at once: its sender may be waiting for
+        // its out-of-ring bytes to be taken (`MessagePort::set_max_queued_bytes`), and the
+        // batching of head updates is for small messages.
+        if rx.release(record) || (header.kind == KIND_TRANSFER && rx.flush()) {
             self.wake_peer(&rx.mem().ctrl().writer_sleeping);
         }
         drop(rx);
-        let header = record.header;
         let result = match header.kind {
             KIND_MESSAGE => decode(&scratch, header.tag)
                 .map(|data| MessageEvent {

@@ -138,7 +138,18 @@ impl MessagePort {
         };
         record_payload(&mut payload, seq, &items, fds.len(), inline);
         // Room first: once the descriptors are on the socket, the record must follow.
-        if let Err(kind) = self.when_room(tx, wait, |tx| tx.fits(payload.len()).is_some()) {
+        let bytes = buffers_of(&list)
+            .chain(body.as_ref())
+            .map(ArrayBuffer::len)
+            .sum();
+        let Ok(mut queued) = self.queued.try_borrow_mut() else {
+            return Err(PostError::new(PostErrorKind::Reentrant, list));
+        };
+        let max = self.max_queued.get();
+        let room = |tx: &mut Producer| {
+            tx.fits(payload.len()).is_some() && queued.admits(bytes, max, tx.consumed())
+        };
+        if let Err(kind) = self.when_room(tx, wait, room) {
             return Err(PostError::new(kind, list));
         }
         let Some(moves) = Moves::begin(&list, body.as_ref()) else {
@@ -162,6 +173,8 @@ impl MessagePort {
             self.poison(Corrupt("ring lost reserved room"));
             return Err(PostError::new(PostErrorKind::Disconnected, Vec::new()));
         }
+        queued.push(tx.written(), bytes);
+        drop(queued);
         self.published(tx.mem());
         self.remember_in_flight(buffers_of(&list).chain(body.as_ref()));
         hand_over(list, body);

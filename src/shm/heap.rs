@@ -33,27 +33,33 @@ use crate::sys;
 use crate::sys::sync::{AtomicU64, Ordering};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMHEAP\0");
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const HEADER: usize = 64;
 const PAGE: usize = 4096;
 
 /// Slot sizes of the pooled classes, up to 64 MiB; larger buffers get a region of
-/// their own. A heap's pages are allocated by the kernel on first touch, so a class's heap
-/// costs memory only for the slots that have been used; a used slot stays resident for
-/// reuse (no page faults the next time).
-pub(crate) const CLASSES: [usize; 8] = [
+/// their own. Steps of 4 below 256 KiB, then of 2, so a frame of a little more than a power
+/// of two (a 1 MiB `Vec<u8>`'s archive, say) takes a slot of twice its size, not four times.
+/// A heap's pages are allocated by the kernel on first touch, so a class's heap costs
+/// memory only for the slots that have been used; a used slot stays resident for reuse (no
+/// page faults the next time).
+pub(crate) const CLASSES: [usize; 12] = [
     4 << 10,
     16 << 10,
     64 << 10,
     256 << 10,
+    512 << 10,
     1 << 20,
+    2 << 20,
     4 << 20,
+    8 << 20,
     16 << 20,
+    32 << 20,
     64 << 20,
 ];
 /// Slots per heap of each class: about 1 MiB of small slots, then a few large ones, so a
 /// pipeline with a few frames in flight needs one heap per class.
-const SLOTS: [u32; 8] = [256, 128, 64, 16, 16, 8, 8, 4];
+const SLOTS: [u32; 12] = [256, 128, 64, 16, 16, 16, 8, 8, 8, 8, 4, 4];
 
 /// Classes of this slot size and up allocate first-fit.
 const FIRST_FIT_FROM: usize = 256 << 10;

@@ -268,6 +268,18 @@ impl Producer {
         self.take_head(self.mem.ctrl().head.load(Ordering::Acquire))
     }
 
+    /// Bytes ever written by this producer, and the consumer's index as last read
+    /// ([`refresh`](Self::refresh)): a record written when `written()` was `w` has been
+    /// taken by the reader once `consumed() >= w`.
+    pub(crate) fn written(&self) -> u64 {
+        self.tail
+    }
+
+    /// See [`written`](Self::written).
+    pub(crate) fn consumed(&self) -> u64 {
+        self.head_cache
+    }
+
     /// Takes `head` as the consumer index, after the checks every peer value gets.
     fn take_head(&mut self, head: u64) -> Result<(), Corrupt> {
         check_indices(head, self.tail, self.mem.cap)?;
