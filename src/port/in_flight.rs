@@ -35,6 +35,8 @@ pub(super) struct Queued {
     /// first.
     records: VecDeque<(u64, usize)>,
     bytes: usize,
+    /// Whether the ring's `wants_head` is set (by us: only the writer sets it).
+    wants_head: bool,
 }
 
 /// The default of [`MessagePort::max_queued_bytes`].
@@ -45,9 +47,6 @@ impl Queued {
     /// once the reader has taken everything written before `consumed`. One record is always
     /// admitted when nothing is queued, however large.
     pub(super) fn admits(&mut self, bytes: usize, max: usize, consumed: u64) -> bool {
-        if bytes == 0 || self.bytes.saturating_add(bytes) <= max {
-            return true;
-        }
         while let Some(&(end, n)) = self.records.front() {
             if end > consumed {
                 break;
@@ -55,7 +54,24 @@ impl Queued {
             self.bytes -= n;
             self.records.pop_front();
         }
-        self.bytes == 0 || self.bytes.saturating_add(bytes) <= max
+        bytes == 0 || self.bytes == 0 || self.bytes.saturating_add(bytes) <= max
+    }
+
+    /// What the ring's `wants_head` should become before a record with `bytes` more is
+    /// published: `Some` when it changes. Set above half of `max`, cleared at a quarter, so
+    /// the reader publishes its head at once (a cache-line transfer per record) only while
+    /// the bound is near.
+    pub(super) fn wants_head(&mut self, bytes: usize, max: usize) -> Option<bool> {
+        let after = self.bytes.saturating_add(bytes);
+        let want = if self.wants_head {
+            after > max / 4
+        } else {
+            after > max / 2
+        };
+        (want != self.wants_head).then(|| {
+            self.wants_head = want;
+            want
+        })
     }
 
     /// Counts a record just written, ending at `end` in the ring.
@@ -107,5 +123,33 @@ impl MessagePort {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Queued;
+
+    #[test]
+    fn wants_head_is_asked_above_half_the_bound_and_withdrawn_at_a_quarter() {
+        let mut q = Queued::default();
+        assert_eq!(q.wants_head(40, 100), None);
+        q.push(8, 40);
+        assert_eq!(q.wants_head(20, 100), Some(true));
+        q.push(16, 20);
+        assert!(q.admits(10, 100, 8)); // the first record taken: 20 queued
+        assert_eq!(q.wants_head(10, 100), None, "30 > a quarter: still asked");
+        assert!(q.admits(0, 100, 16));
+        assert_eq!(q.wants_head(10, 100), Some(false));
+    }
+
+    #[test]
+    fn records_the_reader_took_are_forgotten_at_every_admission() {
+        let mut q = Queued::default();
+        for i in 1..=1000u64 {
+            q.push(i * 8, 4096);
+            assert!(q.admits(4096, usize::MAX, i * 8));
+        }
+        assert!(q.records.is_empty() && q.bytes == 0);
     }
 }

@@ -214,10 +214,14 @@ impl MessagePort {
         let mut scratch = std::mem::take(&mut *self.rx_scratch.borrow_mut());
         rx.copy_payload(&record, &mut scratch);
         let header = record.header;
-        // A transfer record's release is published at once: its sender may be waiting for
-        // its out-of-ring bytes to be taken (`MessagePort::set_max_queued_bytes`), and the
-        // batching of head updates is for small messages.
-        if rx.release(record) || (header.kind == KIND_TRANSFER && rx.flush()) {
+        // A transfer record's release is published at once while the writer asks for it
+        // (`wants_head`: its queued out-of-ring bytes near their bound, see
+        // `MessagePort::set_max_queued_bytes`), so that it sees them taken; otherwise in
+        // batches, as for small messages (a published head is a cache-line transfer).
+        let published = rx.release(record);
+        let wanted = header.kind == KIND_TRANSFER
+            && (rx.mem().ctrl().wants_head).load(std::sync::atomic::Ordering::Relaxed) != 0;
+        if published || (wanted && rx.flush()) {
             self.wake_peer(&rx.mem().ctrl().writer_sleeping);
         }
         drop(rx);

@@ -167,6 +167,11 @@ impl MessagePort {
         moves.complete();
         drop(fds);
         self.heaps_sent.borrow_mut().extend(new_heaps);
+        if let Some(want) = queued.wants_head(bytes, max) {
+            // Relaxed: the record's publication (Release) below orders it for the reader.
+            let word = &self.seg.ring_ctrl(self.side).wants_head;
+            word.store(u32::from(want), std::sync::atomic::Ordering::Relaxed);
+        }
         if !tx.try_write(&payload, KIND_TRANSFER, fp) {
             // Room was reserved above and only we write this ring: unreachable unless the
             // shared indices were tampered with.

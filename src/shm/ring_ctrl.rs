@@ -26,7 +26,11 @@ pub(crate) struct RingCtrl {
     /// arrive); the producer then starts the channel's heap table over. See
     /// `wire::transfer`, "Heap tables".
     pub heaps_lost: AtomicU32,
-    pad1: UnsafeCell<[u8; 112]>,
+    /// Set by the producer while the out-of-ring bytes it has queued near its bound: the
+    /// consumer then publishes its head after every transfer record instead of in batches
+    /// (`port/in_flight.rs`).
+    pub wants_head: AtomicU32,
+    pad1: UnsafeCell<[u8; 108]>,
 }
 
 #[cfg(not(loom))]
@@ -39,6 +43,7 @@ const _: () = {
     assert!(offset_of!(RingCtrl, head) == 128);
     assert!(offset_of!(RingCtrl, writer_sleeping) == 136);
     assert!(offset_of!(RingCtrl, heaps_lost) == 140);
+    assert!(offset_of!(RingCtrl, wants_head) == 144);
 };
 
 impl RingCtrl {
@@ -52,7 +57,8 @@ impl RingCtrl {
             head: AtomicU64::new(0),
             writer_sleeping: AtomicU32::new(0),
             heaps_lost: AtomicU32::new(0),
-            pad1: UnsafeCell::new([0; 112]),
+            wants_head: AtomicU32::new(0),
+            pad1: UnsafeCell::new([0; 108]),
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::sys::sync::AtomicU32;
 /// `b"SHMPORT\0"` read as a little-endian `u64`.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\0");
 /// Bumped on any change to the layout or the record format.
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// Offset of the first data area: the header and control blocks get a page of their own.
 pub(crate) const DATA_OFFSET: usize = 4096;
 /// Ring capacities are whole multiples of this, so data areas stay page-aligned.
