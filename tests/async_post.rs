@@ -161,3 +161,80 @@ fn async_posts_to_another_process_wait_for_its_reads() {
     });
     assert!(child.wait().success());
 }
+
+#[test]
+fn an_async_post_past_the_queued_bytes_bound_is_pending_until_the_reader_takes_a_body() {
+    let MessageChannel {
+        mut port1, port2, ..
+    } = MessageChannel::new().unwrap();
+    port1.set_max_queued_bytes(256 << 10);
+    let frame = |fill: u8| {
+        let mut b = shmport::ArrayBuffer::new(256 << 10).unwrap();
+        b.fill(fill);
+        b
+    };
+    port1.post_message(&0u8, [frame(0).into()]).unwrap();
+    let waker = waker();
+    let mut cx = Context::from_waker(&waker);
+    let reader;
+    {
+        let mut fut = pin!(port1.post_message_async(&1u8, [frame(1).into()]));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        reader = std::thread::spawn(move || {
+            port2
+                .iter::<u8>()
+                .map(|r| {
+                    let ev = r.unwrap();
+                    (ev.data, ev.buffers[0][0])
+                })
+                .collect::<Vec<_>>()
+        });
+        // The reader publishes its head after the transfer record (the writer asked for
+        // it), which rings our socket; the reactor wakes this thread.
+        loop {
+            if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
+                r.unwrap();
+                break;
+            }
+            std::thread::park();
+        }
+    }
+    drop(port1);
+    assert_eq!(reader.join().unwrap(), [(0, 0), (1, 1)]);
+}
+
+#[test]
+fn a_transfer_queued_before_its_writer_closed_with_our_doorbells_unread_still_arrives() {
+    let MessageChannel {
+        mut port1, port2, ..
+    } = MessageChannel::builder().capacity(4096).build().unwrap();
+    for i in 0..40u64 {
+        port1.try_post_message(&i, []).unwrap();
+    }
+    // A buffer of a heap the channel has not carried: its descriptor goes in a note on
+    // the socket, which the reader takes when it reaches the record.
+    let mut buf = shmport::ArrayBuffer::new(100).unwrap();
+    buf[0] = 9;
+    port1.try_post_message(&40u64, [buf.into()]).unwrap();
+    while port1.try_post_message(&41u64, []).is_ok() {}
+    let waker = waker();
+    let mut cx = Context::from_waker(&waker);
+    {
+        // Pending on the full ring: asks the reader for a doorbell when it frees room.
+        let mut fut = pin!(port1.post_message_async(&[0u8; 1500], []));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        // Enough receives for the reader to publish its head: it rings port1's socket.
+        for i in 0..20u64 {
+            assert_eq!(port2.recv::<u64>().unwrap().data, i);
+        }
+    }
+    drop(port1); // closes with that doorbell unread
+    for i in 20..40u64 {
+        assert_eq!(port2.recv::<u64>().unwrap().data, i);
+    }
+    let ev = port2.recv::<u64>().unwrap();
+    assert_eq!((ev.data, ev.buffers[0][0]), (40, 9));
+    while let Ok(ev) = port2.recv::<u64>() {
+        assert_eq!(ev.data, 41);
+    }
+}

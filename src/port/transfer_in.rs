@@ -97,16 +97,23 @@ impl MessagePort {
         }
         let mut note = [0u8; SOCKET_MESSAGE];
         let mut skipped = 0;
+        let mut reset_seen = false;
         let received = self.socket().and_then(|sock| {
             loop {
-                // Doorbells (one byte, no descriptors) queued before the note are stale
-                // news; a protocol-following writer leaves a few at most.
                 match sys::recv_with_fds(sock, &mut note) {
+                    // Doorbells (one byte, no descriptors) queued before the note are stale
+                    // news; a protocol-following writer leaves a few at most.
                     Ok(r)
                         if doorbell::is_doorbell(&note[..r.len], &r.fds)
                             && skipped < MAX_DOORBELLS_BEFORE_NOTE =>
                     {
                         skipped += 1;
+                    }
+                    // A writer that closed with doorbells of ours unread in its queue resets
+                    // the connection: the kernel reports that once, before what it queued
+                    // for us, which is still there.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !reset_seen => {
+                        reset_seen = true;
                     }
                     other => break other,
                 }
