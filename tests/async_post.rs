@@ -54,13 +54,7 @@ fn an_async_post_on_a_full_ring_is_pending_until_the_reader_frees_room() {
             got
         });
         // The reader's release rings our socket; the reactor wakes this thread.
-        loop {
-            if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
-                r.unwrap();
-                break;
-            }
-            std::thread::park();
-        }
+        block_on(fut.as_mut()).unwrap();
     }
     drop(port1);
     let got = reader.join().unwrap();
@@ -191,13 +185,7 @@ fn an_async_post_past_the_queued_bytes_bound_is_pending_until_the_reader_takes_a
         });
         // The reader publishes its head after the transfer record (the writer asked for
         // it), which rings our socket; the reactor wakes this thread.
-        loop {
-            if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
-                r.unwrap();
-                break;
-            }
-            std::thread::park();
-        }
+        block_on(fut.as_mut()).unwrap();
     }
     drop(port1);
     assert_eq!(reader.join().unwrap(), [(0, 0), (1, 1)]);

@@ -13,9 +13,11 @@ use std::collections::VecDeque;
 
 use crate::shm::buffer::ArrayBuffer;
 use crate::shm::heap::SlotInTransit;
+use crate::shm::ring::Producer;
 use crate::sys;
 
-use super::MessagePort;
+use super::post::RoomWait;
+use super::{MessagePort, PostErrorKind};
 
 /// The slots, pruned of the received ones whenever their number doubles: a port keeps at
 /// most about twice as many as are really in flight (and their heaps mapped).
@@ -94,6 +96,33 @@ impl InFlight {
 }
 
 impl MessagePort {
+    /// Waits, as `wait` allows ([`when_room`](Self::when_room)), until the ring has room
+    /// for a record of `len` bytes and `queued` for `bytes` more out-of-ring bytes.
+    pub(super) fn when_room_queued(
+        &self,
+        tx: &mut Producer,
+        wait: RoomWait,
+        len: usize,
+        bytes: usize,
+        queued: &mut Queued,
+    ) -> Result<(), PostErrorKind> {
+        let max = self.max_queued.get();
+        self.when_room(tx, wait, |tx| {
+            tx.fits(len).is_some() && queued.admits(bytes, max, tx.consumed())
+        })
+    }
+
+    /// Before publishing a record of `bytes` out-of-ring bytes: sets or clears the ring's
+    /// `wants_head` as the queue's nearness to its bound says.
+    pub(super) fn ask_for_head_near_bound(&self, queued: &mut Queued, bytes: usize) {
+        if let Some(want) = queued.wants_head(bytes, self.max_queued.get()) {
+            // Relaxed: the record's publication (Release) that follows orders it for the
+            // reader.
+            let word = &self.seg.ring_ctrl(self.side).wants_head;
+            word.store(u32::from(want), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Remembers the pooled slots of buffers (and a body) just posted.
     pub(super) fn remember_in_flight<'a>(&self, buffers: impl Iterator<Item = &'a ArrayBuffer>) {
         let mut in_flight = self.in_flight.borrow_mut();

@@ -145,11 +145,7 @@ impl MessagePort {
         let Ok(mut queued) = self.queued.try_borrow_mut() else {
             return Err(PostError::new(PostErrorKind::Reentrant, list));
         };
-        let max = self.max_queued.get();
-        let room = |tx: &mut Producer| {
-            tx.fits(payload.len()).is_some() && queued.admits(bytes, max, tx.consumed())
-        };
-        if let Err(kind) = self.when_room(tx, wait, room) {
+        if let Err(kind) = self.when_room_queued(tx, wait, payload.len(), bytes, &mut queued) {
             return Err(PostError::new(kind, list));
         }
         let Some(moves) = Moves::begin(&list, body.as_ref()) else {
@@ -167,11 +163,7 @@ impl MessagePort {
         moves.complete();
         drop(fds);
         self.heaps_sent.borrow_mut().extend(new_heaps);
-        if let Some(want) = queued.wants_head(bytes, max) {
-            // Relaxed: the record's publication (Release) below orders it for the reader.
-            let word = &self.seg.ring_ctrl(self.side).wants_head;
-            word.store(u32::from(want), std::sync::atomic::Ordering::Relaxed);
-        }
+        self.ask_for_head_near_bound(&mut queued, bytes);
         if !tx.try_write(&payload, KIND_TRANSFER, fp) {
             // Room was reserved above and only we write this ring: unreachable unless the
             // shared indices were tampered with.
