@@ -37,6 +37,7 @@ impl Consumer {
         // (record offsets are).
         let mark = unsafe { self.mem.mark(off) }.load(Ordering::Acquire);
         if mark != pos + 1 {
+            self.mem.prefetch_lines_after(off);
             return Ok(None);
         }
         // SAFETY: in bounds and aligned as just above.
