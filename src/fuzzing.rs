@@ -195,7 +195,7 @@ pub fn transfer_record(data: &[u8]) {
     // that needs one fails).
     let mut table = vec![Some(heap.clone())];
     let _ = crate::port::transfer_in::rebuild_without_descriptors(&header, &items, &mut table);
-    for item in &items {
+    for item in items.iter() {
         if item.kind == ITEM_SLOT {
             let generation = transfer::SlotRef::unpack(item.reserved).generation;
             if heap.receive(item.side, generation, item.len).is_ok() {

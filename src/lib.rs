@@ -98,7 +98,7 @@ pub use wait::dispatch::{HandlerPanicked, MessageHandler};
 pub use wait::future::{IntoMessages, Messages, PostFuture, RecvFuture};
 pub use wait::portset::{InsertError, PortKey, PortSet};
 pub use wait::portset_async::WaitFuture;
-pub use wait::sink::PostSink;
+pub use wait::sink::{PostSink, TransferSink};
 pub use wire::codec::{Message, declare_stable_name, stable_fingerprint};
 
 /// The rkyv version shmport speaks; derive your messages' traits from here.

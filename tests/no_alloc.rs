@@ -44,3 +44,21 @@ fn steady_state_post_and_recv_of_a_small_message_allocate_nothing() {
     });
     assert_eq!(n, 0, "allocations in 100,000 post/recv pairs");
 }
+
+#[test]
+fn a_steady_state_transfer_of_a_pooled_buffer_allocates_only_the_two_transfer_lists() {
+    // The sender's list (`post_message` collects its transfer list into a `Vec`) and the
+    // receiver's `MessageEvent::buffers`: nothing else per transfer, on either side.
+    let ch = MessageChannel::new().unwrap();
+    let round = |i: u64| {
+        let mut frame = shmport::ArrayBuffer::new_unzeroed(4096).unwrap();
+        frame[0] = i as u8;
+        ch.port1.post_message(&i, [frame.into()]).unwrap();
+        let ev = ch.port2.recv::<u64>().unwrap();
+        assert_eq!((ev.data, ev.buffers[0][0]), (i, i as u8));
+    };
+    // Warm up: the pool's heap, the channel's heap table, the in-flight lists.
+    (0..10_000).for_each(round);
+    let n = allocations_during(|| (0..10_000).for_each(round));
+    assert_eq!(n, 2 * 10_000, "allocations in 10,000 transfers");
+}

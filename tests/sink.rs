@@ -4,7 +4,7 @@
 mod common;
 
 use futures_util::{SinkExt, stream};
-use shmport::{MessageChannel, PostErrorKind};
+use shmport::{ArrayBuffer, MessageChannel, PostErrorKind, Transferable};
 
 use common::{as_child, block_on, spawn_test_child, tokio_rt as rt};
 
@@ -110,4 +110,60 @@ fn into_inner_gives_back_a_port_that_still_posts_and_receives() {
     let mut sink = port1.into_sink::<u32>();
     block_on(sink.send(8)).unwrap();
     assert_eq!(port2.recv::<u32>().unwrap().data, 8);
+}
+
+#[test]
+fn a_transfer_sink_moves_a_buffer_with_each_message_to_another_process_in_order() {
+    // A 4 KiB ring holds a few dozen transfer records: the sink waits for room, its
+    // message's transfer list kept across the waits.
+    let ch = MessageChannel::builder().capacity(4096).build().unwrap();
+    as_child(|port| {
+        let mut n = 0u32;
+        for event in port.iter::<u32>() {
+            let event = event.unwrap();
+            assert_eq!(event.data, n);
+            assert_eq!(event.buffers.len(), 1);
+            assert!(event.buffers[0].iter().all(|&b| b == n as u8));
+            n += 1;
+        }
+        assert_eq!(n, 500);
+    });
+    let child = spawn_test_child(
+        "a_transfer_sink_moves_a_buffer_with_each_message_to_another_process_in_order",
+        ch.port2,
+    );
+    let mut sink = ch.port1.into_transfer_sink::<u32>();
+    let frames = (0..500u32).map(|i| {
+        let mut frame = ArrayBuffer::new_unzeroed(8192).unwrap();
+        frame.fill(i as u8);
+        Ok((i, vec![frame.into()]))
+    });
+    block_on(sink.send_all(&mut stream::iter(frames))).unwrap();
+    drop(sink); // drops the port: the child's iteration ends
+    assert!(child.wait().success());
+}
+
+#[test]
+fn a_port_sent_through_a_transfer_sink_keeps_working_at_its_new_owner() {
+    let MessageChannel { port1, port2, .. } = MessageChannel::new().unwrap();
+    let inner = MessageChannel::new().unwrap();
+    let mut sink = port1.into_transfer_sink::<u8>();
+    block_on(sink.send((1, vec![inner.port2.into()]))).unwrap();
+    let mut event = port2.recv::<u8>().unwrap();
+    let moved = event.ports.pop().expect("the port arrived");
+    inner.port1.post_message(&9u32, []).unwrap();
+    assert_eq!(moved.recv::<u32>().unwrap().data, 9);
+}
+
+#[test]
+fn a_transfer_sink_send_that_fails_hands_its_transfer_list_back() {
+    let MessageChannel { port1, port2, .. } = MessageChannel::new().unwrap();
+    drop(port2);
+    let mut sink = port1.into_transfer_sink::<u8>();
+    let mut frame = ArrayBuffer::new(64).unwrap();
+    frame[0] = 7;
+    let e = block_on(sink.send((1, vec![frame.into()]))).unwrap_err();
+    assert!(matches!(e.kind(), PostErrorKind::Disconnected));
+    let list = e.into_inner();
+    assert!(matches!(&list[..], [Transferable::Buffer(b)] if b[0] == 7));
 }

@@ -284,14 +284,14 @@ fn print_ratios(run: u32, rows: &[Row], spreads: &mut Spreads) {
             "buffer_4k_vs_plain_64b",
             KINDS[1],
             KINDS[0],
-            "P8: <= 3",
+            "goal: at most 3x",
         ),
         (
             "64 MiB ArrayBuffer / 4 KiB ArrayBuffer",
             "buffer_64m_vs_buffer_4k",
             KINDS[2],
             KINDS[1],
-            "P4: <= 2",
+            "goal: at most 2x",
         ),
     ];
     for (label, key, a, b, target) in ratios {

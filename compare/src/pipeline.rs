@@ -269,14 +269,14 @@ fn print_ratios(run: u32, frame_len: usize, rows: &[Measurement], spreads: &mut 
             "arraybuffer_vs_iceoryx2",
             Transport::ShmportBuffer,
             Transport::Iceoryx2,
-            "P7: >= 1",
+            "goal: at least 1x",
         ),
         (
             "Vec<u8> / Unix socket",
             "plain_vec_vs_unix_socket",
             Transport::ShmportPlain,
             Transport::UnixSocket,
-            "P7: >= 1.5 at 1 MiB and 16 MiB",
+            "goal: at least 1.5x at 1 MiB and 16 MiB",
         ),
     ];
     for (label, key, ours, theirs, target) in ratios {

@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 
+use crate::sys::sync::{AtomicU32, Ordering};
+
 use crate::shm::buffer::ArrayBuffer;
 use crate::shm::heap::SlotInTransit;
 use crate::shm::ring::Producer;
@@ -45,6 +47,17 @@ pub(super) struct Queued {
 pub(super) const DEFAULT_MAX_QUEUED: usize = 256 << 20;
 
 impl Queued {
+    /// The count of a writer taking over a ring: nothing of its own queued yet, and the
+    /// ring's `wants_head` as a previous holder of this end (moved here) may have left it,
+    /// so that the first post below the bound clears it instead of leaving the reader
+    /// publishing after every transfer record for good.
+    pub(super) fn taking_over(wants_head: &AtomicU32) -> Queued {
+        Queued {
+            wants_head: wants_head.load(Ordering::Relaxed) != 0,
+            ..Queued::default()
+        }
+    }
+
     /// Whether a record with `bytes` out-of-ring bytes may be written now, below `max`,
     /// once the reader has taken everything written before `consumed`. One record is always
     /// admitted when nothing is queued, however large.
@@ -170,6 +183,15 @@ mod tests {
         assert_eq!(q.wants_head(10, 100), None, "30 > a quarter: still asked");
         assert!(q.admits(0, 100, 16));
         assert_eq!(q.wants_head(10, 100), Some(false));
+    }
+
+    #[test]
+    fn a_writer_taking_over_a_ring_whose_wants_head_is_set_clears_it_at_its_first_post() {
+        let left_set = crate::sys::sync::AtomicU32::new(1);
+        let mut q = Queued::taking_over(&left_set);
+        assert_eq!(q.wants_head(10, 100), Some(false));
+        let left_clear = crate::sys::sync::AtomicU32::new(0);
+        assert_eq!(Queued::taking_over(&left_clear).wants_head(10, 100), None);
     }
 
     #[test]

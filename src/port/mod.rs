@@ -165,6 +165,7 @@ impl MessagePort {
         let bad = |Corrupt(why)| Error::InvalidSegment(why);
         let tx = Producer::attach(seg.ring(side)).map_err(bad)?;
         let rx = Consumer::attach(seg.ring(side.peer())).map_err(bad)?;
+        let queued = in_flight::Queued::taking_over(&seg.ring_ctrl(side).wants_head);
         Ok(MessagePort {
             seg,
             side,
@@ -189,7 +190,7 @@ impl MessagePort {
             heaps_sent: RefCell::new(Vec::new()),
             heaps_received: RefCell::new(Vec::new()),
             in_flight: RefCell::default(),
-            queued: RefCell::default(),
+            queued: RefCell::new(queued),
             max_queued: Cell::new(in_flight::DEFAULT_MAX_QUEUED),
             max_depth: Cell::new(codec::DEFAULT_MAX_DEPTH),
             pid: sys::current_pid(),

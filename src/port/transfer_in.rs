@@ -59,6 +59,8 @@ impl MessagePort {
         };
         let rebuilt = rebuild(&header, &items, fds, &mut table);
         drop(table);
+        let n_items = items.len();
+        drop(items); // borrowed from `scratch`, which a body's bytes replace below
         let Arrived {
             ports,
             buffers,
@@ -76,7 +78,7 @@ impl MessagePort {
                 decode(scratch, tag)
             }
             None => {
-                let at = transfer::archive_offset(items.len());
+                let at = transfer::archive_offset(n_items);
                 decode(&scratch[at..at + header.inline_len as usize], tag)
             }
         }?;

@@ -122,21 +122,22 @@ impl MessagePort {
             Archive::Inline(bytes) => (Some(bytes), None),
             Archive::Body(body) => (None, Some(body)),
         };
+        let Ok(mut payload) = self.tx_record.try_borrow_mut() else {
+            return Err(PostError::new(PostErrorKind::Reentrant, list));
+        };
         let tables = carried_tables(&list);
-        let described = self.describe_for_note(&list, body.as_ref(), &tables);
+        let described = self.describe_for_note(&list, body.as_ref(), &tables, &mut payload);
         let Described {
             items,
             fds,
             new_heaps,
+            ..
         } = match described {
             Ok(d) => d,
             Err(kind) => return Err(PostError::new(kind, list)),
         };
         let seq = next_transfer_seq();
-        let Ok(mut payload) = self.tx_record.try_borrow_mut() else {
-            return Err(PostError::new(PostErrorKind::Reentrant, list));
-        };
-        record_payload(&mut payload, seq, &items, fds.len(), inline);
+        finish_payload(&mut payload, seq, items, fds.len(), inline);
         // Room first: once the descriptors are on the socket, the record must follow.
         let bytes = buffers_of(&list)
             .chain(body.as_ref())
@@ -155,7 +156,7 @@ impl MessagePort {
         // No descriptor, no note: the record says so (`fds == 0`).
         if !fds.is_empty() {
             let block = !matches!(wait, RoomWait::Never);
-            if let Err(kind) = self.send_note(seq, items.len(), &fds, block) {
+            if let Err(kind) = self.send_note(seq, items, &fds, block) {
                 drop(moves);
                 return Err(PostError::new(kind, list));
             }
@@ -181,14 +182,15 @@ impl MessagePort {
     /// The record's items and the note's descriptors for `list` and `body`, against the
     /// heaps the reader's table already holds; `DataClone` when one note cannot carry
     /// them all.
-    fn describe_for_note<'a>(
+    fn describe_for_note<'a, 'p>(
         &self,
         list: &'a [Transferable],
         body: Option<&'a ArrayBuffer>,
         tables: &'a [Vec<Arc<Heap>>],
-    ) -> Result<Described<'a>, PostErrorKind> {
+        payload: &'p mut AlignedVec<16>,
+    ) -> Result<Described<'a, 'p>, PostErrorKind> {
         let sent = self.heaps_already_sent();
-        let described = describe(list, body, tables, &sent).map_err(PostErrorKind::Os)?;
+        let described = describe(list, body, tables, &sent, payload).map_err(PostErrorKind::Os)?;
         if described.fds.len() > sys::MAX_FDS_PER_MESSAGE {
             return Err(PostErrorKind::DataClone(
                 "the transfer list needs more descriptors than one message carries",
@@ -242,22 +244,28 @@ enum Archive<'a> {
 }
 
 /// What a transfer record says and its note carries.
-struct Described<'a> {
-    items: Vec<Item>,
+struct Described<'a, 'p> {
+    /// The record's payload: room for its header, then the items, written in place (no
+    /// list of items is allocated per transfer).
+    payload: &'p mut AlignedVec<16>,
+    /// How many items `payload` holds.
+    items: usize,
     /// The note's descriptors, in item order; none means no note.
     fds: Vec<BorrowedFd<'a>>,
     /// Heaps this record registers in the receiver's heap table, after `sent`'s.
     new_heaps: Vec<(u64, u64)>,
 }
 
-impl<'a> Described<'a> {
+impl<'a> Described<'a, '_> {
     fn item(&mut self, kind: u32, side: u32, len: usize, reserved: u64) {
-        self.items.push(Item {
+        let item = Item {
             kind,
             side,
             len: len as u64,
             reserved,
-        });
+        };
+        self.payload.extend_from_slice(bytemuck::bytes_of(&item));
+        self.items += 1;
     }
 
     /// A pooled slot of `heap`: named by its index when the channel already carries the
@@ -330,14 +338,18 @@ fn hand_over(list: Vec<Transferable>, body: Option<ArrayBuffer>) {
 /// takes two plus its heap table, a buffer one or none, the body one or none). `sent`: the
 /// heaps the receiver's table already holds. Moving ports get their sockets now, if they
 /// never had one; `tables` holds each moving port's heap table, in list order.
-fn describe<'a>(
+fn describe<'a, 'p>(
     list: &'a [Transferable],
     body: Option<&'a ArrayBuffer>,
     tables: &'a [Vec<Arc<Heap>>],
     sent: &[(u64, u64)],
-) -> std::io::Result<Described<'a>> {
+    payload: &'p mut AlignedVec<16>,
+) -> std::io::Result<Described<'a, 'p>> {
+    payload.clear();
+    payload.extend_from_slice(&[0; HEADER_ROOM]);
     let mut d = Described {
-        items: Vec::with_capacity(list.len() + 1),
+        payload,
+        items: 0,
         // Empty until needed: a stream of pooled buffers carries no descriptor.
         fds: Vec::new(),
         new_heaps: Vec::new(),
@@ -393,25 +405,31 @@ fn describe<'a>(
     Ok(d)
 }
 
-/// The payload of a transfer record: header, items, and the archive when it is inline.
-fn record_payload(
+/// Room for the header at the start of a transfer record's payload, before its items.
+const HEADER_ROOM: usize = std::mem::size_of::<TransferHeader>();
+
+/// Completes a transfer record's payload that [`describe`] left holding room for the
+/// header and `items` items: the header, and the archive when it is inline.
+fn finish_payload(
     payload: &mut AlignedVec<16>,
     seq: u64,
-    items: &[Item],
+    items: usize,
     fds: usize,
     inline: Option<&[u8]>,
 ) {
     let header = TransferHeader {
         seq,
-        items: items.len() as u32,
+        items: items as u32,
         fds: fds as u32,
         inline_len: inline.map_or(0, |a| a.len() as u32),
         reserved: 0,
     };
-    payload.clear();
-    payload.extend_from_slice(bytemuck::bytes_of(&header));
-    payload.extend_from_slice(bytemuck::cast_slice(items));
-    payload.resize(transfer::archive_offset(items.len()), 0);
+    debug_assert_eq!(
+        payload.len(),
+        HEADER_ROOM + items * std::mem::size_of::<Item>()
+    );
+    payload[..HEADER_ROOM].copy_from_slice(bytemuck::bytes_of(&header));
+    payload.resize(transfer::archive_offset(items), 0);
     if let Some(archive) = inline {
         payload.extend_from_slice(archive);
     }

@@ -1,16 +1,18 @@
 //! Async post as a `futures_sink::Sink`: a sink that owns its port and holds at most one
-//! message, posted by the same poll as `post_message_async` (`poll_post`).
+//! message (with its transfer list, for a [`TransferSink`]), posted by the same poll as
+//! `post_message_async` (`poll_post`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_sink::Sink;
 
-use crate::port::{MessagePort, PostError};
+use crate::port::{MessagePort, PostError, Transferable};
 use crate::wire::codec::Message;
 
 impl MessagePort {
-    /// The port as a [`Sink`] of messages of type `T` (without transfer lists), owning the
+    /// The port as a [`Sink`] of messages of type `T` (without transfer lists: see
+    /// [`into_transfer_sink`](Self::into_transfer_sink) for those), owning the
     /// port: for `SinkExt::send`, `send_all`, `forward` from a stream, and the combinators
     /// that want a sink. Each message is posted as
     /// [`post_message_async`](Self::post_message_async) posts it, waiting for room in the
@@ -65,7 +67,67 @@ impl MessagePort {
         PostSink {
             port: Some(self),
             item: None,
+            list: Vec::new(),
         }
+    }
+
+    /// The port as a [`Sink`] of messages of type `T` with their transfer lists: items are
+    /// `(message, transfer list)`, posted as
+    /// [`post_message_async(&message, list)`](Self::post_message_async) posts them. For a
+    /// pipeline that streams [`ArrayBuffer`](crate::ArrayBuffer)s or hands out ports.
+    /// Otherwise as [`into_sink`](Self::into_sink), whose sink this is with a list beside
+    /// the held message.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`into_sink`](Self::into_sink): a message and its list are posted whole or not
+    /// at all. A message still held when the sink is dropped (or `into_inner` is called)
+    /// is dropped with its list: its ports are closed and its buffers freed, as when any
+    /// value holding them is dropped. Flush first to keep them.
+    ///
+    /// # Errors
+    ///
+    /// A flush that fails returns the [`PostError`] of
+    /// [`post_message_async`](Self::post_message_async), which hands back the transfer
+    /// list ([`PostError::into_inner`]): nothing in it is lost. The message is dropped and
+    /// the sink goes on with the next one.
+    ///
+    /// ```
+    /// use futures_util::{SinkExt, stream};
+    /// use shmport::{ArrayBuffer, MessageChannel};
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     struct Unpark(std::thread::Thread);
+    /// #     impl std::task::Wake for Unpark {
+    /// #         fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
+    /// #     }
+    /// #     let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    /// #     let mut cx = std::task::Context::from_waker(&waker);
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+    /// #         std::thread::park();
+    /// #     }
+    /// # }
+    ///
+    /// let MessageChannel { port1, port2, .. } = MessageChannel::new()?;
+    /// let mut sink = port1.into_transfer_sink::<u32>();
+    /// // Ten frames, each a buffer moved (not copied) with its number.
+    /// let mut frames = Vec::new();
+    /// for i in 0..10u8 {
+    ///     let mut frame = ArrayBuffer::new(4096)?;
+    ///     frame.fill(i);
+    ///     frames.push(Ok((u32::from(i), vec![frame.into()])));
+    /// }
+    /// block_on(sink.send_all(&mut stream::iter(frames)))?;
+    /// for i in 0..10u8 {
+    ///     let event = port2.recv::<u32>()?;
+    ///     assert_eq!(event.data, u32::from(i));
+    ///     assert!(event.buffers[0].iter().all(|&b| b == i));
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn into_transfer_sink<T: Message>(self) -> TransferSink<T> {
+        TransferSink(self.into_sink())
     }
 }
 
@@ -77,6 +139,21 @@ pub struct PostSink<T> {
     port: Option<MessagePort>,
     /// The message taken by `start_send` and not posted yet.
     item: Option<T>,
+    /// Its transfer list (always empty but in a [`TransferSink`]).
+    list: Vec<Transferable>,
+}
+
+/// The sink of [`MessagePort::into_transfer_sink`]: items are `(message, transfer list)`.
+#[must_use = "sinks do nothing unless polled"]
+#[derive(Debug)]
+pub struct TransferSink<T>(PostSink<T>);
+
+impl<T> TransferSink<T> {
+    /// The port back, as [`PostSink::into_inner`] gives it. A message taken by
+    /// `start_send` and not flushed yet is dropped with its transfer list.
+    pub fn into_inner(self) -> MessagePort {
+        self.0.into_inner()
+    }
 }
 
 // Nothing of a `PostSink` is pinned: the message is only ever borrowed for one poll.
@@ -114,34 +191,76 @@ impl<T: Message> Sink<T> for PostSink<T> {
     /// If the sink still holds a message: `poll_ready` must have returned `Ready(Ok)`
     /// since the last `start_send`, as the `Sink` contract says.
     fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), PostError> {
-        let this = self.get_mut();
-        assert!(
-            this.item.is_none(),
-            "PostSink::start_send without a ready poll_ready"
-        );
-        this.item = Some(item);
+        self.get_mut().hold(item, Vec::new());
         Ok(())
     }
 
     /// Posts the message the sink holds, if any: at once when the peer's ring has room,
     /// otherwise once the reader frees room (the task is woken then).
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), PostError>> {
-        let this = self.get_mut();
-        let Some(item) = &this.item else {
-            return Poll::Ready(Ok(()));
-        };
-        let port = this.port.as_ref().expect("taken only by into_inner");
-        // No transfer list: an empty `Vec` does not allocate.
-        let got = port.poll_post(cx, item, &mut Vec::new());
-        if got.is_ready() {
-            this.item = None;
-        }
-        got
+        self.get_mut().flush(cx)
     }
 
     /// Flushes; the port stays open (see [`MessagePort::into_sink`]).
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), PostError>> {
         self.poll_flush(cx)
+    }
+}
+
+impl<T: Message> PostSink<T> {
+    fn hold(&mut self, item: T, list: Vec<Transferable>) {
+        assert!(
+            self.item.is_none(),
+            "start_send on a shmport sink without a ready poll_ready"
+        );
+        self.item = Some(item);
+        self.list = list;
+    }
+
+    fn flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PostError>> {
+        let Some(item) = &self.item else {
+            return Poll::Ready(Ok(()));
+        };
+        let port = self.port.as_ref().expect("taken only by into_inner");
+        // `poll_post` takes the list when it posts or fails, and leaves it while it waits.
+        let got = port.poll_post(cx, item, &mut self.list);
+        if got.is_ready() {
+            self.item = None;
+        }
+        got
+    }
+}
+
+impl<T: Message> Sink<(T, Vec<Transferable>)> for TransferSink<T> {
+    type Error = PostError;
+
+    /// Ready when the sink holds no message; otherwise posts the one it holds first.
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), PostError>> {
+        self.get_mut().0.flush(cx)
+    }
+
+    /// Takes a message and its transfer list, to be posted by the next `poll_flush` (or
+    /// `poll_ready`).
+    ///
+    /// # Panics
+    ///
+    /// If the sink still holds a message, as [`PostSink`]'s `start_send`.
+    fn start_send(
+        self: Pin<&mut Self>,
+        (item, list): (T, Vec<Transferable>),
+    ) -> Result<(), PostError> {
+        self.get_mut().0.hold(item, list);
+        Ok(())
+    }
+
+    /// Posts the message the sink holds, with its list, as [`PostSink`]'s `poll_flush`.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), PostError>> {
+        self.get_mut().0.flush(cx)
+    }
+
+    /// Flushes; the port stays open (see [`MessagePort::into_sink`]).
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), PostError>> {
+        self.get_mut().0.flush(cx)
     }
 }
 

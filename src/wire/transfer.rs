@@ -31,6 +31,8 @@
 //! replaces), at most [`MAX_HEAPS_PER_CHANNEL`]; past that a heap travels with its
 //! descriptor every time ([`NO_INDEX`]). The table moves with the receiving port.
 
+use std::borrow::Cow;
+
 use bytemuck::{Pod, Zeroable};
 
 /// Record kind of a message with a transfer list or an out-of-ring body.
@@ -125,7 +127,10 @@ pub(crate) fn archive_offset(items: usize) -> usize {
 
 /// Reads and checks the header and items of a transfer record's payload (copied out of the
 /// ring). An error means the framing is impossible: the channel must be poisoned.
-pub(crate) fn parse(payload: &[u8]) -> Result<(TransferHeader, Vec<Item>), &'static str> {
+///
+/// The items are borrowed from `payload` when it is 8-aligned (a port's receive buffer
+/// is: no allocation per transfer), else copied.
+pub(crate) fn parse(payload: &[u8]) -> Result<(TransferHeader, Cow<'_, [Item]>), &'static str> {
     if payload.len() < 24 {
         return Err("transfer record too short");
     }
@@ -137,9 +142,15 @@ pub(crate) fn parse(payload: &[u8]) -> Result<(TransferHeader, Vec<Item>), &'sta
     {
         return Err("transfer record header out of range");
     }
-    let items = payload[24..24 + 24 * n]
-        .chunks_exact(24)
-        .map(bytemuck::pod_read_unaligned)
-        .collect();
+    let bytes = &payload[24..24 + 24 * n];
+    let items = match bytemuck::try_cast_slice(bytes) {
+        Ok(items) => Cow::Borrowed(items),
+        Err(_) => Cow::Owned(
+            bytes
+                .chunks_exact(24)
+                .map(bytemuck::pod_read_unaligned)
+                .collect(),
+        ),
+    };
     Ok((header, items))
 }
