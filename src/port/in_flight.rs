@@ -49,8 +49,8 @@ pub(super) const DEFAULT_MAX_QUEUED: usize = 256 << 20;
 impl Queued {
     /// The count of a writer taking over a ring: nothing of its own queued yet, and the
     /// ring's `wants_head` as a previous holder of this end (moved here) may have left it,
-    /// so that the first post below the bound clears it instead of leaving the reader
-    /// publishing after every transfer record for good.
+    /// so that its first transfer post below a quarter of the bound clears it, instead of
+    /// leaving the reader publishing after every transfer record for good.
     pub(super) fn taking_over(wants_head: &AtomicU32) -> Queued {
         Queued {
             wants_head: wants_head.load(Ordering::Relaxed) != 0,
@@ -186,6 +186,7 @@ mod tests {
     }
 
     #[test]
+    // Plain tests: loom's atomics are only built here, not used (loom runs `loom_tests`).
     fn a_writer_taking_over_a_ring_whose_wants_head_is_set_clears_it_at_its_first_post() {
         let left_set = crate::sys::sync::AtomicU32::new(1);
         let mut q = Queued::taking_over(&left_set);

@@ -15,8 +15,8 @@ use crate::sys::sync::Ordering;
 use crate::wire::doorbell;
 use crate::wire::transfer::{
     self, ITEM_BODY, ITEM_BODY_SLOT, ITEM_BODY_SLOT_KNOWN, ITEM_BUFFER, ITEM_PORT, ITEM_SLOT,
-    ITEM_SLOT_KNOWN, Item, MAX_HEAPS_PER_CHANNEL, MAX_TRANSFER_LIST, NO_INDEX, SOCKET_MESSAGE,
-    SlotRef, TransferHeader,
+    ITEM_SLOT_KNOWN, Item, MAX_HEAPS_PER_CHANNEL, NO_INDEX, SOCKET_MESSAGE, SlotRef,
+    TransferHeader,
 };
 
 use super::*;
@@ -196,13 +196,13 @@ fn rebuild(
     table: &mut HeapTable,
 ) -> Result<Arrived, &'static str> {
     let mut fds = fds.into_iter();
-    // Sized once (at most the list's length): no growth step per buffer pushed.
+    // Sized once (`parse` capped the item count): no growth step per buffer pushed.
     let buffers = items
         .iter()
         .filter(|i| matches!(i.kind, ITEM_BUFFER | ITEM_SLOT | ITEM_SLOT_KNOWN))
         .count();
     let mut arrived = Arrived {
-        buffers: Vec::with_capacity(buffers.min(MAX_TRANSFER_LIST)),
+        buffers: Vec::with_capacity(buffers),
         ..Arrived::default()
     };
     let mut first_error = None;

@@ -89,7 +89,9 @@ impl MessagePort {
     ///
     /// A flush that fails returns the [`PostError`] of
     /// [`post_message_async`](Self::post_message_async), which hands back the transfer
-    /// list ([`PostError::into_inner`]): nothing in it is lost. The message is dropped and
+    /// list ([`PostError::into_inner`]): nothing in it is lost (unless the post found the
+    /// channel's shared indices tampered with and poisoned it: see
+    /// [`PostErrorKind::Disconnected`](crate::PostErrorKind::Disconnected)). The message is dropped and
     /// the sink goes on with the next one.
     ///
     /// ```
