@@ -126,13 +126,12 @@ impl MessagePort {
             return Err(PostError::new(PostErrorKind::Reentrant, list));
         };
         let tables = carried_tables(&list);
-        let described = self.describe_for_note(&list, body.as_ref(), &tables, &mut payload);
         let Described {
             items,
             fds,
             new_heaps,
             ..
-        } = match described {
+        } = match self.describe_for_note(&list, body.as_ref(), &tables, &mut payload) {
             Ok(d) => d,
             Err(kind) => return Err(PostError::new(kind, list)),
         };

@@ -2,7 +2,7 @@
 //! the step [`Consumer::peek`] takes, and the walk [`Consumer::queued`] makes over every
 //! record published.
 
-use super::{Consumer, Corrupt, KIND_PAD, RECORD_HEADER, RecordHeader, record_size};
+use super::{Consumer, Corrupt, KIND_PAD, RECORD_HEADER, RecordHeader, RingMem, record_size};
 use crate::sys::sync::Ordering;
 
 /// Where a published record found by [`Consumer::frame_at`] lies, its header checked.
@@ -104,5 +104,43 @@ impl Consumer {
             };
         }
         n
+    }
+}
+
+impl RingMem {
+    /// Asks the CPU to fetch the two cache lines after the one that holds offset `off`, as
+    /// far as the ring goes: a hint, with no effect on memory or on what any load returns.
+    ///
+    /// A reader polling an empty ring calls it beside its look at the next mark. A small
+    /// record spans two or three lines (a 64-byte message is an 88-byte record), and the
+    /// payload is written before the mark: fetched in the same spin as the mark, the
+    /// payload's lines arrive with it instead of as misses in series after it
+    /// (docs/design.md, "What bounds a busy-poll round trip").
+    #[inline(always)]
+    fn prefetch_lines_after(&self, off: usize) {
+        const LINE: usize = 64;
+        let base = self.data.as_ptr() as usize;
+        let first = ((base + off) | (LINE - 1)) + 1 - base;
+        for line in [first, first + LINE] {
+            if line >= self.cap {
+                return;
+            }
+            #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
+            // SAFETY: `line < cap`, so the address lies in the mapped data area; a prefetch
+            // reads nothing into the program and cannot fault, and SSE is part of x86_64.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>(self.data.as_ptr().add(line).cast::<i8>());
+            }
+            #[cfg(all(target_arch = "aarch64", not(miri), not(loom)))]
+            // SAFETY: as above; `prfm` is a hint that neither faults nor writes.
+            unsafe {
+                std::arch::asm!(
+                    "prfm pldl1keep, [{0}]",
+                    in(reg) self.data.as_ptr().add(line),
+                    options(nostack, readonly, preserves_flags)
+                );
+            }
+        }
     }
 }
