@@ -132,7 +132,7 @@ impl MessagePort {
             // Relaxed: the record's publication (Release) that follows orders it for the
             // reader.
             let word = &self.seg.ring_ctrl(self.side).wants_head;
-            word.store(u32::from(want), std::sync::atomic::Ordering::Relaxed);
+            word.store(u32::from(want), Ordering::Relaxed);
         }
     }
 
@@ -185,8 +185,9 @@ mod tests {
         assert_eq!(q.wants_head(10, 100), Some(false));
     }
 
+    // A plain test: under `--cfg loom` these atomics are loom's, built but never run
+    // (loom runs `loom_tests` only).
     #[test]
-    // Plain tests: loom's atomics are only built here, not used (loom runs `loom_tests`).
     fn a_writer_taking_over_a_ring_whose_wants_head_is_set_clears_it_at_its_first_post() {
         let left_set = crate::sys::sync::AtomicU32::new(1);
         let mut q = Queued::taking_over(&left_set);

@@ -126,17 +126,13 @@ impl MessagePort {
             return Err(PostError::new(PostErrorKind::Reentrant, list));
         };
         let tables = carried_tables(&list);
-        let Described {
-            items,
-            fds,
-            new_heaps,
-            ..
-        } = match self.describe_for_note(&list, body.as_ref(), &tables, &mut payload) {
-            Ok(d) => d,
-            Err(kind) => return Err(PostError::new(kind, list)),
-        };
+        let Described { fds, new_heaps, .. } =
+            match self.describe_for_note(&list, body.as_ref(), &tables, &mut payload) {
+                Ok(d) => d,
+                Err(kind) => return Err(PostError::new(kind, list)),
+            };
         let seq = next_transfer_seq();
-        finish_payload(&mut payload, seq, items, fds.len(), inline);
+        let items = finish_payload(&mut payload, seq, fds.len(), inline);
         // Room first: once the descriptors are on the socket, the record must follow.
         let bytes = buffers_of(&list)
             .chain(body.as_ref())
@@ -247,8 +243,6 @@ struct Described<'a, 'p> {
     /// The record's payload: room for its header, then the items, written in place (no
     /// list of items is allocated per transfer).
     payload: &'p mut AlignedVec<16>,
-    /// How many items `payload` holds.
-    items: usize,
     /// The note's descriptors, in item order; none means no note.
     fds: Vec<BorrowedFd<'a>>,
     /// Heaps this record registers in the receiver's heap table, after `sent`'s.
@@ -264,7 +258,6 @@ impl<'a> Described<'a, '_> {
             reserved,
         };
         self.payload.extend_from_slice(bytemuck::bytes_of(&item));
-        self.items += 1;
     }
 
     /// A pooled slot of `heap`: named by its index when the channel already carries the
@@ -348,7 +341,6 @@ fn describe<'a, 'p>(
     payload.extend_from_slice(&[0; HEADER_ROOM]);
     let mut d = Described {
         payload,
-        items: 0,
         // Empty until needed: a stream of pooled buffers carries no descriptor.
         fds: Vec::new(),
         new_heaps: Vec::new(),
@@ -408,14 +400,15 @@ fn describe<'a, 'p>(
 const HEADER_ROOM: usize = std::mem::size_of::<TransferHeader>();
 
 /// Completes a transfer record's payload that [`describe`] left holding room for the
-/// header and `items` items: the header, and the archive when it is inline.
+/// header, then the items: the header, and the archive when it is inline. Returns the
+/// number of items.
 fn finish_payload(
     payload: &mut AlignedVec<16>,
     seq: u64,
-    items: usize,
     fds: usize,
     inline: Option<&[u8]>,
-) {
+) -> usize {
+    let items = (payload.len() - HEADER_ROOM) / std::mem::size_of::<Item>();
     let header = TransferHeader {
         seq,
         items: items as u32,
@@ -423,15 +416,12 @@ fn finish_payload(
         inline_len: inline.map_or(0, |a| a.len() as u32),
         reserved: 0,
     };
-    debug_assert_eq!(
-        payload.len(),
-        HEADER_ROOM + items * std::mem::size_of::<Item>()
-    );
     payload[..HEADER_ROOM].copy_from_slice(bytemuck::bytes_of(&header));
     payload.resize(transfer::archive_offset(items), 0);
     if let Some(archive) = inline {
         payload.extend_from_slice(archive);
     }
+    items
 }
 
 /// The moves of a transfer list (and of a pooled body) in progress: moving ports have

@@ -66,8 +66,7 @@ impl MessagePort {
     pub fn into_sink<T: Message>(self) -> PostSink<T> {
         PostSink {
             port: Some(self),
-            item: None,
-            list: Vec::new(),
+            held: None,
         }
     }
 
@@ -139,10 +138,9 @@ impl MessagePort {
 pub struct PostSink<T> {
     /// Always `Some` but in `into_inner`, which takes it.
     port: Option<MessagePort>,
-    /// The message taken by `start_send` and not posted yet.
-    item: Option<T>,
-    /// Its transfer list (always empty but in a [`TransferSink`]).
-    list: Vec<Transferable>,
+    /// The message taken by `start_send` and not posted yet, with its transfer list
+    /// (always empty but in a [`TransferSink`]).
+    held: Option<(T, Vec<Transferable>)>,
 }
 
 /// The sink of [`MessagePort::into_transfer_sink`]: items are `(message, transfer list)`.
@@ -212,22 +210,21 @@ impl<T: Message> Sink<T> for PostSink<T> {
 impl<T: Message> PostSink<T> {
     fn hold(&mut self, item: T, list: Vec<Transferable>) {
         assert!(
-            self.item.is_none(),
+            self.held.is_none(),
             "start_send on a shmport sink without a ready poll_ready"
         );
-        self.item = Some(item);
-        self.list = list;
+        self.held = Some((item, list));
     }
 
     fn flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PostError>> {
-        let Some(item) = &self.item else {
+        let Some((item, list)) = &mut self.held else {
             return Poll::Ready(Ok(()));
         };
         let port = self.port.as_ref().expect("taken only by into_inner");
         // `poll_post` takes the list when it posts or fails, and leaves it while it waits.
-        let got = port.poll_post(cx, item, &mut self.list);
+        let got = port.poll_post(cx, item, list);
         if got.is_ready() {
-            self.item = None;
+            self.held = None;
         }
         got
     }
