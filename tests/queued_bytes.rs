@@ -106,3 +106,53 @@ fn the_bound_of_a_new_port_is_256_mib() {
     let ch = MessageChannel::new().unwrap();
     assert_eq!(ch.port1.max_queued_bytes(), 256 << 20);
 }
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn a_thread_that_posts_past_the_cache_window_before_it_receives_goes_on() {
+    // 16 MiB queued by the thread that will receive them: past the 4 MiB cache window,
+    // within the bound. The first post past the window finds the reader taking nothing
+    // and goes on; so do the rest.
+    let ch = MessageChannel::new().unwrap();
+    for i in 0..16u8 {
+        ch.port1.post_message(&i, [frame(MIB, i).into()]).unwrap();
+    }
+    for i in 0..16u8 {
+        let ev = ch.port2.recv::<u8>().unwrap();
+        assert_eq!((ev.data, ev.buffers[0][MIB - 1]), (i, i));
+    }
+}
+
+#[test]
+fn a_post_past_the_cache_window_waits_for_a_reader_that_keeps_taking() {
+    const FRAMES: u8 = 64;
+    let ch = MessageChannel::new().unwrap();
+    let (tx, rx) = (ch.port1, ch.port2);
+    // Five 1 MiB frames before the reader starts: the fifth goes past the window, waits,
+    // finds the reader taking nothing and goes on.
+    for i in 0..5u8 {
+        tx.post_message(&i, [ArrayBuffer::new_unzeroed(MIB).unwrap().into()])
+            .unwrap();
+    }
+    let idle_waits = tx.stats().waits_for_room;
+    let (took_one, first_taken) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for i in 0..FRAMES {
+            let ev = rx.recv::<u8>().unwrap();
+            assert_eq!(ev.data, i);
+            let _ = took_one.send(());
+            // Reads every byte: much slower than the poster, which writes none.
+            let sum = ev.buffers[0].iter().fold(0u8, |a, &b| a.wrapping_add(b));
+            std::hint::black_box(sum);
+        }
+    });
+    // The reader moved: posts past the window wait for it again.
+    first_taken.recv().unwrap();
+    for i in 5..FRAMES {
+        tx.post_message(&i, [ArrayBuffer::new_unzeroed(MIB).unwrap().into()])
+            .unwrap();
+    }
+    reader.join().unwrap();
+    assert!(tx.stats().waits_for_room > idle_waits);
+}

@@ -10,6 +10,7 @@
 //!   instead of exhausting the pool and falling back to a memfd per body.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::sys::sync::{AtomicU32, Ordering};
 
@@ -41,10 +42,25 @@ pub(super) struct Queued {
     bytes: usize,
     /// Whether the ring's `wants_head` is set (by us: only the writer sets it).
     wants_head: bool,
+    /// The reader's consumed position when a wait within the cache window last saw it take
+    /// nothing for [`CACHE_WAIT`]: no post waits within the window again until it moves.
+    reader_idle_at: Option<u64>,
 }
 
 /// The default of [`MessagePort::max_queued_bytes`].
 pub(super) const DEFAULT_MAX_QUEUED: usize = 256 << 20;
+
+/// The cache window: how far ahead of a reader that keeps up its writer may run in
+/// out-of-ring bytes, a fraction of a last-level cache. Frames handed over within it are
+/// still in the cache they were written through; with only the bound, a pipeline of 1 MiB
+/// frames fell into a state where every frame waited long enough to be evicted and was
+/// read at memory speed, a quarter of the cached rate (docs/design.md, "Queued bytes are
+/// bounded").
+pub(super) const CACHE_WINDOW: usize = 4 << 20;
+
+/// How long a post past the cache window waits for a reader that takes nothing: then the
+/// reader counts as busy elsewhere, and posts go on up to the bound until it takes a record.
+const CACHE_WAIT: Duration = Duration::from_millis(2);
 
 impl Queued {
     /// The count of a writer taking over a ring: nothing of its own queued yet, and the
@@ -120,15 +136,61 @@ impl MessagePort {
         queued: &mut Queued,
     ) -> Result<(), PostErrorKind> {
         let max = self.max_queued.get();
+        if CACHE_WINDOW < max && !matches!(wait, RoomWait::Never) {
+            self.when_in_cache_window(tx, wait, bytes, queued)?;
+        }
         self.when_room(tx, wait, |tx| {
             tx.fits(len).is_some() && queued.admits(bytes, max, tx.consumed())
         })
     }
 
+    /// Waits while `bytes` more would take the queue past the cache window and the reader
+    /// keeps taking records: each wait lasts at most [`CACHE_WAIT`] without progress. A
+    /// reader that took nothing in that time is busy elsewhere (or is this thread): the
+    /// post goes on, and so do the next ones, up to the bound, until the reader moves.
+    fn when_in_cache_window(
+        &self,
+        tx: &mut Producer,
+        wait: RoomWait,
+        bytes: usize,
+        queued: &mut Queued,
+    ) -> Result<(), PostErrorKind> {
+        loop {
+            if let Err(c) = tx.refresh() {
+                self.poison(c);
+                return Err(PostErrorKind::Disconnected);
+            }
+            let consumed = tx.consumed();
+            if queued.admits(bytes, CACHE_WINDOW, consumed)
+                || queued.reader_idle_at == Some(consumed)
+            {
+                return Ok(());
+            }
+            let mut until = Instant::now() + CACHE_WAIT;
+            if let RoomWait::Until(deadline) = wait {
+                if deadline <= until {
+                    // The caller's deadline comes first: the wait for the bound decides.
+                    return Ok(());
+                }
+                until = until.min(deadline);
+            }
+            let window = |tx: &mut Producer| queued.admits(bytes, CACHE_WINDOW, tx.consumed());
+            match self.when_room(tx, RoomWait::Until(until), window) {
+                Ok(()) => return Ok(()),
+                Err(PostErrorKind::Full) if tx.consumed() == consumed => {
+                    queued.reader_idle_at = Some(consumed);
+                    return Ok(());
+                }
+                Err(PostErrorKind::Full) => {} // it took some: wait on
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Before publishing a record of `bytes` out-of-ring bytes: sets or clears the ring's
     /// `wants_head` as the queue's nearness to its bound says.
     pub(super) fn ask_for_head_near_bound(&self, queued: &mut Queued, bytes: usize) {
-        if let Some(want) = queued.wants_head(bytes, self.max_queued.get()) {
+        if let Some(want) = queued.wants_head(bytes, self.max_queued.get().min(CACHE_WINDOW)) {
             // Relaxed: the record's publication (Release) that follows orders it for the
             // reader.
             let word = &self.seg.ring_ctrl(self.side).wants_head;
