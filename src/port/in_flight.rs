@@ -42,9 +42,9 @@ pub(super) struct Queued {
     bytes: usize,
     /// Whether the ring's `wants_head` is set (by us: only the writer sets it).
     wants_head: bool,
-    /// The reader's consumed position when a wait within the cache window last saw it take
-    /// nothing for [`CACHE_WAIT`]: no post waits within the window again until it moves.
-    reader_idle_at: Option<u64>,
+    /// When a wait within the cache window last saw the reader take nothing for
+    /// [`CACHE_WAIT`] (see [`Queued::window_applies`]).
+    reader_idle: Option<Idle>,
 }
 
 /// The default of [`MessagePort::max_queued_bytes`].
@@ -54,13 +54,28 @@ pub(super) const DEFAULT_MAX_QUEUED: usize = 256 << 20;
 /// out-of-ring bytes, a fraction of a last-level cache. Frames handed over within it are
 /// still in the cache they were written through; with only the bound, a pipeline of 1 MiB
 /// frames fell into a state where every frame waited long enough to be evicted and was
-/// read at memory speed, a quarter of the cached rate (docs/design.md, "Queued bytes are
-/// bounded").
+/// read at memory speed, a quarter of the cached rate (docs/design.md, "A cache window
+/// within the bound").
 pub(super) const CACHE_WINDOW: usize = 4 << 20;
 
 /// How long a post past the cache window waits for a reader that takes nothing: then the
-/// reader counts as busy elsewhere, and posts go on up to the bound until it takes a record.
+/// reader counts as busy elsewhere (or as the posting thread itself), and posts go on up to
+/// the bound.
 const CACHE_WAIT: Duration = Duration::from_millis(2);
+
+/// How long after a reader was found idle the window applies again, once it has moved (so
+/// a thread that receives one and posts one with a backlog past the window waits 2 ms at
+/// most once per this, not once per post), unless the queue falls back within the window
+/// first.
+const CACHE_REARM: Duration = Duration::from_millis(100);
+
+/// A reader a wait within the cache window found taking nothing.
+#[derive(Clone, Copy, Debug)]
+struct Idle {
+    /// Its consumed position then.
+    consumed: u64,
+    since: Instant,
+}
 
 impl Queued {
     /// The count of a writer taking over a ring: nothing of its own queued yet, and the
@@ -86,6 +101,33 @@ impl Queued {
             self.records.pop_front();
         }
         bytes == 0 || self.bytes == 0 || self.bytes.saturating_add(bytes) <= max
+    }
+
+    /// Whether a post of `bytes` out-of-ring bytes should wait within the cache window,
+    /// the reader's consumed position being `consumed`: past the window, unless the reader
+    /// was found idle and has not both moved and had [`CACHE_REARM`] since. A record of at
+    /// least the window's size never waits for it (the window cannot keep it in cache).
+    fn window_applies(
+        &mut self,
+        bytes: usize,
+        consumed: u64,
+        now: impl FnOnce() -> Instant,
+    ) -> bool {
+        if bytes >= CACHE_WINDOW {
+            return false;
+        }
+        if self.admits(bytes, CACHE_WINDOW, consumed) {
+            self.reader_idle = None;
+            return false;
+        }
+        match self.reader_idle {
+            None => true,
+            Some(idle) if idle.consumed != consumed && now() >= idle.since + CACHE_REARM => {
+                self.reader_idle = None;
+                true
+            }
+            Some(_) => false,
+        }
     }
 
     /// What the ring's `wants_head` should become before a record with `bytes` more is
@@ -155,30 +197,38 @@ impl MessagePort {
         bytes: usize,
         queued: &mut Queued,
     ) -> Result<(), PostErrorKind> {
+        // Within the window by the head last read: within it for real (the head only moves
+        // on), with no look at the reader's line.
+        if bytes >= CACHE_WINDOW || queued.admits(bytes, CACHE_WINDOW, tx.consumed()) {
+            return Ok(());
+        }
         loop {
             if let Err(c) = tx.refresh() {
                 self.poison(c);
                 return Err(PostErrorKind::Disconnected);
             }
             let consumed = tx.consumed();
-            if queued.admits(bytes, CACHE_WINDOW, consumed)
-                || queued.reader_idle_at == Some(consumed)
-            {
+            if !queued.window_applies(bytes, consumed, Instant::now) {
                 return Ok(());
             }
-            let mut until = Instant::now() + CACHE_WAIT;
+            let until = Instant::now() + CACHE_WAIT;
             if let RoomWait::Until(deadline) = wait {
                 if deadline <= until {
                     // The caller's deadline comes first: the wait for the bound decides.
                     return Ok(());
                 }
-                until = until.min(deadline);
             }
+            // The reader publishes its head after each transfer record it takes while asked,
+            // so that the wait sees it move.
+            self.set_wants_head(queued, true);
             let window = |tx: &mut Producer| queued.admits(bytes, CACHE_WINDOW, tx.consumed());
             match self.when_room(tx, RoomWait::Until(until), window) {
                 Ok(()) => return Ok(()),
                 Err(PostErrorKind::Full) if tx.consumed() == consumed => {
-                    queued.reader_idle_at = Some(consumed);
+                    queued.reader_idle = Some(Idle {
+                        consumed,
+                        since: Instant::now(),
+                    });
                     return Ok(());
                 }
                 Err(PostErrorKind::Full) => {} // it took some: wait on
@@ -191,11 +241,24 @@ impl MessagePort {
     /// `wants_head` as the queue's nearness to its bound says.
     pub(super) fn ask_for_head_near_bound(&self, queued: &mut Queued, bytes: usize) {
         if let Some(want) = queued.wants_head(bytes, self.max_queued.get().min(CACHE_WINDOW)) {
-            // Relaxed: the record's publication (Release) that follows orders it for the
-            // reader.
-            let word = &self.seg.ring_ctrl(self.side).wants_head;
-            word.store(u32::from(want), Ordering::Relaxed);
+            self.store_wants_head(want);
         }
+    }
+
+    /// Asks the reader to publish its head after each transfer record (`want`), or not.
+    fn set_wants_head(&self, queued: &mut Queued, want: bool) {
+        if queued.wants_head != want {
+            queued.wants_head = want;
+            self.store_wants_head(want);
+        }
+    }
+
+    fn store_wants_head(&self, want: bool) {
+        // Relaxed: the record's publication (Release) that follows orders it for the
+        // reader; before a wait, the reader sees it at its next transfer record or soon
+        // after (it only makes the reader publish sooner).
+        let word = &self.seg.ring_ctrl(self.side).wants_head;
+        word.store(u32::from(want), Ordering::Relaxed);
     }
 
     /// Remembers the pooled slots of buffers (and a body) just posted.
@@ -232,7 +295,66 @@ impl MessagePort {
 
 #[cfg(test)]
 mod tests {
-    use super::Queued;
+    use std::time::Instant;
+
+    use super::{CACHE_REARM, CACHE_WINDOW, Idle, Queued};
+
+    const MIB: usize = 1 << 20;
+
+    /// A queue with five 1 MiB records written, the first ending at ring position 8.
+    fn five_mib_queued() -> Queued {
+        let mut q = Queued::default();
+        for i in 1..=5u64 {
+            q.push(i * 8, MIB);
+        }
+        q
+    }
+
+    #[test]
+    fn a_post_within_the_cache_window_does_not_wait_for_it() {
+        let mut q = Queued::default();
+        q.push(8, 2 * MIB);
+        assert!(!q.window_applies(MIB, 0, || unreachable!()));
+    }
+
+    #[test]
+    fn a_post_past_the_cache_window_waits_for_a_reader_not_found_idle() {
+        assert!(five_mib_queued().window_applies(MIB, 0, || unreachable!()));
+    }
+
+    #[test]
+    fn a_record_as_large_as_the_cache_window_never_waits_for_it() {
+        assert!(!five_mib_queued().window_applies(CACHE_WINDOW, 0, || unreachable!()));
+    }
+
+    #[test]
+    fn a_reader_found_idle_is_not_waited_for_until_it_moves_and_the_rearm_time_passed() {
+        let since = Instant::now();
+        let mut q = five_mib_queued();
+        q.reader_idle = Some(Idle { consumed: 0, since });
+        let later = since + CACHE_REARM;
+        assert!(!q.window_applies(MIB, 0, || later), "it has not moved");
+        assert!(
+            !q.window_applies(MIB, 1, || since),
+            "moved, but just now found idle"
+        );
+        assert!(
+            q.window_applies(MIB, 1, || later),
+            "moved, and the rearm time passed"
+        );
+        assert!(q.reader_idle.is_none());
+    }
+
+    #[test]
+    fn a_queue_back_within_the_cache_window_forgets_the_idle_reader() {
+        let mut q = five_mib_queued();
+        q.reader_idle = Some(Idle {
+            consumed: 0,
+            since: Instant::now(),
+        });
+        assert!(!q.window_applies(MIB, 24, || unreachable!()), "3 MiB taken");
+        assert!(q.reader_idle.is_none());
+    }
 
     #[test]
     fn wants_head_is_asked_above_half_the_bound_and_withdrawn_at_a_quarter() {

@@ -257,14 +257,16 @@ impl MessagePort {
     /// default); what the reader has received and still holds is its own and not counted.
     /// `usize::MAX` removes the bound.
     ///
-    /// Within the bound, a blocking post (`post_message`, `post_message_timeout`) also
-    /// keeps to a *cache window* of 4 MiB while the reader keeps up: past it, the post
-    /// waits as long as the reader goes on taking records, so the frames of a pipeline are
-    /// read while they are still in the cache they were written through (measured: a
-    /// stream of 1 MiB buffers ran at a quarter of the cached rate when its sender got
-    /// far ahead). A reader that takes nothing for 2 ms is busy elsewhere, or is the
-    /// posting thread itself: the post goes on, and so do the next ones, up to the bound,
-    /// until the reader takes a record. `try_post_message` and async posts skip the window.
+    /// Within the bound, a blocking post (`post_message`, `post_message_timeout` with more
+    /// than 2 ms left, `post_raw`) also keeps to a *cache window* of 4 MiB while the reader
+    /// keeps up: past it, the post waits as long as the reader goes on taking records, so
+    /// the frames of a pipeline are read while they are still in the cache they were
+    /// written through (measured: a stream of 1 MiB buffers ran at a quarter of the cached
+    /// rate when its sender got far ahead). A reader that takes nothing for 2 ms is busy
+    /// elsewhere, or is the posting thread itself: the post goes on, and so do the next
+    /// ones, up to the bound, until the queue is back within the window, or the reader has
+    /// moved and 100 ms have passed. A record of 4 MiB or more, `try_post_message` and the
+    /// async posts skip the window.
     ///
     /// ```
     /// use shmport::{ArrayBuffer, MessageChannel, PostErrorKind};

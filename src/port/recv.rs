@@ -215,7 +215,7 @@ impl MessagePort {
         rx.copy_payload(&record, &mut scratch);
         let header = record.header;
         // A transfer record's release is published at once while the writer asks for it
-        // (`wants_head`: its queued out-of-ring bytes near their bound, see
+        // (`wants_head`: its queued out-of-ring bytes near their bound or cache window, see
         // `MessagePort::set_max_queued_bytes`), so that it sees them taken; otherwise in
         // batches, as for small messages (a published head is a cache-line transfer).
         let published = rx.release(record);

@@ -10,7 +10,9 @@ use super::*;
 pub struct PortStats {
     /// Records published: messages posted (a message too large for the ring counts once).
     pub posts: u64,
-    /// Posts that found the peer's ring full and waited for room.
+    /// Waits of posts for room: in the peer's ring, under the queued-bytes bound, or in the
+    /// cache window (a wait there counts once per 2 ms slice; see
+    /// [`MessagePort::set_max_queued_bytes`](crate::MessagePort::set_max_queued_bytes)).
     pub waits_for_room: u64,
     /// Of those waits, the futex sleeps they took (spinning first may have sufficed).
     pub sleeps_for_room: u64,
