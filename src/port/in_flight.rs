@@ -203,14 +203,6 @@ impl MessagePort {
             return Ok(());
         }
         loop {
-            if let Err(c) = tx.refresh() {
-                self.poison(c);
-                return Err(PostErrorKind::Disconnected);
-            }
-            let consumed = tx.consumed();
-            if !queued.window_applies(bytes, consumed, Instant::now) {
-                return Ok(());
-            }
             let until = Instant::now() + CACHE_WAIT;
             if let RoomWait::Until(deadline) = wait {
                 if deadline <= until {
@@ -218,15 +210,26 @@ impl MessagePort {
                     return Ok(());
                 }
             }
-            // The reader publishes its head after each transfer record it takes while asked,
-            // so that the wait sees it move.
-            self.set_wants_head(queued, true);
-            let window = |tx: &mut Producer| queued.admits(bytes, CACHE_WINDOW, tx.consumed());
-            match self.when_room(tx, RoomWait::Until(until), window) {
+            // Each look is `when_room`'s: the head re-read and checked, then the decision.
+            // The head the first look saw tells a reader that took nothing from one that
+            // took some.
+            let mut first_seen = None;
+            let settled = |tx: &mut Producer| {
+                let consumed = tx.consumed();
+                first_seen.get_or_insert(consumed);
+                if !queued.window_applies(bytes, consumed, Instant::now) {
+                    return true;
+                }
+                // The reader publishes its head after each transfer record it takes while
+                // asked, so that the wait sees it move.
+                self.set_wants_head(queued, true);
+                false
+            };
+            match self.when_room(tx, RoomWait::Until(until), settled) {
                 Ok(()) => return Ok(()),
-                Err(PostErrorKind::Full) if tx.consumed() == consumed => {
+                Err(PostErrorKind::Full) if first_seen == Some(tx.consumed()) => {
                     queued.reader_idle = Some(Idle {
-                        consumed,
+                        consumed: tx.consumed(),
                         since: Instant::now(),
                     });
                     return Ok(());
