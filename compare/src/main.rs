@@ -36,7 +36,7 @@ use crate::protocol::{FromChild, ToChild, Transport};
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const USAGE: &str = "\
-usage: shmport-compare pipeline [--quick] [--sizes 4k,1m,16m] [--seconds S] [--repeat N] [--busy-poll]
+usage: shmport-compare pipeline [--quick] [--sizes 4k,1m,16m] [--seconds S] [--slices K] [--repeat N] [--busy-poll]
                                  [--transports shmport-arraybuffer,shmport-plain-vec,iceoryx2,unix-socket]
        shmport-compare transfer-latency [--quick] [--rounds N] [--repeat N] [--busy-poll]
        shmport-compare small [--quick] [--size 64] [--rounds N] [--seconds S] [--repeat N]
@@ -72,6 +72,9 @@ pub struct Options {
     pub transports: Vec<Transport>,
     /// Timed stretch of each pipeline or small-message throughput measurement.
     pub timed: Duration,
+    /// The pipeline's timed stretch of each transport, cut into this many slices that
+    /// alternate between the transports (so a ratio compares the same seconds).
+    pub slices: u32,
     /// Timed round trips of each transfer-latency kind or small-message transport.
     pub rounds: u64,
     /// Message length of the small-message comparison.
@@ -93,6 +96,7 @@ impl Options {
         };
         let (mut quick, mut busy_poll, mut repeat) = (false, false, 1);
         let (mut sizes, mut seconds, mut rounds, mut transports) = (None, None, None, None);
+        let mut slices = None;
         let mut size = 64;
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
@@ -105,6 +109,7 @@ impl Options {
                 "--sizes" => sizes = Some(parse_sizes(&value()?)?),
                 "--transports" => transports = Some(value()?),
                 "--seconds" => seconds = Some(value()?.parse::<f64>()?),
+                "--slices" => slices = Some(value()?.parse::<u32>()?.max(1)),
                 "--rounds" => rounds = Some(value()?.parse::<u64>()?.max(1)),
                 _ => return Err(format!("unknown option {arg}\n{USAGE}").into()),
             }
@@ -140,6 +145,7 @@ impl Options {
             transports: pipeline_transports,
             timed: Duration::try_from_secs_f64(seconds.unwrap_or(default_seconds))?,
             rounds: rounds.unwrap_or(default_rounds),
+            slices: slices.unwrap_or(if quick { 1 } else { 4 }),
             size,
             kinds,
             repeat,

@@ -28,6 +28,7 @@ pub fn credits(transport: Transport, window: u64) -> Option<u64> {
 }
 
 /// One transport at one frame length.
+#[derive(Clone)]
 struct Measurement {
     transport: Transport,
     frame_len: usize,
@@ -53,19 +54,48 @@ pub fn run(ctl: &MessagePort, opts: &Options) -> Result<()> {
     let mut spreads = Spreads::default();
     for run in 1..=opts.repeat {
         for &frame_len in &opts.sizes {
-            let rows = opts
-                .transports
-                .iter()
-                .map(|&t| measure(ctl, &listener, t, frame_len, opts))
-                .collect::<Result<Vec<_>>>()?;
+            let (rows, per_slice) = measure_sliced(ctl, &listener, frame_len, opts)?;
             print_table(run, opts.repeat, frame_len, &rows);
-            print_ratios(run, frame_len, &rows, &mut spreads);
+            print_ratios(run, frame_len, &rows, &per_slice, &mut spreads);
         }
     }
     if opts.repeat > 1 {
         spreads.print(opts.repeat);
     }
     Ok(())
+}
+
+/// Every transport at one frame length, in `opts.slices` slices: slice `s` measures the
+/// transports in turn, starting `s` places further along the list, so that each transport
+/// runs in each position and the memory bandwidth of a shared machine, which drifts over
+/// seconds, weighs on all of them alike. Returns each transport's slices added up (in
+/// table order) and each slice's rows.
+fn measure_sliced(
+    ctl: &MessagePort,
+    listener: &socket::Listener,
+    frame_len: usize,
+    opts: &Options,
+) -> Result<(Vec<Measurement>, Vec<Vec<Measurement>>)> {
+    let n = opts.transports.len();
+    let mut total: Vec<Option<Measurement>> = (0..n).map(|_| None).collect();
+    let mut per_slice = Vec::with_capacity(opts.slices as usize);
+    for slice in 0..opts.slices as usize {
+        let mut rows: Vec<Option<Measurement>> = (0..n).map(|_| None).collect();
+        for k in 0..n {
+            let i = (slice + k) % n;
+            let m = measure(ctl, listener, opts.transports[i], frame_len, opts)?;
+            match &mut total[i] {
+                Some(t) => {
+                    t.sender.absorb(m.sender);
+                    t.receiver.absorb(m.receiver);
+                }
+                none => *none = Some(m.clone()),
+            }
+            rows[i] = Some(m);
+        }
+        per_slice.push(rows.into_iter().flatten().collect());
+    }
+    Ok((total.into_iter().flatten().collect(), per_slice))
 }
 
 fn plan(opts: &Options, transport: Transport, frame_len: usize) -> Plan {
@@ -75,7 +105,7 @@ fn plan(opts: &Options, transport: Transport, frame_len: usize) -> Plan {
         } else {
             Duration::from_millis(300)
         },
-        timed: opts.timed,
+        timed: opts.timed / opts.slices,
         credits: credits(transport, window(frame_len)),
         clock_every: ((256 << 10) / frame_len.max(1) + 1) as u64,
     }
@@ -179,9 +209,13 @@ fn print_intro(opts: &Options) {
     );
     crate::say!("the child (receiver) checks every byte and the order, then drops it.");
     crate::say!(
-        "{} s timed per transport and size after {} warm-up; shmport ports {}; iceoryx2 subscriber busy-polls.",
+        "{} s timed per transport and size, in {} slice(s) alternated between the transports, each after {} warm-up;",
         opts.timed.as_secs_f64(),
+        opts.slices,
         if opts.quick { "50 ms" } else { "300 ms" },
+    );
+    crate::say!(
+        "shmport ports {}; iceoryx2 subscriber busy-polls.",
         if opts.busy_poll {
             "busy-poll (--busy-poll)"
         } else {
@@ -255,13 +289,22 @@ fn print_result_line(run: u32, m: &Measurement) {
     );
 }
 
-/// The two same-run ratios SPEC P7 sets targets for.
-fn print_ratios(run: u32, frame_len: usize, rows: &[Measurement], spreads: &mut Spreads) {
-    let gbps = |t: Transport| {
-        rows.iter()
-            .find(|m| m.transport == t)
-            .map(Measurement::gbps)
-    };
+/// The GB/s of `transport` among `rows`.
+fn gbps_of(rows: &[Measurement], transport: Transport) -> Option<f64> {
+    rows.iter()
+        .find(|m| m.transport == transport)
+        .map(Measurement::gbps)
+}
+
+/// The two same-run ratios the buffers issue sets goals for, over the whole run and, when
+/// the run was sliced, their spread over the slices.
+fn print_ratios(
+    run: u32,
+    frame_len: usize,
+    rows: &[Measurement],
+    per_slice: &[Vec<Measurement>],
+    spreads: &mut Spreads,
+) {
     let len = report::len(frame_len);
     let ratios = [
         (
@@ -280,14 +323,27 @@ fn print_ratios(run: u32, frame_len: usize, rows: &[Measurement], spreads: &mut 
         ),
     ];
     for (label, key, ours, theirs, target) in ratios {
-        let (Some(a), Some(b)) = (gbps(ours), gbps(theirs)) else {
+        let ratio_of = |rows: &[Measurement]| Some(gbps_of(rows, ours)? / gbps_of(rows, theirs)?);
+        let Some(ratio) = ratio_of(rows) else {
             continue;
         };
-        let ratio = a / b;
-        crate::say!("  ratio {label}: {ratio:.2}x  ({target})");
+        let slices: Vec<f64> = per_slice.iter().filter_map(|r| ratio_of(r)).collect();
+        let (lo, hi, median) = report::min_max_median(&slices);
+        let spread = if slices.len() > 1 {
+            format!("; per slice {lo:.2}x - {hi:.2}x, median {median:.2}x")
+        } else {
+            String::new()
+        };
+        crate::say!("  ratio {label}: {ratio:.2}x  ({target}{spread})");
         crate::json::line(
             "RATIO",
-            format!("mode=pipeline run={run} size={frame_len} ratio={key} value={ratio:.4}"),
+            format!(
+                "mode=pipeline run={run} size={frame_len} ratio={key} value={ratio:.4} \
+                 slices={} slice_min={:.4} slice_max={:.4}",
+                slices.len(),
+                lo,
+                hi,
+            ),
         );
         spreads.add(
             &format!("{label}, {len}"),

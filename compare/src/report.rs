@@ -105,7 +105,7 @@ impl Spreads {
     }
 }
 
-fn min_max_median(values: &[f64]) -> (f64, f64, f64) {
+pub fn min_max_median(values: &[f64]) -> (f64, f64, f64) {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;

@@ -73,6 +73,18 @@ pub struct PerUnit {
 }
 
 impl Side {
+    /// Adds `other`'s stretch to this one, as if they had been one stretch.
+    pub fn absorb(&mut self, other: Side) {
+        self.count += other.count;
+        self.elapsed_ns += other.elapsed_ns;
+        self.usage.minflt += other.usage.minflt;
+        self.usage.csw += other.usage.csw;
+        self.usage.syscalls = match (self.usage.syscalls, other.usage.syscalls) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+    }
+
     pub fn per_unit(&self) -> PerUnit {
         let n = self.count.max(1) as f64;
         PerUnit {
