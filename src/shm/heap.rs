@@ -64,6 +64,10 @@ const SLOTS: [u32; 12] = [256, 128, 64, 16, 16, 16, 8, 8, 8, 8, 4, 4];
 /// Classes of this slot size and up allocate first-fit.
 const FIRST_FIT_FROM: usize = 256 << 10;
 
+/// Classes of this slot size and up have the pages of their free slots released by
+/// [`trim`]; smaller slots are cheap to keep resident.
+const TRIM_FROM: usize = 256 << 10;
+
 const FREE: u32 = 0;
 const OWNED: u32 = 1;
 const IN_TRANSIT: u32 = 2;
@@ -509,7 +513,7 @@ pub(crate) fn trim() -> usize {
         for heaps in p
             .own
             .iter()
-            .filter(|h| h.first().is_some_and(|h| h.slot_size >= FIRST_FIT_FROM))
+            .filter(|h| h.first().is_some_and(|h| h.slot_size >= TRIM_FROM))
         {
             for heap in heaps {
                 released += heap.release_free_pages();
