@@ -503,18 +503,15 @@ pub(crate) fn set_pool_limit(bytes: usize) {
     pools(|p| p.limit = bytes);
 }
 
-/// Releases the pages of every free slot of 256 KiB and up in this process's heaps; the
-/// bytes of the slots released. Only this process allocates from its heaps, under the
+/// Releases the pages of every free slot of [`TRIM_FROM`] bytes and up in this process's
+/// heaps; the bytes of the slots released. Only this process allocates from its heaps, under the
 /// pools' lock held here, so no slot found free is taken meanwhile; one freed by another
 /// process during the sweep is released at the next.
 pub(crate) fn trim() -> usize {
     pools(|p| {
         let mut released = 0;
-        for heaps in p
-            .own
-            .iter()
-            .filter(|h| h.first().is_some_and(|h| h.slot_size >= TRIM_FROM))
-        {
+        // `own` is indexed by class: a class's slot size is `CLASSES[class]`.
+        for (heaps, _) in p.own.iter().zip(CLASSES).filter(|&(_, s)| s >= TRIM_FROM) {
             for heap in heaps {
                 released += heap.release_free_pages();
             }
