@@ -23,6 +23,7 @@ use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
 
+use crate::shm::polling::{PollFlag, wake_reader};
 use crate::shm::ring::RingCtrl;
 use crate::shm::wake::{WANTS_DOORBELL, WaitStrategy, Waiter, wake};
 use crate::sys::sync::{AtomicU32, Ordering, fence};
@@ -88,6 +89,18 @@ impl Sender {
 
     /// As a blocking `post_message`: waits for room, publishes, wakes the reader.
     fn send(&mut self, waiter: &Waiter) {
+        self.wait_to_publish(waiter);
+        wake(&self.ch.ctrl.reader_sleeping);
+    }
+
+    /// As a blocking `post_message` to a reader that may busy-poll: wakes it through
+    /// `polling::wake_reader`, as a port's post does.
+    fn send_to_poller(&mut self, waiter: &Waiter) {
+        self.wait_to_publish(waiter);
+        wake_reader(&self.ch.ctrl);
+    }
+
+    fn wait_to_publish(&mut self, waiter: &Waiter) {
         let ch = self.ch.clone();
         let sent = waiter.wait(
             &ch.ctrl.writer_sleeping,
@@ -96,7 +109,6 @@ impl Sender {
             || None,
         );
         assert_eq!(sent, Some(()));
-        wake(&ch.ctrl.reader_sleeping);
     }
 
     /// As a port's Drop: sets the closed flag, then wakes the reader.
@@ -224,6 +236,33 @@ fn a_consumer_sleeping_for_data_is_woken_when_the_peer_closes() {
         let (tx, mut rx) = channel(1);
         let producer = thread::spawn(move || tx.close());
         assert_eq!(rx.recv(&blocking()), None);
+        producer.join().unwrap();
+    });
+}
+
+#[test]
+fn a_reader_that_stops_polling_mid_stream_misses_no_wake_up() {
+    // `shm/polling.rs`: the reader busy-polls (its flag set, so the writer leaves out its
+    // fence), takes what it finds at one look, then clears the flag (the remote barrier)
+    // and blocks for the rest while the writer goes on posting. Loom models both sides of
+    // the asymmetric barrier as full fences, which is what `membarrier` guarantees they
+    // amount to; the model checks the flag's handling around them. Two values and two
+    // blocking waits make the full search run for hours: bounded to two preemptions.
+    check_model(Some(2), || {
+        let (mut tx, mut rx) = channel(2);
+        let flag = PollFlag::new();
+        flag.polling(&rx.ch.ctrl);
+        let producer = thread::spawn(move || {
+            tx.send_to_poller(&blocking());
+            tx.send_to_poller(&blocking());
+        });
+        let mut got: Vec<u64> = rx.try_take().into_iter().collect();
+        flag.may_sleep(&rx.ch.ctrl);
+        assert_eq!(rx.ch.ctrl.reader_polls.load(Ordering::Relaxed), 0);
+        while got.len() < 2 {
+            got.push(rx.recv(&blocking()).expect("the producer does not close"));
+        }
+        assert_eq!(got, [value(0), value(1)]);
         producer.join().unwrap();
     });
 }

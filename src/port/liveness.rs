@@ -114,11 +114,13 @@ impl MessagePort {
     }
 
     /// A record was published in the ring we write: counted; wakes the reader if it
-    /// waits.
+    /// waits (without a full fence while it busy-polls, `shm/polling.rs`).
     #[inline]
     pub(super) fn published(&self, ring: &crate::shm::ring::RingMem) {
         self.posts.set(self.posts.get() + 1);
-        self.wake_peer(&ring.ctrl().reader_sleeping);
+        if crate::shm::polling::wake_reader(ring.ctrl()) & WANTS_DOORBELL != 0 {
+            self.ring_doorbell();
+        }
     }
 
     #[cold]

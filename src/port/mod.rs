@@ -43,6 +43,7 @@ use rkyv::util::AlignedVec;
 
 use crate::error::Error;
 use crate::shm::buffer::ArrayBuffer;
+use crate::shm::polling::PollFlag;
 use crate::shm::ring::{Consumer, Corrupt, Producer};
 use crate::shm::segment::{Segment, Side};
 use crate::shm::wake::{WaitStrategy, Waiter};
@@ -108,6 +109,8 @@ pub struct MessagePort {
     send_fp: FingerprintCache,
     recv_fp: FingerprintCache,
     recv_wait: Waiter,
+    /// What this reader last told its writer about busy-polling (`shm/polling.rs`).
+    recv_polls: PollFlag,
     send_wait: Waiter,
     peer: Cell<PeerState>,
     /// Records this handle published (see [`MessagePort::stats`]).
@@ -178,6 +181,7 @@ impl MessagePort {
             send_fp: FingerprintCache::new(),
             recv_fp: FingerprintCache::new(),
             recv_wait: Waiter::new(wait),
+            recv_polls: PollFlag::new(),
             send_wait: Waiter::new(wait),
             peer: Cell::new(PeerState::Alive),
             posts: Cell::new(0),

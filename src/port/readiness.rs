@@ -126,7 +126,10 @@ impl MessagePort {
     /// Asks the writer to ring this port's socket at its next post or close (a waiter
     /// outside the port: a future, an event loop). The caller then looks once more.
     pub(crate) fn arm_for_data(&self) {
-        let word = &self.seg.ring_ctrl(self.side.peer()).reader_sleeping;
+        let ctrl = self.seg.ring_ctrl(self.side.peer());
+        // A doorbell needs the writer's full fence back (`shm/polling.rs`).
+        self.recv_polls.may_sleep(ctrl);
+        let word = &ctrl.reader_sleeping;
         word.fetch_or(WANTS_DOORBELL, Ordering::Relaxed);
         // SeqCst fence: pairs with the writer's fence in `wake`: either it sees our bit and
         // rings, or our next look sees its record.

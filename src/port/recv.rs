@@ -143,7 +143,13 @@ impl MessagePort {
             Ok(ev) => Some(Ok(ev)),
             Err(e) => e.settled().map(|e| Err(e.into())),
         };
-        let word = &self.seg.ring_ctrl(self.side.peer()).reader_sleeping;
+        let ctrl = self.seg.ring_ctrl(self.side.peer());
+        if self.recv_wait.never_sleeps() {
+            self.recv_polls.polling(ctrl);
+        } else {
+            self.recv_polls.may_sleep(ctrl);
+        }
+        let word = &ctrl.reader_sleeping;
         let peer_dead = || {
             if self.check_liveness_now() {
                 // Drain whatever the peer published before it went.

@@ -531,3 +531,82 @@ mod heap_tables {
         }
     }
 }
+
+/// `shm/polling.rs`: a busy-polling reader lets its writer leave out the fence, and takes
+/// that back before it sleeps or arms a doorbell.
+#[cfg(all(test, not(loom)))]
+mod busy_polling {
+    use std::time::Duration;
+
+    use crate::error::RecvTimeoutError;
+    use crate::port::{MessageChannel, MessagePort};
+    use crate::shm::polling;
+    use crate::shm::wake::WaitStrategy;
+    use crate::sys::sync::Ordering;
+
+    /// The flag in the control block of the ring `port` reads.
+    fn polls(port: &MessagePort) -> u32 {
+        port.seg
+            .ring_ctrl(port.side.peer())
+            .reader_polls
+            .load(Ordering::Relaxed)
+    }
+
+    /// A channel whose `port2` has waited once with `BusyPoll`, finding nothing.
+    fn after_a_busy_poll() -> MessageChannel {
+        let ch = MessageChannel::new().unwrap();
+        ch.port2.set_wait_strategy(WaitStrategy::BusyPoll);
+        let r = ch.port2.recv_timeout::<u64>(Duration::from_millis(1));
+        assert!(matches!(r, Err(RecvTimeoutError::Timeout)));
+        ch
+    }
+
+    #[test]
+    fn a_busy_polling_receive_tells_the_writer_it_polls() {
+        let ch = after_a_busy_poll();
+        // Set where the process can take part in remote barriers (the kernel's
+        // membarrier), as on any Linux since 4.16; never set where it cannot.
+        assert_eq!(polls(&ch.port2), u32::from(polling::registered()));
+    }
+
+    #[test]
+    fn a_receive_that_may_sleep_clears_the_flag_first() {
+        let ch = after_a_busy_poll();
+        ch.port2.set_wait_strategy(WaitStrategy::Block);
+        let r = ch.port2.recv_timeout::<u64>(Duration::from_millis(1));
+        assert!(matches!(r, Err(RecvTimeoutError::Timeout)));
+        assert_eq!(polls(&ch.port2), 0);
+    }
+
+    #[test]
+    fn arming_a_doorbell_clears_the_flag_first() {
+        let ch = after_a_busy_poll();
+        ch.port2.arm_for_data();
+        assert_eq!(polls(&ch.port2), 0);
+    }
+
+    #[test]
+    fn a_reader_switching_between_polling_and_sleeping_gets_every_message_in_order() {
+        const MESSAGES: u64 = 20_000;
+        let ch = MessageChannel::new().unwrap();
+        let (tx, rx) = (ch.port1, ch.port2);
+        let writer = std::thread::spawn(move || {
+            for n in 0..MESSAGES {
+                tx.post_message(&n, []).unwrap();
+            }
+            tx
+        });
+        for n in 0..MESSAGES {
+            if n % 100 == 0 {
+                let busy = (n / 100) % 2 == 0;
+                rx.set_wait_strategy(if busy {
+                    WaitStrategy::BusyPoll
+                } else {
+                    WaitStrategy::Block
+                });
+            }
+            assert_eq!(rx.recv::<u64>().unwrap().data, n);
+        }
+        drop(writer.join().unwrap());
+    }
+}

@@ -6,6 +6,7 @@ pub(crate) mod bell;
 pub(crate) mod buffer;
 pub(crate) mod fanout;
 pub(crate) mod heap;
+pub(crate) mod polling;
 pub(crate) mod ring;
 pub(crate) mod segment;
 pub(crate) mod wake;

@@ -15,9 +15,14 @@ pub(crate) struct RingCtrl {
     pub tail: AtomicU64,
     /// 1 while the consumer sleeps (or is about to) waiting for data; the futex word.
     pub reader_sleeping: AtomicU32,
+    /// Nonzero while the consumer busy-polls and will not sleep or arm a doorbell before
+    /// it has cleared this and sent a barrier to every writer (`shm/polling.rs`): the
+    /// producer may then post without a full fence. On the producer's line: it reads this
+    /// after every post, the consumer writes it only when its way of waiting changes.
+    pub reader_polls: AtomicU32,
     /// Never read. `UnsafeCell`, so a `&RingCtrl` claims nothing about bytes a peer may
     /// write.
-    pad0: UnsafeCell<[u8; 116]>,
+    pad0: UnsafeCell<[u8; 112]>,
     /// Bytes ever released by the consumer. Written by the consumer only.
     pub head: AtomicU64,
     /// 1 while the producer sleeps (or is about to) waiting for room; the futex word.
@@ -40,6 +45,7 @@ const _: () = {
     assert!(align_of::<RingCtrl>() == 128);
     assert!(offset_of!(RingCtrl, tail) == 0);
     assert!(offset_of!(RingCtrl, reader_sleeping) == 8);
+    assert!(offset_of!(RingCtrl, reader_polls) == 12);
     assert!(offset_of!(RingCtrl, head) == 128);
     assert!(offset_of!(RingCtrl, writer_sleeping) == 136);
     assert!(offset_of!(RingCtrl, heaps_lost) == 140);
@@ -53,7 +59,8 @@ impl RingCtrl {
         RingCtrl {
             tail: AtomicU64::new(0),
             reader_sleeping: AtomicU32::new(0),
-            pad0: UnsafeCell::new([0; 116]),
+            reader_polls: AtomicU32::new(0),
+            pad0: UnsafeCell::new([0; 112]),
             head: AtomicU64::new(0),
             writer_sleeping: AtomicU32::new(0),
             heaps_lost: AtomicU32::new(0),

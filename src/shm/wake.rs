@@ -27,10 +27,11 @@
 //! keep each side's bit intact.) A waker that sees 0 makes no system call: with
 //! nobody sleeping, posting is syscall-free (P5).
 //!
-//! A full barrier on every post is the price of the store-load order. Moving it to the
-//! sleeper's side with `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` (an asymmetric fence)
-//! was tried and measured: no gain in round trip or throughput on our 2-core VM, and an
-//! inter-processor interrupt to every shmport process on every sleep; see docs/design.md.
+//! A full barrier on every post is the price of the store-load order, unless the reader
+//! busy-polls: then it never sleeps, and `polling.rs` lets the writer skip the fence until
+//! the reader, before it first sleeps again, sends one asymmetric barrier
+//! (`membarrier`). Sending that barrier before *every* sleep was tried and rejected: an
+//! inter-processor interrupt to every shmport process per sleep (docs/design.md).
 //!
 //! Sleeps are bounded by [`LIVENESS_INTERVAL`]: a peer process that dies sets no flag,
 //! so the sleeper wakes on its own and asks the kernel whether the peer's socket hung up.
@@ -105,6 +106,11 @@ impl Waiter {
 
     pub(crate) fn set_strategy(&self, strategy: WaitStrategy) {
         self.strategy.set(strategy);
+    }
+
+    /// Whether a wait never sleeps ([`WaitStrategy::BusyPoll`]): it spins until it ends.
+    pub(crate) fn never_sleeps(&self) -> bool {
+        self.spin_budget().is_none()
     }
 
     /// How many waits did not succeed at their first look, and how many futex sleeps
@@ -244,6 +250,13 @@ pub(crate) fn wake(word: &AtomicU32) -> u32 {
     // SeqCst fence: pairs with the sleeper's fence in `Waiter::wait` (and in
     // `MessagePort::ready_or_arm` for doorbell waiters).
     fence(Ordering::SeqCst);
+    take_waiters(word)
+}
+
+/// [`wake`] without its fence: for a caller that orders its state store before this by
+/// other means (`polling::wake_reader`).
+#[inline]
+pub(crate) fn take_waiters(word: &AtomicU32) -> u32 {
     if word.load(Ordering::Relaxed) == 0 {
         return 0;
     }

@@ -137,6 +137,42 @@ pub(crate) fn futex_wake(word: &AtomicU32) {
     let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
 }
 
+/// Registers this process to take part in [`remote_barrier`]s: from now on, another
+/// process's remote barrier runs a full memory barrier on every CPU that runs one of our
+/// threads (`membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED)`). `false` when the
+/// kernel (or a seccomp filter) refuses. The registration belongs to the address space:
+/// `fork` copies it with the rest, `exec` drops it.
+#[cfg(not(loom))]
+pub(crate) fn register_for_remote_barriers() -> bool {
+    use rustix::thread::{MembarrierCommand, membarrier};
+    membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok()
+}
+
+/// A full memory barrier on every CPU that runs a thread of a registered process, ours
+/// included, before this returns; a thread that is not running passes one when it is
+/// switched back in. It turns those threads' [`light_barrier`]s into full barriers for
+/// the purpose of ordering against this thread's accesses before and after the call
+/// (`membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, which interrupts those CPUs; if the
+/// kernel refuses it, `MEMBARRIER_CMD_GLOBAL`, which waits for every CPU to pass through
+/// the scheduler, milliseconds; if that fails too, only our own full fence).
+#[cfg(not(loom))]
+pub(crate) fn remote_barrier() {
+    use rustix::thread::{MembarrierCommand, membarrier};
+    if membarrier(MembarrierCommand::GlobalExpedited).is_err()
+        && membarrier(MembarrierCommand::Global).is_err()
+    {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The fast side of a [`remote_barrier`]: only the compiler is kept from moving memory
+/// accesses across it; a remote barrier makes it a full one when it counts.
+#[cfg(not(loom))]
+#[inline(always)]
+pub(crate) fn light_barrier() {
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Arranges for `fds` to survive `exec` in the child `cmd` starts, and only there.
 ///
 /// The parent's descriptors stay close-on-exec, so a child spawned concurrently by another

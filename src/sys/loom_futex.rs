@@ -54,3 +54,20 @@ pub(crate) fn futex_wake(word: &AtomicU32) {
     *FUTEXES.wakes.lock().unwrap().entry(key(word)).or_insert(0) += 1;
     FUTEXES.queue.notify_all();
 }
+
+/// Loom has no asymmetric barrier: both sides of one are modelled as what `membarrier`
+/// guarantees they amount to, a full fence each (the light side's compiler barrier is
+/// promoted to one by the remote barrier it pairs with). Registration always succeeds.
+pub(crate) fn register_for_remote_barriers() -> bool {
+    true
+}
+
+/// See [`register_for_remote_barriers`].
+pub(crate) fn remote_barrier() {
+    crate::sys::sync::fence(Ordering::SeqCst);
+}
+
+/// See [`register_for_remote_barriers`].
+pub(crate) fn light_barrier() {
+    crate::sys::sync::fence(Ordering::SeqCst);
+}

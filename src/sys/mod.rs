@@ -14,11 +14,14 @@ mod linux_drain;
 #[cfg(target_os = "linux")]
 pub(crate) use linux_drain::drain_byte_messages;
 
-// Under `--cfg loom` the futex is a model loom can explore (and `linux` leaves it out).
+// Under `--cfg loom` the futex and the asymmetric barrier are models loom can explore (and
+// `linux` leaves them out).
 #[cfg(loom)]
 mod loom_futex;
 #[cfg(loom)]
-pub(crate) use loom_futex::{futex_wait, futex_wake};
+pub(crate) use loom_futex::{
+    futex_wait, futex_wake, light_barrier, register_for_remote_barriers, remote_barrier,
+};
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("shmport supports Linux only for now (macOS is planned)");
