@@ -108,9 +108,7 @@ impl MessagePort {
     /// [`PortSet`](crate::PortSet), a future or an event loop.
     #[inline]
     pub(super) fn wake_peer(&self, word: &crate::sys::sync::AtomicU32) {
-        if wake(word) & WANTS_DOORBELL != 0 {
-            self.ring_doorbell();
-        }
+        self.ring_if_asked(wake(word));
     }
 
     /// A record was published in the ring we write: counted; wakes the reader if it
@@ -118,7 +116,13 @@ impl MessagePort {
     #[inline]
     pub(super) fn published(&self, ring: &crate::shm::ring::RingMem) {
         self.posts.set(self.posts.get() + 1);
-        if crate::shm::polling::wake_reader(ring.ctrl()) & WANTS_DOORBELL != 0 {
+        self.ring_if_asked(crate::shm::polling::wake_reader(ring.ctrl()));
+    }
+
+    /// Rings the doorbell when the sleep word's `bits`, as a wake returned them, ask for it.
+    #[inline]
+    fn ring_if_asked(&self, bits: u32) {
+        if bits & WANTS_DOORBELL != 0 {
             self.ring_doorbell();
         }
     }
