@@ -133,7 +133,9 @@ impl PollFlag {
     }
 
     /// Call before announcing a sleep or a doorbell on the ring `ctrl` controls: clears
-    /// the flag and sends the remote barrier if it was set.
+    /// the flag and sends the remote barrier if it was set. Every way of waiting on
+    /// `reader_sleeping` must call this first (today `recv_until` and `arm_for_data`);
+    /// `Waiter::wait` does not, as it also serves the writer's wait for room.
     #[inline]
     pub(crate) fn may_sleep(&self, ctrl: &RingCtrl) {
         if self.0.get() == Known::Clear {
