@@ -1,7 +1,8 @@
 //! Counts nothing itself: run under `valgrind --tool=callgrind` to count the instructions
-//! of 100,000 posts and receives on one thread: of a 64-byte message, or with `transfer`
-//! as its argument, of a `u64` with a fresh pooled 4 KiB `ArrayBuffer` moved in the
-//! transfer list (unzeroed: the count is of the transfer, not of a memset).
+//! of 100,000 posts and receives on one thread: of a 64-byte message (received with `recv`,
+//! or with `try_recv` given `try` as the argument), or with `transfer` as the argument, of
+//! a `u64` with a fresh pooled 4 KiB `ArrayBuffer` moved in the transfer list (unzeroed:
+//! the count is of the transfer, not of a memset).
 fn main() {
     let ch = shmport::MessageChannel::new().unwrap();
     if std::env::args().nth(1).as_deref() == Some("transfer") {
@@ -14,9 +15,14 @@ fn main() {
         return;
     }
     let msg = [7u8; 64];
+    let polling = std::env::args().nth(1).as_deref() == Some("try");
     for _ in 0..100_000 {
         ch.port1.post_message(&msg, []).unwrap();
-        let ev = ch.port2.recv::<[u8; 64]>().unwrap();
+        let ev = if polling {
+            ch.port2.try_recv::<[u8; 64]>().unwrap()
+        } else {
+            ch.port2.recv::<[u8; 64]>().unwrap()
+        };
         std::hint::black_box(ev.data);
     }
 }

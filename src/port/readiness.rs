@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
-use crate::error::TryRecvError;
+use crate::error::{MessageError, TryRecvError};
 
 use crate::shm::wake::WANTS_DOORBELL;
 use crate::sys::sync::Ordering;
@@ -209,10 +209,10 @@ impl MessagePort {
     /// the port's descriptor is watched by an event loop and the queue is empty, arms the
     /// doorbell (consuming the doorbells already there) so the descriptor becomes
     /// readable at the next post.
-    pub(super) fn try_recv_now<R>(
-        &self,
-        decode: &mut Decoder<'_, R>,
-    ) -> Result<MessageEvent<R>, TryRecvError> {
+    pub(super) fn try_recv_now<R, D>(&self, decode: &mut D) -> Result<MessageEvent<R>, TryRecvError>
+    where
+        D: FnMut(&[u8], u64) -> Result<R, MessageError> + ?Sized,
+    {
         let r = self.try_recv_with(true, decode);
         if !self.watched.get() || !matches!(r, Err(TryRecvError::Empty)) {
             return r;

@@ -30,12 +30,15 @@ impl MessagePort {
     /// decodes the message. A framing problem (no matching socket message) poisons the
     /// channel; a bad object or archive, or a note whose descriptors the kernel could not
     /// install, is an error for this message only.
-    pub(super) fn receive_transfer<R>(
+    pub(super) fn receive_transfer<R, D>(
         &self,
         scratch: &mut AlignedVec<16>,
         tag: u64,
-        decode: &mut Decoder<'_, R>,
-    ) -> Result<MessageEvent<R>, TryRecvError> {
+        decode: &mut D,
+    ) -> Result<MessageEvent<R>, TryRecvError>
+    where
+        D: FnMut(&[u8], u64) -> Result<R, MessageError> + ?Sized,
+    {
         let corrupt = |why| {
             self.poison(Corrupt(why));
             TryRecvError::MessageError(MessageError::Corrupt(why))
