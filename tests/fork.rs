@@ -156,3 +156,30 @@ fn a_pooled_buffer_dropped_in_a_forked_copy_stays_the_parents() {
         },
     );
 }
+
+/// What the busy-poll protocol assumes of `fork` (`src/shm/polling.rs`): a process
+/// registered for `membarrier`'s expedited barriers stays registered in its forked copy,
+/// so the copy's writers may skip their fence as the parent's do. The kernel keeps both
+/// registrations in one word of the address space, which `fork` copies and `exec` clears;
+/// the private one is the one a process can check, because its barrier fails with `EPERM`
+/// in a process that is not registered.
+#[test]
+fn a_forked_copy_keeps_its_parents_membarrier_registration() {
+    common::isolated(
+        "a_forked_copy_keeps_its_parents_membarrier_registration",
+        || {
+            const REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+            const PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+            // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
+            let membarrier =
+                |cmd: libc::c_long| unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) };
+            if membarrier(REGISTER_PRIVATE_EXPEDITED) != 0 {
+                eprintln!("membarrier is not available here: nothing to check");
+                return;
+            }
+            assert_eq!(membarrier(PRIVATE_EXPEDITED), 0);
+            let code = in_a_forked_child(|| i32::from(membarrier(PRIVATE_EXPEDITED) != 0));
+            assert_eq!(code, 0, "the forked copy is not registered");
+        },
+    );
+}
