@@ -2,6 +2,8 @@
 //! `post_message` / `recv` (transfers, backpressure, errors), and the final receiver
 //! still validates and type-checks.
 
+mod common;
+
 use shmport::{
     ArrayBuffer, MessageChannel, MessageError, PostErrorKind, RawMessage, RecvError, TryRecvError,
 };
@@ -230,4 +232,83 @@ fn large_raw_receives_hand_over_the_ports_copy_and_the_port_goes_on() {
         assert_eq!(raw.decode::<Vec<u8>>().unwrap(), value);
         assert_eq!(again.decode::<Vec<u8>>().unwrap(), vec![9u8; len]);
     }
+}
+
+#[test]
+fn a_large_archive_received_in_place_comes_in_its_body_byte_for_byte() {
+    let ch = MessageChannel::new().unwrap();
+    let value: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    ch.port1.post_message(&value, []).unwrap();
+    ch.port1.post_message(&value, []).unwrap();
+    let copied = ch.port2.try_recv_raw().unwrap();
+    let in_place = ch.port2.try_recv_raw_in_place().unwrap();
+    assert!(copied.body.is_none());
+    assert!(in_place.archive.is_empty());
+    assert_eq!(in_place.body.as_deref(), Some(&copied.archive[..]));
+    assert_eq!(in_place.bytes(), copied.bytes());
+    assert_eq!(in_place.fingerprint, copied.fingerprint);
+    assert_eq!(in_place.decode::<Vec<u8>>().unwrap(), value);
+}
+
+#[test]
+fn an_archive_that_fits_a_record_received_in_place_comes_in_the_archive() {
+    let ch = MessageChannel::new().unwrap();
+    for len in [10, 20_000] {
+        ch.port1.post_message(&vec![4u8; len], []).unwrap();
+        let raw = ch.port2.try_recv_raw_in_place().unwrap();
+        assert!(raw.body.is_none(), "{len} B");
+        assert_eq!(raw.decode::<Vec<u8>>().unwrap(), vec![4u8; len]);
+    }
+    // Inside a transfer record, with its buffer beside it.
+    let buffer = ArrayBuffer::new(3).unwrap();
+    ch.port1.post_message(&7u32, [buffer.into()]).unwrap();
+    let raw = ch.port2.try_recv_raw_in_place().unwrap();
+    assert!(raw.body.is_none());
+    assert_eq!(raw.buffers.len(), 1);
+    assert_eq!(raw.decode::<u32>().unwrap(), 7);
+}
+
+#[test]
+fn a_receive_after_one_in_place_copies_its_body_again() {
+    let ch = MessageChannel::new().unwrap();
+    ch.port1.post_message(&vec![1u8; 1 << 20], []).unwrap();
+    ch.port1.post_message(&vec![2u8; 1 << 20], []).unwrap();
+    assert!(ch.port2.try_recv_raw_in_place().unwrap().body.is_some());
+    // An empty queue in between does not leave the hand-over asked for.
+    ch.port1.post_message(&vec![3u8; 1 << 20], []).unwrap();
+    assert_eq!(ch.port2.recv::<Vec<u8>>().unwrap().data, vec![2u8; 1 << 20]);
+    assert!(matches!(
+        ch.port2.try_recv_raw_in_place().map(|r| r.body.is_some()),
+        Ok(true)
+    ));
+    assert!(matches!(
+        ch.port2.try_recv_raw_in_place(),
+        Err(TryRecvError::Empty)
+    ));
+    ch.port1.post_message(&vec![4u8; 1 << 20], []).unwrap();
+    assert!(ch.port2.try_recv_raw().unwrap().body.is_none());
+}
+
+#[test]
+fn bodies_received_in_place_and_dropped_go_back_to_their_pool() {
+    common::isolated(
+        "bodies_received_in_place_and_dropped_go_back_to_their_pool",
+        || {
+            let ch = MessageChannel::new().unwrap();
+            let round = || {
+                ch.port1.post_message(&vec![6u8; 1 << 20], []).unwrap();
+                let raw = ch.port2.try_recv_raw_in_place().unwrap();
+                assert_eq!(raw.body.as_ref().map(|b| b.len() >= 1 << 20), Some(true));
+            };
+            for _ in 0..20 {
+                round();
+            }
+            let mappings = common::shmport_mappings();
+            for _ in 0..300 {
+                round();
+            }
+            // 300 MiB of bodies held for ever would have taken a dozen heaps more.
+            assert_eq!(common::shmport_mappings(), mappings);
+        },
+    );
 }

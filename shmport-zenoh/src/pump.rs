@@ -390,10 +390,22 @@ const ZERO_COPY_MIN: usize = 16 << 10;
 /// A message read from the bridge-side port for sending.
 enum Received {
     /// Its archive, handed over by the port, and fingerprint: nothing written yet.
-    Owned(AlignedVec<16>, u64),
+    Owned(Bytes, u64),
     /// The `Msg` frame's prefix and this many inline bytes are written into the batch;
     /// the rest of the archive, copied.
     Copied(usize, Bytes),
+}
+
+/// A large archive left in the shared buffer it came in ([`RawMessage::body`]), as a
+/// piece of a sample: the buffer, and with it the sender's pool slot, is held until Zenoh
+/// has copied the bytes out. The bytes are forwarded, never read as an archive here; the
+/// far side's receiver validates them.
+struct Body(ArrayBuffer);
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// Appends the start of a `Msg` frame for an archive of `len` bytes, `inline` of them in
@@ -936,16 +948,22 @@ impl Pump {
             };
             let avail = self.granted_bytes - self.sent_bytes;
             let received = if self.last_was_large {
-                // Large messages flow: take the port's own copy, handed over, and make it
-                // a piece of the sample.
-                port.try_recv_raw().map(|raw| {
+                // Large messages flow: take the archive as the port holds it (the shared
+                // buffer it travelled in, or the port's own copy, handed over) and make it
+                // a piece of the sample, which Zenoh copies into its send buffers.
+                port.try_recv_raw_in_place().map(|raw| {
                     let RawMessage {
                         archive,
+                        body,
                         fingerprint,
                         ports,
                         buffers,
                         ..
                     } = raw;
+                    let archive = match body {
+                        Some(body) => Bytes::from_owner(Body(body)),
+                        None => Bytes::from_owner(archive),
+                    };
                     (Received::Owned(archive, fingerprint), ports, buffers)
                 })
             } else {
@@ -971,7 +989,6 @@ impl Pump {
                         self.out.extend_from_slice(&archive[..inline]);
                         Bytes::copy_from_slice(&archive[inline..])
                     } else {
-                        let archive = Bytes::from_owner(archive);
                         self.append_owned(archive.slice(..inline));
                         archive.slice(inline..)
                     };

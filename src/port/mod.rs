@@ -135,6 +135,9 @@ pub struct MessagePort {
     heaps_received: RefCell<transfer_in::HeapTable>,
     /// Pooled slots this handle posted that may not be received yet (`in_flight.rs`).
     in_flight: RefCell<in_flight::InFlight>,
+    /// Whether the next transfer record's body is copied or handed over as it is
+    /// ([`MessagePort::try_recv_raw_in_place`]).
+    body_hand_off: Cell<transfer_in::BodyHandOff>,
     /// The out-of-ring bytes posted and not yet taken by the reader (`in_flight.rs`), and
     /// their bound ([`MessagePort::set_max_queued_bytes`]).
     queued: RefCell<in_flight::Queued>,
@@ -194,6 +197,7 @@ impl MessagePort {
             heaps_sent: RefCell::new(Vec::new()),
             heaps_received: RefCell::new(Vec::new()),
             in_flight: RefCell::default(),
+            body_hand_off: Cell::default(),
             queued: RefCell::new(queued),
             max_queued: Cell::new(in_flight::DEFAULT_MAX_QUEUED),
             max_depth: Cell::new(codec::DEFAULT_MAX_DEPTH),

@@ -47,6 +47,10 @@ pub struct RawMessage {
     pub ports: Vec<MessagePort>,
     /// The buffers of the transfer list, in transfer-list order.
     pub buffers: Vec<ArrayBuffer>,
+    /// Only from [`MessagePort::try_recv_raw_in_place`]: an archive that travelled
+    /// outside the ring, still in the shared buffer it came in, `archive` being empty
+    /// then. See [`RawMessage::bytes`].
+    pub body: Option<ArrayBuffer>,
 }
 
 impl RawMessage {
@@ -75,7 +79,14 @@ impl RawMessage {
             fingerprint: codec::fingerprint_of::<T>(),
             ports: Vec::new(),
             buffers: Vec::new(),
+            body: None,
         })
+    }
+
+    /// The archive's bytes: [`body`](Self::body)'s when the message came with one, else
+    /// [`archive`](Self::archive)'s.
+    pub fn bytes(&self) -> &[u8] {
+        self.body.as_deref().unwrap_or(&self.archive)
     }
 
     /// Validates and decodes the archive as `T`, as a receive as `T` would (with the
@@ -87,8 +98,19 @@ impl RawMessage {
     /// `T`'s, or an archive that does not validate.
     pub fn decode<T: Message>(&self) -> Result<T, MessageError> {
         let fingerprints = codec::FingerprintCache::new();
+        let copied;
+        let archive = match &self.body {
+            // Copy, then check: the sender still maps the body.
+            Some(body) => {
+                let mut v = AlignedVec::<16>::with_capacity(body.len());
+                v.extend_from_slice(body);
+                copied = v;
+                &copied
+            }
+            None => &self.archive,
+        };
         codec::decode::<T>(
-            &self.archive,
+            archive,
             self.fingerprint,
             &fingerprints,
             codec::DEFAULT_MAX_DEPTH,
@@ -144,6 +166,43 @@ impl MessagePort {
     pub fn try_recv_raw(&self) -> Result<RawMessage, TryRecvError> {
         let ev = self.try_recv_now(&mut locate_archive)?;
         Ok(self.raw_message(ev))
+    }
+
+    /// [`try_recv_raw`](Self::try_recv_raw), except that an archive too large for a ring
+    /// record, which travels in a shared buffer of the sender's, is not copied out of it:
+    /// it comes in [`RawMessage::body`] (and `archive` is empty). For a forwarder that
+    /// copies every archive elsewhere anyway (a network library's send buffer, which can
+    /// own the body): a large message then crosses memory once in the forwarder instead
+    /// of twice. Smaller archives come in `archive`, as from `try_recv_raw`.
+    ///
+    /// The body is an [`ArrayBuffer`] this port now holds, freed when dropped. Its
+    /// sender's process still maps it, like every buffer that ever passed through it, so
+    /// a sender that breaks the protocol could change the bytes while they are read:
+    /// forward them, and let the final receiver validate them, as it does every archive.
+    /// [`RawMessage::decode`] copies a body before it validates it.
+    ///
+    /// ```
+    /// let ch = shmport::MessageChannel::new()?;
+    /// ch.port1.post_message(&vec![5u8; 1 << 20], [])?; // larger than a record
+    /// let raw = ch.port2.try_recv_raw_in_place()?;
+    /// assert!(raw.archive.is_empty() && raw.body.is_some());
+    /// assert_eq!(raw.decode::<Vec<u8>>()?, vec![5u8; 1 << 20]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`try_recv_raw`](Self::try_recv_raw).
+    pub fn try_recv_raw_in_place(&self) -> Result<RawMessage, TryRecvError> {
+        self.body_hand_off.set(transfer_in::BodyHandOff::Keep);
+        let ev = self.try_recv_now(&mut locate_archive);
+        let body = match self.body_hand_off.take() {
+            transfer_in::BodyHandOff::Kept(body) => Some(body),
+            _ => None,
+        };
+        let mut raw = self.raw_message(ev?);
+        raw.body = body;
+        Ok(raw)
     }
 
     /// [`try_recv_raw`](Self::try_recv_raw), lending the archive to `f` instead of
@@ -388,6 +447,7 @@ impl MessagePort {
         };
         RawMessage {
             archive,
+            body: None,
             fingerprint,
             ports,
             buffers,

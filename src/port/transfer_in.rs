@@ -25,6 +25,19 @@ use super::*;
 /// default fits a few hundred) means a peer flooding us, and the channel is poisoned.
 pub(super) const MAX_DOORBELLS_BEFORE_NOTE: usize = 65_536;
 
+/// What becomes of the out-of-ring body of the next transfer record received: copied into
+/// the receive buffer (what every receive does), or, for a forwarder that asked
+/// ([`MessagePort::try_recv_raw_in_place`]), handed over as it is.
+#[derive(Debug, Default)]
+pub(super) enum BodyHandOff {
+    #[default]
+    Copy,
+    /// Hand it over: set for the one receive that asks.
+    Keep,
+    /// The body of the record that receive took.
+    Kept(ArrayBuffer),
+}
+
 impl MessagePort {
     /// Rebuilds the objects of a transfer record whose payload is in `scratch`, then
     /// decodes the message. A framing problem (no matching socket message) poisons the
@@ -73,6 +86,12 @@ impl MessagePort {
             // No sender writes more; refusing it keeps what one message costs us bounded.
             Some(b) if b.len() > crate::wire::codec::MAX_ARCHIVE_LEN => {
                 return Err(bad("a message body larger than an archive may be"));
+            }
+            Some(b) if matches!(self.body_hand_off.take(), BodyHandOff::Keep) => {
+                // A forwarder asked for it as it is (`try_recv_raw_in_place`): nothing is
+                // read here, so nothing needs a private copy.
+                self.body_hand_off.set(BodyHandOff::Kept(b));
+                decode(&[], tag)
             }
             Some(b) => {
                 // Copy, then check: the sender still maps the body.
