@@ -205,9 +205,10 @@ fn remote(addr: &str) -> Result<()> {
         match words[..] {
             ["rtt", n] => {
                 for _ in 0..n.parse::<u64>()? {
-                    // Echoed undecoded, as the raw side republishes the sample.
-                    let raw = port.recv_raw()?;
-                    port.post_raw(&raw.archive, raw.fingerprint, [])?;
+                    // Echoed undecoded, as the raw side republishes the sample; a large
+                    // archive straight from the buffer it came in.
+                    let raw = port.recv_raw_in_place()?;
+                    port.post_raw(raw.bytes(), raw.fingerprint, [])?;
                 }
             }
             ["tput", n] => {

@@ -47,7 +47,8 @@ pub struct RawMessage {
     pub ports: Vec<MessagePort>,
     /// The buffers of the transfer list, in transfer-list order.
     pub buffers: Vec<ArrayBuffer>,
-    /// Only from [`MessagePort::try_recv_raw_in_place`]: an archive that travelled
+    /// Only from [`MessagePort::try_recv_raw_in_place`] and
+    /// [`recv_raw_in_place`](MessagePort::recv_raw_in_place): an archive that travelled
     /// outside the ring, still in the shared buffer it came in, `archive` being empty
     /// then. See [`RawMessage::bytes`].
     pub body: Option<ArrayBuffer>,
@@ -168,12 +169,14 @@ impl MessagePort {
         Ok(self.raw_message(ev))
     }
 
-    /// [`try_recv_raw`](Self::try_recv_raw), except that an archive too large for a ring
-    /// record, which travels in a shared buffer of the sender's, is not copied out of it:
-    /// it comes in [`RawMessage::body`] (and `archive` is empty). For a forwarder that
-    /// copies every archive elsewhere anyway (a network library's send buffer, which can
-    /// own the body): a large message then crosses memory once in the forwarder instead
-    /// of twice. Smaller archives come in `archive`, as from `try_recv_raw`.
+    /// [`try_recv_raw`](Self::try_recv_raw), except that an archive that travelled outside
+    /// the ring, in a pooled buffer of the sender's (every archive too large for a ring
+    /// record, and one posted right after such, which the sender sizes alike), is not
+    /// copied out of it: it comes in [`RawMessage::body`] (and `archive` is empty). For a
+    /// forwarder that copies every archive elsewhere anyway (a network library's send
+    /// buffer, which can own the body): a large message then crosses memory once in the
+    /// forwarder instead of twice. Archives that came in the ring come in `archive`, as
+    /// from `try_recv_raw`.
     ///
     /// The body is an [`ArrayBuffer`] this port now holds, freed when dropped. Its
     /// sender's process still maps it, like every buffer that ever passed through it, so
@@ -194,8 +197,27 @@ impl MessagePort {
     ///
     /// As [`try_recv_raw`](Self::try_recv_raw).
     pub fn try_recv_raw_in_place(&self) -> Result<RawMessage, TryRecvError> {
+        self.keeping_body(|| self.try_recv_now(&mut locate_archive))
+    }
+
+    /// [`try_recv_raw_in_place`](Self::try_recv_raw_in_place), waiting as
+    /// [`recv_raw`](Self::recv_raw) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv_raw`](Self::recv_raw).
+    pub fn recv_raw_in_place(&self) -> Result<RawMessage, RecvError> {
+        self.keeping_body(|| Self::untimed(self.recv_until(None, &mut locate_archive)))
+    }
+
+    /// Runs `receive` (one raw receive) with the body of the record it takes handed over
+    /// instead of copied, and puts that body into the message.
+    fn keeping_body<E>(
+        &self,
+        receive: impl FnOnce() -> Result<MessageEvent<(Lent, u64)>, E>,
+    ) -> Result<RawMessage, E> {
         self.body_hand_off.set(transfer_in::BodyHandOff::Keep);
-        let ev = self.try_recv_now(&mut locate_archive);
+        let ev = receive();
         let body = match self.body_hand_off.take() {
             transfer_in::BodyHandOff::Kept(body) => Some(body),
             _ => None,
