@@ -39,7 +39,8 @@ use super::*;
 #[non_exhaustive]
 pub struct RawMessage {
     /// The rkyv archive, as the sender's serializer wrote it (root at the end), in
-    /// private, 16-byte aligned memory: the peer cannot change it any more.
+    /// private, 16-byte aligned memory: the peer cannot change it any more. Empty when
+    /// the archive came in [`body`](Self::body) instead.
     pub archive: AlignedVec<16>,
     /// The fingerprint of the posted type (see [`RawMessage::fingerprint_of`]).
     pub fingerprint: u64,
@@ -216,6 +217,16 @@ impl MessagePort {
         &self,
         receive: impl FnOnce() -> Result<MessageEvent<(Lent, u64)>, E>,
     ) -> Result<RawMessage, E> {
+        /// Puts the port back to copying bodies however the receive ends, a panic
+        /// included: a `Keep` left behind would make the next typed receive of a large
+        /// message decode nothing.
+        struct CopyAgain<'a>(&'a Cell<transfer_in::BodyHandOff>);
+        impl Drop for CopyAgain<'_> {
+            fn drop(&mut self) {
+                self.0.set(transfer_in::BodyHandOff::Copy);
+            }
+        }
+        let _copy_again = CopyAgain(&self.body_hand_off);
         self.body_hand_off.set(transfer_in::BodyHandOff::Keep);
         let ev = receive();
         let body = match self.body_hand_off.take() {

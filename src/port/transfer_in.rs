@@ -89,7 +89,8 @@ impl MessagePort {
             }
             Some(b) if matches!(self.body_hand_off.take(), BodyHandOff::Keep) => {
                 // A forwarder asked for it as it is (`try_recv_raw_in_place`): nothing is
-                // read here, so nothing needs a private copy.
+                // read here, so nothing needs a private copy. Only the raw receives ask,
+                // and their decoder, given no bytes, only notes where the archive is not.
                 self.body_hand_off.set(BodyHandOff::Kept(b));
                 decode(&[], tag)
             }

@@ -503,6 +503,7 @@ impl Reservation<'_> {
     /// If `len` exceeds the reserved area, or `kind` is 0 or padding: bugs in shmport,
     /// never caused by a peer.
     #[inline]
+    #[track_caller]
     pub(crate) fn commit(self, len: usize, kind: u32, tag: u64) {
         if len > self.room || kind == 0 || kind == KIND_PAD {
             bad_commit(len, kind, self.room);
@@ -516,6 +517,7 @@ impl Reservation<'_> {
 /// over `examples/hot_path_count.rs`).
 #[cold]
 #[inline(never)]
+#[track_caller]
 fn bad_commit(len: usize, kind: u32, room: usize) -> ! {
     panic!("shmport bug: commit of {len} bytes of kind {kind} into a reservation of {room}")
 }
