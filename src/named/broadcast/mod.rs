@@ -91,6 +91,7 @@ struct Open {
     member: Member,
     scratch: AlignedVec<16>,
     arena: Arena,
+    send_fp: FingerprintCache,
     recv_fp: FingerprintCache,
     /// The thread that sleeps on the bell for async receives, from the first that waited.
     waiter: Option<BellWaiter>,
@@ -125,6 +126,7 @@ impl BroadcastChannel {
                 member: Member::new(name, joined)?,
                 scratch: AlignedVec::new(),
                 arena: Arena::new(),
+                send_fp: FingerprintCache::new(),
                 recv_fp: FingerprintCache::new(),
                 waiter: None,
             }),
@@ -166,7 +168,7 @@ impl BroadcastChannel {
         codec::encode_to_vec(msg, &mut open.scratch, &mut open.arena)
             .map_err(|e| PostError::new(e.into(), Vec::new()))?;
         open.member
-            .post(&open.scratch, codec::fingerprint_of::<T>())
+            .post(&open.scratch, open.send_fp.get::<T>())
             .map_err(|e| PostError::new(PostErrorKind::Os(std::io::Error::other(e)), Vec::new()))
     }
 
