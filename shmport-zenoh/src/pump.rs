@@ -943,41 +943,9 @@ impl Pump {
             if self.sent_msgs >= self.granted_msgs || self.sent_bytes >= self.granted_bytes {
                 return;
             }
-            let Some(port) = self.port.as_ref() else {
-                return;
-            };
             let avail = self.granted_bytes - self.sent_bytes;
-            let received = if self.last_was_large {
-                // Large messages flow: take the archive as the port holds it (the shared
-                // buffer it travelled in, or the port's own copy, handed over) and make it
-                // a piece of the sample, which Zenoh copies into its send buffers.
-                port.try_recv_raw_in_place().map(|raw| {
-                    let RawMessage {
-                        archive,
-                        body,
-                        fingerprint,
-                        ports,
-                        buffers,
-                        ..
-                    } = raw;
-                    let archive = match body {
-                        Some(body) => Bytes::from_owner(Body(body)),
-                        None => Bytes::from_owner(archive),
-                    };
-                    (Received::Owned(archive, fingerprint), ports, buffers)
-                })
-            } else {
-                // Small messages flow: the archive, lent, is copied into the batch (no
-                // allocation per message); one that turns out large is copied whole.
-                let (out, seq) = (&mut self.out, self.out_seq);
-                port.try_recv_raw_with(|archive, fingerprint| {
-                    let inline = archive.len().min(CHUNK).min(avail as usize);
-                    out.reserve(inline + 64);
-                    put_msg_prefix_for(out, seq, fingerprint, archive.len(), inline);
-                    out.extend_from_slice(&archive[..inline]);
-                    Received::Copied(inline, Bytes::copy_from_slice(&archive[inline..]))
-                })
-                .map(|ev| (ev.data, ev.ports, ev.buffers))
+            let Some(received) = self.read_local(avail) else {
+                return;
             };
             match received {
                 Ok((Received::Owned(archive, fingerprint), ports, buffers)) => {
@@ -1014,6 +982,47 @@ impl Pump {
                 self.flush();
             }
         }
+    }
+
+    /// Takes the next message from the bridge-side port (`None` once the port is gone),
+    /// `avail` bytes of credit left for its frame.
+    fn read_local(
+        &mut self,
+        avail: u64,
+    ) -> Option<Result<(Received, Vec<MessagePort>, Vec<ArrayBuffer>), TryRecvError>> {
+        let port = self.port.as_ref()?;
+        Some(if self.last_was_large {
+            // Large messages flow: take the archive as the port holds it (the shared
+            // buffer it travelled in, or the port's own copy, handed over) and make it a
+            // piece of the sample, which Zenoh copies into its send buffers.
+            port.try_recv_raw_in_place().map(|raw| {
+                let RawMessage {
+                    archive,
+                    body,
+                    fingerprint,
+                    ports,
+                    buffers,
+                    ..
+                } = raw;
+                let archive = match body {
+                    Some(body) => Bytes::from_owner(Body(body)),
+                    None => Bytes::from_owner(archive),
+                };
+                (Received::Owned(archive, fingerprint), ports, buffers)
+            })
+        } else {
+            // Small messages flow: the archive, lent, is copied into the batch (no
+            // allocation per message); one that turns out large is copied whole.
+            let (out, seq) = (&mut self.out, self.out_seq);
+            port.try_recv_raw_with(|archive, fingerprint| {
+                let inline = archive.len().min(CHUNK).min(avail as usize);
+                out.reserve(inline + 64);
+                put_msg_prefix_for(out, seq, fingerprint, archive.len(), inline);
+                out.extend_from_slice(&archive[..inline]);
+                Received::Copied(inline, Bytes::copy_from_slice(&archive[inline..]))
+            })
+            .map(|ev| (ev.data, ev.ports, ev.buffers))
+        })
     }
 
     /// Appends `bytes` to the batch without copying them.

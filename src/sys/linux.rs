@@ -141,9 +141,7 @@ pub(crate) fn futex_wake(word: &AtomicU32) {
 /// process's remote barrier runs a full memory barrier on every CPU that runs one of our
 /// threads (`membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED)`). `false` when the
 /// kernel (or a seccomp filter) refuses. The registration belongs to the address space:
-/// `fork` copies it with the rest, `exec` drops it, so the static that remembers it stays
-/// true in a forked copy (`tests/fork.rs`,
-/// `a_forked_copy_keeps_its_parents_membarrier_registration`).
+/// `fork` copies it with the rest (`tests/fork.rs` checks), `exec` drops it.
 #[cfg(not(loom))]
 pub(crate) fn register_for_remote_barriers() -> bool {
     use rustix::thread::{MembarrierCommand, membarrier};
