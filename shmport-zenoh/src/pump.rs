@@ -396,6 +396,9 @@ enum Received {
     Copied(usize, Bytes),
 }
 
+/// A message read from the bridge-side port, with its transferred ports and buffers.
+type LocalMessage = (Received, Vec<MessagePort>, Vec<ArrayBuffer>);
+
 /// A large archive left in the shared buffer it came in ([`RawMessage::body`]), as a
 /// piece of a sample: the buffer, and with it the sender's pool slot, is held until Zenoh
 /// has copied the bytes out. The bytes are forwarded, never read as an archive here; the
@@ -986,10 +989,7 @@ impl Pump {
 
     /// Takes the next message from the bridge-side port (`None` once the port is gone),
     /// `avail` bytes of credit left for its frame.
-    fn read_local(
-        &mut self,
-        avail: u64,
-    ) -> Option<Result<(Received, Vec<MessagePort>, Vec<ArrayBuffer>), TryRecvError>> {
+    fn read_local(&mut self, avail: u64) -> Option<Result<LocalMessage, TryRecvError>> {
         let port = self.port.as_ref()?;
         Some(if self.last_was_large {
             // Large messages flow: take the archive as the port holds it (the shared
