@@ -64,6 +64,7 @@ pub fn finish(mode: &str) {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let _ = writeln!(out, "  \"load_average\": [{}],", load_average().join(", "));
+    let _ = writeln!(out, "  \"busy_loops\": {},", crate::load::running());
     let groups = [
         ("results", "RESULT"),
         ("ratios", "RATIO"),

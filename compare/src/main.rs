@@ -8,6 +8,9 @@
 //! cargo run --release -p shmport-compare -- fanout [--quick] [--messages M] [--subscribers 1,2,4] [--json]
 //! ```
 //!
+//! `--busy-loops N` (pipeline, transfer-latency, small) runs N spinning processes beside
+//! the comparison, for figures on a busy machine.
+//!
 //! The binary runs itself a second time as the child (`shmport::spawn`); the child knows it
 //! is one by `shmport::BOOTSTRAP_ENV` and takes orders on the port it was handed.
 
@@ -18,6 +21,7 @@ mod frame;
 mod iceoryx;
 mod json;
 mod latency;
+mod load;
 mod pipeline;
 mod protocol;
 mod report;
@@ -42,7 +46,8 @@ usage: shmport-compare pipeline [--quick] [--sizes 4k,1m,16m] [--seconds S] [--s
        shmport-compare small [--quick] [--size 64] [--rounds N] [--seconds S] [--repeat N]
                               [--transports floor,shmport-busy-poll,...] (see README.md)
        shmport-compare fanout [--quick] [--messages M] [--subscribers 1,2,4] [--repeat N] [--shmport-only]
-every mode: --json prints one JSON document on stdout (the tables go to stderr)";
+every mode: --json prints one JSON document on stdout (the tables go to stderr)
+pipeline, transfer-latency, small: --busy-loops N runs N spinning processes beside the comparison";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -84,6 +89,8 @@ pub struct Options {
     pub repeat: u32,
     /// shmport ports busy-poll instead of the adaptive default.
     pub busy_poll: bool,
+    /// Spinning processes run beside the comparison (`--busy-loops`).
+    pub busy_loops: u32,
 }
 
 impl Options {
@@ -98,6 +105,7 @@ impl Options {
         let (mut sizes, mut seconds, mut rounds, mut transports) = (None, None, None, None);
         let mut slices = None;
         let mut size = 64;
+        let mut busy_loops = 0;
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
             match arg.as_str() {
@@ -111,6 +119,7 @@ impl Options {
                 "--seconds" => seconds = Some(value()?.parse::<f64>()?),
                 "--slices" => slices = Some(value()?.parse::<u32>()?.max(1)),
                 "--rounds" => rounds = Some(value()?.parse::<u64>()?.max(1)),
+                "--busy-loops" => busy_loops = value()?.parse::<u32>()?,
                 _ => return Err(format!("unknown option {arg}\n{USAGE}").into()),
             }
         }
@@ -150,6 +159,7 @@ impl Options {
             kinds,
             repeat,
             busy_poll,
+            busy_loops,
         })
     }
 }
@@ -182,6 +192,9 @@ fn parse_transports(list: &str) -> Result<Vec<Transport>> {
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let first = args.next();
+    if first.as_deref() == Some(load::CHILD_ARG) {
+        load::spin();
+    }
     let outcome = if std::env::var_os(shmport::BOOTSTRAP_ENV).is_some() {
         if first.as_deref() == Some(fanout::CHILD_ARG) {
             fanout::subscriber()
@@ -225,11 +238,13 @@ fn parent(opts: &Options) -> Result<()> {
     if let Some(floor) = &floor {
         floor.spawned()?;
     }
+    let _busy_loops = load::BusyLoops::start(opts.busy_loops)?;
     say!(
-        "shmport-compare: parent pid {} <-> child pid {}; {} CPUs; system calls {}",
+        "shmport-compare: parent pid {} <-> child pid {}; {} CPUs, {} busy-loop processes beside; system calls {}",
         std::process::id(),
         child.id(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        opts.busy_loops,
         if stats::counts_syscalls() {
             "counted (raw_syscalls:sys_enter perf counter)"
         } else {
