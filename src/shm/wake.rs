@@ -193,11 +193,11 @@ impl Waiter {
                 if deadline.is_some_and(|d| now >= d) {
                     return None;
                 }
-                if budget.is_some() && now - start >= YIELD_AFTER {
-                    std::thread::yield_now();
-                }
                 match budget {
                     Some(b) if now - start >= b => break,
+                    // Spinning on: past the first microseconds, between looks the core
+                    // goes to whoever else may run (not before a sleep, which frees it).
+                    Some(_) if now - start >= YIELD_AFTER => std::thread::yield_now(),
                     Some(_) => {}
                     None => {
                         if now - last_liveness >= BUSY_LIVENESS_INTERVAL {
