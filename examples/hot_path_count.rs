@@ -15,10 +15,10 @@ fn main() {
         return;
     }
     let msg = [7u8; 64];
-    let polling = std::env::args().nth(1).as_deref() == Some("try");
+    let with_try_recv = std::env::args().nth(1).as_deref() == Some("try");
     for _ in 0..100_000 {
         ch.port1.post_message(&msg, []).unwrap();
-        let ev = if polling {
+        let ev = if with_try_recv {
             ch.port2.try_recv::<[u8; 64]>().unwrap()
         } else {
             ch.port2.recv::<[u8; 64]>().unwrap()

@@ -104,9 +104,7 @@ impl RawMessage {
         let archive = match &self.body {
             // Copy, then check: the sender still maps the body.
             Some(body) => {
-                let mut v = AlignedVec::<16>::with_capacity(body.len());
-                v.extend_from_slice(body);
-                copied = v;
+                copied = private_copy(body);
                 &copied
             }
             None => &self.archive,
@@ -472,9 +470,7 @@ impl MessagePort {
                         .checked_add(len)
                         .and_then(|end| scratch.get(at..end))
                         .unwrap_or_default();
-                    let mut v = AlignedVec::<16>::with_capacity(bytes.len());
-                    v.extend_from_slice(bytes);
-                    v
+                    private_copy(bytes)
                 }
             }
         };
@@ -501,13 +497,18 @@ enum Lent {
 /// The decoder of the raw receives.
 fn locate_archive(bytes: &[u8], tag: u64) -> Result<(Lent, u64), MessageError> {
     if bytes.len() < HAND_OVER_MIN {
-        let mut v = AlignedVec::<16>::with_capacity(bytes.len());
-        v.extend_from_slice(bytes);
-        return Ok((Lent::Copied(v), tag));
+        return Ok((Lent::Copied(private_copy(bytes)), tag));
     }
     let at = Lent::At {
         addr: bytes.as_ptr() as usize,
         len: bytes.len(),
     };
     Ok((at, tag))
+}
+
+/// `bytes` in a 16-aligned vector of their own size.
+fn private_copy(bytes: &[u8]) -> AlignedVec<16> {
+    let mut v = AlignedVec::<16>::with_capacity(bytes.len());
+    v.extend_from_slice(bytes);
+    v
 }
