@@ -75,6 +75,38 @@ fn each_senders_order_holds_at_every_receiver() {
 }
 
 #[test]
+fn a_receiver_with_two_backlogged_senders_takes_turns_between_them() {
+    // Each sender queues more than a run of 64 from one ring before the receiver looks:
+    // the receive stays on a ring with news, but not for more than 64 messages in a row.
+    let name = unique("turns");
+    let mut rx = BroadcastChannel::new(&name).unwrap();
+    let mut senders = [
+        BroadcastChannel::new(&name).unwrap(),
+        BroadcastChannel::new(&name).unwrap(),
+    ];
+    for (id, tx) in senders.iter_mut().enumerate() {
+        for seq in 0..300u32 {
+            tx.post_message(&(id as u32, seq)).unwrap();
+        }
+    }
+    let (mut next, mut run, mut longest) = ([0u32; 2], 0, 0);
+    let mut last = None;
+    for _ in 0..600 {
+        let (id, seq) = rx.recv::<(u32, u32)>().unwrap().data;
+        assert_eq!(seq, next[id as usize], "sender {id} out of order");
+        next[id as usize] += 1;
+        run = if last == Some(id) { run + 1 } else { 1 };
+        longest = longest.max(run);
+        last = Some(id);
+    }
+    assert!(longest <= 64, "{longest} messages in a row from one sender");
+    assert!(matches!(
+        rx.try_recv::<(u32, u32)>(),
+        Err(TryRecvError::Empty)
+    ));
+}
+
+#[test]
 fn a_channel_opened_after_a_post_does_not_receive_it() {
     let name = unique("late");
     let mut a = BroadcastChannel::new(&name).unwrap();

@@ -47,12 +47,15 @@ struct Order {
     messages: u64,
 }
 
-/// A subscriber's report: its receiving stretch and its voluntary context switches.
+/// A subscriber's report: its receiving stretch, its voluntary context switches and its
+/// CPU time.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy)]
 #[rkyv(crate = shmport::rkyv)]
 struct Report {
     nanos: u64,
     sleeps: u64,
+    /// The receiving thread's CPU time over the same stretch.
+    cpu_nanos: u64,
 }
 
 /// The message `seq`: every word derived from it, so a torn or stale one is caught.
@@ -137,6 +140,9 @@ struct Figures {
     /// The publishing thread's CPU time per post, and its share of the posting stretch.
     publisher_cpu_ns_per_post: f64,
     publisher_cpu_share: f64,
+    /// The subscribers' CPU time per delivery (spinning included): with more processes
+    /// than CPUs, what the publisher's share is left after.
+    subscriber_cpu_ns_per_delivery: f64,
 }
 
 impl Figures {
@@ -146,6 +152,7 @@ impl Figures {
         sleeps_per_s: f64::NAN,
         publisher_cpu_ns_per_post: f64::NAN,
         publisher_cpu_share: f64::NAN,
+        subscriber_cpu_ns_per_delivery: f64::NAN,
     };
 }
 
@@ -230,9 +237,12 @@ fn summarize(opts: &FanoutOptions, rounds: &[Table]) {
             })
             .collect()
     };
-    let figures: [(&str, Pick); 2] = [
+    let figures: [(&str, Pick); 3] = [
         ("post rate", |f| f.posts_per_s),
         ("publisher CPU per post", |f| f.publisher_cpu_ns_per_post),
+        ("subscriber CPU per delivery", |f| {
+            f.subscriber_cpu_ns_per_delivery
+        }),
     ];
     for (what, f) in figures {
         let (s, i) = (n4_over_n1(0, f), n4_over_n1(1, f));
@@ -255,13 +265,14 @@ fn run_once(opts: &FanoutOptions, round: u32) -> Result<Table> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     crate::say!(
-        "{:>2} | {:>22} | {:>22} | {:>13} | {:>21} | {:>27}",
+        "{:>2} | {:>22} | {:>22} | {:>13} | {:>21} | {:>27} | {:>17}",
         "N",
         "shmport posts/deliv /s",
         "iceoryx2 posts/deliv /s",
         "deliv ratio",
         "sleeps/s shm / ice",
-        "publisher CPU/post (share)"
+        "publisher CPU/post (share)",
+        "sub CPU/delivery"
     );
     let mut by_n = Vec::new();
     let mut table = Vec::new();
@@ -273,7 +284,7 @@ fn run_once(opts: &FanoutOptions, round: u32) -> Result<Table> {
             Figures::NONE
         };
         crate::say!(
-            "{n:>2} | {:>9.2} M / {:>7.2} M | {:>9.2} M / {:>7.2} M | {:>13.2} | {:>9.0} / {:>9.0} | {:>4.0} ns ({:>3.0}%) / {:>4.0} ns ({:>3.0}%)",
+            "{n:>2} | {:>9.2} M / {:>7.2} M | {:>9.2} M / {:>7.2} M | {:>13.2} | {:>9.0} / {:>9.0} | {:>4.0} ns ({:>3.0}%) / {:>4.0} ns ({:>3.0}%) | {:>4.0} / {:>4.0} ns",
             shm.posts_per_s / 1e6,
             shm.deliveries_per_s / 1e6,
             ice.posts_per_s / 1e6,
@@ -285,11 +296,13 @@ fn run_once(opts: &FanoutOptions, round: u32) -> Result<Table> {
             100.0 * shm.publisher_cpu_share,
             ice.publisher_cpu_ns_per_post,
             100.0 * ice.publisher_cpu_share,
+            shm.subscriber_cpu_ns_per_delivery,
+            ice.subscriber_cpu_ns_per_delivery,
         );
         crate::json::line(
             "RESULT",
             format!(
-                "mode=fanout n={n} shmport_posts={:.0} shmport_deliveries={:.0} iceoryx2_posts={:.0} iceoryx2_deliveries={:.0} shmport_sleeps={:.0} iceoryx2_sleeps={:.0} shmport_publisher_cpu_ns_per_post={:.1} iceoryx2_publisher_cpu_ns_per_post={:.1} shmport_publisher_cpu_share={:.3} iceoryx2_publisher_cpu_share={:.3}",
+                "mode=fanout n={n} shmport_posts={:.0} shmport_deliveries={:.0} iceoryx2_posts={:.0} iceoryx2_deliveries={:.0} shmport_sleeps={:.0} iceoryx2_sleeps={:.0} shmport_publisher_cpu_ns_per_post={:.1} iceoryx2_publisher_cpu_ns_per_post={:.1} shmport_publisher_cpu_share={:.3} iceoryx2_publisher_cpu_share={:.3} shmport_subscriber_cpu_ns_per_delivery={:.1} iceoryx2_subscriber_cpu_ns_per_delivery={:.1}",
                 shm.posts_per_s,
                 shm.deliveries_per_s,
                 ice.posts_per_s,
@@ -299,7 +312,9 @@ fn run_once(opts: &FanoutOptions, round: u32) -> Result<Table> {
                 shm.publisher_cpu_ns_per_post,
                 ice.publisher_cpu_ns_per_post,
                 shm.publisher_cpu_share,
-                ice.publisher_cpu_share
+                ice.publisher_cpu_share,
+                shm.subscriber_cpu_ns_per_delivery,
+                ice.subscriber_cpu_ns_per_delivery
             ),
         );
         by_n.push((n, shm.posts_per_s, ice.posts_per_s));
@@ -352,11 +367,12 @@ fn measure(lib: Lib, n: usize, messages: u64, round: u32) -> Result<Figures> {
         publisher.post(seq)?;
     }
     let (posted, posting_cpu) = (start.elapsed(), thread_cpu_time() - cpu);
-    let mut sleeps = 0u64;
+    let (mut sleeps, mut subscriber_cpu) = (0u64, 0u64);
     let mut receiving = Duration::ZERO;
     for (_, ctl) in &kids {
         let r: Report = ctl.recv()?.data;
         sleeps += r.sleeps;
+        subscriber_cpu += r.cpu_nanos;
         receiving = receiving.max(Duration::from_nanos(r.nanos));
     }
     let delivered = start.elapsed();
@@ -371,6 +387,7 @@ fn measure(lib: Lib, n: usize, messages: u64, round: u32) -> Result<Figures> {
         sleeps_per_s: sleeps as f64 / receiving.as_secs_f64(),
         publisher_cpu_ns_per_post: posting_cpu.as_nanos() as f64 / messages as f64,
         publisher_cpu_share: posting_cpu.as_secs_f64() / posted.as_secs_f64(),
+        subscriber_cpu_ns_per_delivery: subscriber_cpu as f64 / (n as u64 * messages) as f64,
     })
 }
 
@@ -501,13 +518,14 @@ fn shmport_subscriber(ctl: &MessagePort, order: &Order) -> Result<Report> {
     ctl.post_message(&0u8, [])?;
     let first = bc.recv::<[u64; 8]>()?.data;
     check(&first, 0)?;
-    let (start, sleeps) = (Instant::now(), voluntary_switches());
+    let (start, sleeps, cpu) = (Instant::now(), voluntary_switches(), thread_cpu_time());
     for seq in 1..order.messages {
         check(&bc.recv::<[u64; 8]>()?.data, seq)?;
     }
     Ok(Report {
         nanos: start.elapsed().as_nanos() as u64,
         sleeps: voluntary_switches() - sleeps,
+        cpu_nanos: (thread_cpu_time() - cpu).as_nanos() as u64,
     })
 }
 
@@ -518,7 +536,7 @@ fn ice_subscriber(ctl: &MessagePort, order: &Order) -> Result<Report> {
     let listener = event.listener_builder().create()?;
     ctl.post_message(&0u8, [])?;
     let mut next = 0u64;
-    let mut start = (Instant::now(), 0u64);
+    let mut start = (Instant::now(), 0u64, Duration::ZERO);
     while next < order.messages {
         if let Some(sample) = subscriber.receive()? {
             let bytes = sample.payload();
@@ -528,7 +546,7 @@ fn ice_subscriber(ctl: &MessagePort, order: &Order) -> Result<Report> {
             }
             check(&got, next)?;
             if next == 0 {
-                start = (Instant::now(), voluntary_switches());
+                start = (Instant::now(), voluntary_switches(), thread_cpu_time());
             }
             next += 1;
             continue;
@@ -549,5 +567,6 @@ fn ice_subscriber(ctl: &MessagePort, order: &Order) -> Result<Report> {
     Ok(Report {
         nanos: start.0.elapsed().as_nanos() as u64,
         sleeps: voluntary_switches() - start.1,
+        cpu_nanos: (thread_cpu_time() - start.2).as_nanos() as u64,
     })
 }

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use rkyv::ser::allocator::Arena;
 use rkyv::util::AlignedVec;
 
-use crate::error::Error;
+use crate::error::{Error, MessageError};
 use crate::error::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::named::endpoint::check_name;
 use crate::port::{MessageEvent, PostError, PostErrorKind};
@@ -206,6 +206,9 @@ impl BroadcastChannel {
     ///
     /// [`TryRecvError::Empty`] when nothing is queued; otherwise as [`recv`](Self::recv).
     pub fn try_recv<T: Message>(&mut self) -> Result<MessageEvent<T>, TryRecvError> {
+        if let Some(got) = self.try_recv_quick::<T>() {
+            return got.map_err(TryRecvError::MessageError);
+        }
         let Some(open) = &mut self.open else {
             return Err(TryRecvError::Disconnected);
         };
@@ -227,10 +230,24 @@ impl BroadcastChannel {
         self.open.is_none()
     }
 
+    /// The first look of every receive (`Member::try_next_quick`): `None` when it found
+    /// nothing to take there, and the receive goes the whole way.
+    #[inline]
+    fn try_recv_quick<T: Message>(&mut self) -> Option<Result<MessageEvent<T>, MessageError>> {
+        let open = self.open.as_mut()?;
+        let tag = open.member.try_next_quick()?;
+        let max_depth = codec::DEFAULT_MAX_DEPTH;
+        let data = codec::decode::<T>(&open.member.incoming, tag, &open.recv_fp, max_depth);
+        Some(data.map(event))
+    }
+
     fn recv_until<T: Message>(
         &mut self,
         deadline: Option<Instant>,
     ) -> Result<MessageEvent<T>, RecvTimeoutError> {
+        if let Some(got) = self.try_recv_quick::<T>() {
+            return got.map_err(RecvTimeoutError::MessageError);
+        }
         let Some(open) = &mut self.open else {
             return Err(RecvTimeoutError::Disconnected);
         };
@@ -255,10 +272,15 @@ impl Open {
                 codec::decode::<T>(&archive, tag, &self.recv_fp, max_depth)
             }
         }?;
-        Ok(MessageEvent {
-            data,
-            ports: Vec::new(),
-            buffers: Vec::new(),
-        })
+        Ok(event(data))
+    }
+}
+
+/// A broadcast's event: a message never carries ports or buffers.
+fn event<T>(data: T) -> MessageEvent<T> {
+    MessageEvent {
+        data,
+        ports: Vec::new(),
+        buffers: Vec::new(),
     }
 }
