@@ -196,6 +196,30 @@ fn a_large_message_reaches_every_member() {
 }
 
 #[test]
+fn messages_that_grow_and_shrink_arrive_whole_and_in_order() {
+    // A post writes in place when the ring has room for the size of the last message: one
+    // larger than that, or than a record, goes the other way, and the next small one
+    // comes back to the ring. Sizes from empty to a large message's body, wrapping the ring
+    // several times.
+    let name = unique("sizes");
+    let mut tx = BroadcastChannel::new(&name).unwrap();
+    let mut rx = BroadcastChannel::new(&name).unwrap();
+    let sizes = [0usize, 1, 64, 3_000, 8, 200_000, 16, 400_000, 5, 70_000, 1];
+    for round in 0..20u8 {
+        for (i, &len) in sizes.iter().enumerate() {
+            let msg = vec![round.wrapping_mul(31).wrapping_add(i as u8); len];
+            tx.post_message(&msg).unwrap();
+            assert_eq!(
+                rx.recv::<Vec<u8>>().unwrap().data,
+                msg,
+                "round {round}, size {len}"
+            );
+        }
+    }
+    assert!(matches!(rx.try_recv::<Vec<u8>>(), Err(TryRecvError::Empty)));
+}
+
+#[test]
 fn bad_names_are_rejected_with_invalid_name() {
     let long = "x".repeat(65);
     for bad in ["", "a/b", "a b", "caf\u{e9}", "..\0", long.as_str()] {

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rkyv::ser::allocator::Arena;
 use rkyv::util::AlignedVec;
 
 use super::body::{Bodies, KIND_BODY, MAX_BODIES};
@@ -19,6 +20,7 @@ use crate::shm::fanout::Registry;
 use crate::shm::ring::Producer;
 use crate::shm::wake::{LIVENESS_INTERVAL, WaitStrategy, Waiter, next_nap};
 use crate::sys::sync::Ordering;
+use crate::wire::codec::{self, Message};
 
 /// Messages a receive takes from one ring in a row before it looks at the next first.
 const STREAK: u32 = 64;
@@ -73,6 +75,8 @@ pub(super) struct Member {
     streak: u32,
     /// The archive of the last message taken from a ring.
     pub incoming: AlignedVec<16>,
+    /// The length of the last archive posted: the room an in-place post asks for.
+    size_hint: usize,
     backlog: VecDeque<Backlogged>,
     backlog_bytes: usize,
     post_waiter: Waiter,
@@ -104,6 +108,7 @@ impl Member {
             next: 0,
             streak: 0,
             incoming: AlignedVec::new(),
+            size_hint: 0,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             post_waiter: Waiter::new(WaitStrategy::Adaptive),
@@ -177,9 +182,37 @@ impl Member {
         }
     }
 
+    /// Posts `msg` serialized straight into our ring, if the ring has room now for a
+    /// record the size of the last one and the archive fits there: the usual case, with no
+    /// scratch copy (as a port's post). `false`, having written nothing, otherwise: the
+    /// caller encodes the message and hands it to [`post`](Self::post).
+    #[inline]
+    pub(super) fn try_post_in_place<T: Message>(
+        &mut self,
+        msg: &T,
+        fingerprint: u64,
+        arena: &mut Arena,
+    ) -> bool {
+        self.sync();
+        if self.size_hint > self.out.producer.mem().max_payload() {
+            return false;
+        }
+        let Some(mut reservation) = self.out.producer.reserve_at_least(self.size_hint) else {
+            return false;
+        };
+        let Some(len) = codec::encode_into(msg, reservation.area(), arena) else {
+            return false;
+        };
+        reservation.commit(len, KIND_WHOLE, fingerprint);
+        self.size_hint = len;
+        bell::ring(self.reg.bell(), self.reg.sleepers());
+        true
+    }
+
     /// Posts one archive: written once in our ring, read by every member.
     pub(super) fn post(&mut self, archive: &[u8], fingerprint: u64) -> Result<(), Error> {
         self.sync();
+        self.size_hint = archive.len();
         if archive.len() <= self.out.producer.mem().max_payload() {
             self.write(archive, KIND_WHOLE, fingerprint);
         } else {

@@ -165,10 +165,17 @@ impl BroadcastChannel {
         let Some(open) = &mut self.open else {
             return Err(PostError::new(PostErrorKind::Closed, Vec::new()));
         };
+        let fingerprint = open.send_fp.get::<T>();
+        if open
+            .member
+            .try_post_in_place(msg, fingerprint, &mut open.arena)
+        {
+            return Ok(());
+        }
         codec::encode_to_vec(msg, &mut open.scratch, &mut open.arena)
             .map_err(|e| PostError::new(e.into(), Vec::new()))?;
         open.member
-            .post(&open.scratch, open.send_fp.get::<T>())
+            .post(&open.scratch, fingerprint)
             .map_err(|e| PostError::new(PostErrorKind::Os(std::io::Error::other(e)), Vec::new()))
     }
 
