@@ -1,5 +1,7 @@
 //! One channel's pump: the thread that owns the bridge-side port and moves frames between
-//! it and Zenoh, with sequence numbers and credit.
+//! it and Zenoh, with sequence numbers and credit. Here: the channel's keys, what the
+//! Zenoh callbacks share with it, and its loop; what comes from the peer is
+//! `pump/inbound.rs`, what goes to it `pump/outbound.rs`.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -10,18 +12,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use rustix::event::{PollFd, PollFlags, Timespec};
-use shmport::rkyv::util::AlignedVec;
-use shmport::{ArrayBuffer, MessageChannel, MessagePort, RawMessage, Transferable, TryRecvError};
+use shmport::MessagePort;
 use zenoh::Wait;
 use zenoh::bytes::{ZBytes, ZBytesWriter};
 use zenoh::matching::MatchingListener;
 use zenoh::pubsub::{Publisher, Subscriber};
 use zenoh::qos::CongestionControl;
 
-use crate::frame::{self, Frame, MsgHeader};
+use crate::frame;
 use crate::{BridgeError, Core};
+
+mod inbound;
+mod outbound;
+
+use inbound::{Assembly, Ready};
+use outbound::Outgoing;
 
 /// The most body bytes one frame carries.
 pub(crate) const CHUNK: usize = 2 << 20;
@@ -234,94 +240,6 @@ enum Ended {
     Violation,
 }
 
-/// The rest of a message being sent: what its `Msg` frame did not carry of the
-/// archive, then the buffers.
-struct Outgoing {
-    archive: Bytes,
-    buffers: Vec<ArrayBuffer>,
-    /// Body bytes sent so far.
-    sent: u64,
-    len: u64,
-}
-
-impl Outgoing {
-    /// Appends the body bytes `[sent, sent + n)` to `out`.
-    fn copy_next(&mut self, n: usize, out: &mut Vec<u8>) {
-        let mut want = n;
-        let mut at = self.sent;
-        let parts = std::iter::once(&self.archive[..]).chain(self.buffers.iter().map(|b| &b[..]));
-        let mut start = 0u64;
-        for part in parts {
-            let end = start + part.len() as u64;
-            if want > 0 && at < end {
-                let from = (at - start) as usize;
-                let take = want.min(part.len() - from);
-                out.extend_from_slice(&part[from..from + take]);
-                want -= take;
-                at += take as u64;
-            }
-            start = end;
-        }
-        self.sent += n as u64;
-    }
-}
-
-/// A message being received: the body written where it goes, as it arrives.
-struct Assembly {
-    fingerprint: u64,
-    archive_len: usize,
-    archive: AlignedVec<16>,
-    buffers: Vec<ArrayBuffer>,
-    ports: Vec<MessagePort>,
-    /// Body bytes received so far, and the whole body.
-    got: u64,
-    len: u64,
-}
-
-impl Assembly {
-    /// Writes the next body bytes, in pieces; the caller checked they fit.
-    fn write_parts(&mut self, bytes: &frame::Parts<'_>) {
-        for s in bytes.slices() {
-            self.write(s);
-        }
-    }
-
-    /// Writes the next body bytes; the caller checked they fit.
-    fn write(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if (self.got as usize) < self.archive_len {
-                let take = bytes.len().min(self.archive_len - self.got as usize);
-                self.archive.extend_from_slice(&bytes[..take]);
-                bytes = &bytes[take..];
-                self.got += take as u64;
-                continue;
-            }
-            let mut at = self.got - self.archive_len as u64;
-            for b in &mut self.buffers {
-                let len = b.len() as u64;
-                if at < len {
-                    let from = at as usize;
-                    let take = bytes.len().min(b.len() - from);
-                    b[from..from + take].copy_from_slice(&bytes[..take]);
-                    bytes = &bytes[take..];
-                    self.got += take as u64;
-                    break;
-                }
-                at -= len;
-            }
-        }
-    }
-}
-
-/// A received message waiting for room in the local ring.
-struct Ready {
-    archive: AlignedVec<16>,
-    fingerprint: u64,
-    transfer: Vec<Transferable>,
-    /// Body bytes whose credit is returned when it is posted.
-    bytes: u64,
-}
-
 struct Pump {
     core: Arc<Core>,
     shared: Arc<Shared>,
@@ -376,60 +294,6 @@ struct Next {
     /// Poll instead of sleeping: a message waits for room in the local ring, or the
     /// port's readiness cannot be watched.
     poll: bool,
-}
-
-/// The largest sample a Zenoh callback handles itself. Larger ones go to the pump
-/// thread: their copy into the local ring then overlaps Zenoh's reading of the next
-/// sample (on another core) instead of delaying it, which is worth a hand-off.
-const DIRECT_MAX: usize = 64 << 10;
-
-/// The smallest archive sent without a copy into the batch: the owned copy the port
-/// handed over becomes a piece of the sample.
-const ZERO_COPY_MIN: usize = 16 << 10;
-
-/// A message read from the bridge-side port for sending.
-enum Received {
-    /// Its archive, handed over by the port, and fingerprint: nothing written yet.
-    Owned(Bytes, u64),
-    /// The `Msg` frame's prefix and this many inline bytes are written into the batch;
-    /// the rest of the archive, copied.
-    Copied(usize, Bytes),
-}
-
-/// A message read from the bridge-side port, with its transferred ports and buffers.
-type LocalMessage = (Received, Vec<MessagePort>, Vec<ArrayBuffer>);
-
-/// A large archive left in the shared buffer it came in ([`RawMessage::body`]), as a
-/// piece of a sample: the buffer, and with it the sender's pool slot, is held until Zenoh
-/// has copied the bytes out. The bytes are forwarded, never read as an archive here; the
-/// far side's receiver validates them.
-struct Body(ArrayBuffer);
-
-impl AsRef<[u8]> for Body {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// Appends the start of a `Msg` frame for an archive of `len` bytes, `inline` of them in
-/// the frame (both within a message's limits: the port refuses longer archives).
-fn put_msg_prefix_for(out: &mut Vec<u8>, seq: u64, fingerprint: u64, len: usize, inline: usize) {
-    frame::put_msg_prefix(out, seq, fingerprint, len as u32, inline as u32);
-}
-
-/// Calls `f` with the pieces of `payload`, as Zenoh holds them (a large sample is its
-/// fragments, which are not copied together).
-fn with_pieces<R>(payload: &ZBytes, f: impl FnOnce(&[&[u8]]) -> R) -> R {
-    let mut slices = payload.slices();
-    match (slices.next(), slices.next()) {
-        (None, _) => f(&[]),
-        (Some(one), None) => f(&[one]),
-        (Some(a), Some(b)) => {
-            let mut all = vec![a, b];
-            all.extend(slices);
-            f(&all)
-        }
-    }
 }
 
 /// How long the pump thread watches the port for an answer to a message just delivered.
@@ -499,36 +363,50 @@ fn run(core: Arc<Core>, end: End, peer: String, port: MessagePort) {
         if watch && next.port && watch_for_answer(&shared) {
             continue;
         }
-        let mut fds = Vec::with_capacity(2);
-        fds.push(PollFd::new(&bell_rx, PollFlags::IN));
-        if let (true, Some(fd)) = (next.port, &port_fd) {
-            fds.push(PollFd::new(fd, PollFlags::IN));
-        }
-        let timeout = if next.poll {
-            let t = backoff;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            Timespec::try_from(t).ok()
-        } else {
-            backoff = BACKOFF_MIN;
-            None
-        };
-        match rustix::event::poll(&mut fds, timeout.as_ref()) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(_) => {
-                if let Some(p) = lock().as_mut() {
-                    p.ended = Some(Ended::Gone);
-                }
+        if wait_for_news(&shared, &bell_rx, port_fd.as_ref(), &next, &mut backoff).is_err() {
+            if let Some(p) = lock().as_mut() {
+                p.ended = Some(Ended::Gone);
             }
-        }
-        if !fds[0].revents().is_empty() {
-            let mut buf = [0u8; 64];
-            while matches!((&bell_rx).read(&mut buf), Ok(n) if n > 0) {}
-            shared.notified.store(false, Ordering::Release);
         }
     }
     // The callbacks find no pump from here on; the channel's keys go with it.
     let pump = lock().take();
     drop(pump);
+}
+
+/// Waits after a step for what `next` says: the bell (a frame queued by a Zenoh callback),
+/// the bridge-side port when the pump would read it, at most the backoff when it polls.
+/// Takes the bell's wake-ups. `Err` when the wait itself failed.
+fn wait_for_news(
+    shared: &Shared,
+    bell_rx: &UnixStream,
+    port_fd: Option<&OwnedFd>,
+    next: &Next,
+    backoff: &mut Duration,
+) -> rustix::io::Result<()> {
+    let mut fds = Vec::with_capacity(2);
+    fds.push(PollFd::new(bell_rx, PollFlags::IN));
+    if let (true, Some(fd)) = (next.port, port_fd) {
+        fds.push(PollFd::new(fd, PollFlags::IN));
+    }
+    let timeout = if next.poll {
+        let t = *backoff;
+        *backoff = (t * 2).min(BACKOFF_MAX);
+        Timespec::try_from(t).ok()
+    } else {
+        *backoff = BACKOFF_MIN;
+        None
+    };
+    let waited = match rustix::event::poll(&mut fds, timeout.as_ref()) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if !fds[0].revents().is_empty() {
+        let (mut buf, mut rx) = ([0u8; 64], bell_rx);
+        while matches!(rx.read(&mut buf), Ok(n) if n > 0) {}
+        shared.notified.store(false, Ordering::Release);
+    }
+    waited
 }
 
 const BACKOFF_MIN: Duration = Duration::from_micros(20);
@@ -601,50 +479,6 @@ impl Pump {
         })
     }
 
-    /// Handles a sample on the Zenoh callback's thread, when it is small, nothing queued
-    /// waits before it and it needs nothing that may block or declare Zenoh keys (a frame
-    /// transferring ports): `None` when the pump thread must take it; else whether the pump thread has
-    /// work now (credit to send or to use, a message waiting for room, the end).
-    fn try_direct(&mut self, payload: &ZBytes) -> Option<bool> {
-        if payload.len() > DIRECT_MAX
-            || self.ended.is_some()
-            || !self.pending.is_empty()
-            || !self.shared.inbox_empty()
-        {
-            return None;
-        }
-        let handled = with_pieces(payload, |pieces| {
-            let (frames, err) = frame::decode_parts(pieces);
-            let ports = frames
-                .iter()
-                .any(|f| matches!(f, Frame::Msg(h) if !h.ports.is_empty()));
-            if !ports {
-                self.on_frames(frames, err);
-            }
-            !ports
-        });
-        if !handled {
-            return None;
-        }
-        let returned = self.returned_msgs;
-        self.settle();
-        // A message went to the local user, who may answer at once: have the pump
-        // thread up and watching by then (woken now, off the answer's path) instead of
-        // woken by the answer. Only for messages that `settle` posted (assembled, or
-        // queued behind a full ring): one posted whole while its frame was decoded
-        // (`try_post_whole`) starts no watch. Watching after those too (a wake-up of the
-        // pump thread per delivery) measured no faster round trip on two cores, at 40-60%
-        // more CPU (README, Performance).
-        self.expect_answer = self.returned_msgs > returned && self.wants_port() && !self.no_fd;
-        Some(
-            self.expect_answer
-                || self.ended.is_some()
-                || !self.pending.is_empty()
-                || self.credit_arrived
-                || self.credit_due().is_some(),
-        )
-    }
-
     /// Posts what waits for the local ring; what the network lent to a message being
     /// assembled is the bridge's to return once nothing waits.
     fn settle(&mut self) {
@@ -679,478 +513,6 @@ impl Pump {
             && self.outgoing.is_none()
             && self.sent_msgs < self.granted_msgs
             && self.sent_bytes < self.granted_bytes
-    }
-
-    fn take_inbox(&mut self) {
-        let gone = self.shared.peer_gone.load(Ordering::Acquire);
-        let (samples, overflow) = {
-            let mut inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
-            inbox.bytes = 0;
-            (std::mem::take(&mut inbox.samples), inbox.overflow)
-        };
-        for sample in samples {
-            if self.ended.is_some() {
-                break;
-            }
-            with_pieces(&sample, |pieces| {
-                let (frames, err) = frame::decode_parts(pieces);
-                self.on_frames(frames, err);
-            });
-        }
-        if overflow {
-            self.violation();
-        }
-        if gone && self.ended.is_none() {
-            self.ended = Some(Ended::Gone);
-        }
-    }
-
-    fn on_frames(&mut self, frames: Vec<Frame<'_>>, err: Option<frame::FrameError>) {
-        for f in frames {
-            if self.ended.is_some() {
-                break;
-            }
-            self.on_frame(f);
-        }
-        if err.is_some() {
-            self.violation();
-        }
-    }
-
-    fn violation(&mut self) {
-        if self.ended.is_none() || self.ended == Some(Ended::Closed) {
-            self.ended = Some(Ended::Violation);
-        }
-        // A message half received is lost with the channel.
-        self.assembling = None;
-    }
-
-    /// The frame sequence check: the next frame, neither a gap nor a duplicate.
-    fn in_sequence(&mut self, seq: u64) -> bool {
-        if seq != self.in_seq {
-            self.violation();
-            return false;
-        }
-        self.in_seq += 1;
-        true
-    }
-
-    /// Counts body bytes against what we granted.
-    fn take_bytes(&mut self, n: usize) -> bool {
-        self.recv_bytes = self.recv_bytes.saturating_add(n as u64);
-        if self.recv_bytes > self.announced_bytes {
-            self.violation();
-            return false;
-        }
-        true
-    }
-
-    fn on_frame(&mut self, f: Frame<'_>) {
-        match f {
-            Frame::Credit { messages, bytes } => {
-                if messages > self.granted_msgs || bytes > self.granted_bytes {
-                    self.credit_arrived = true;
-                }
-                self.granted_msgs = self.granted_msgs.max(messages);
-                self.granted_bytes = self.granted_bytes.max(bytes);
-            }
-            Frame::Msg(h) => self.on_msg(h),
-            Frame::Chunk { seq, bytes } => {
-                if !self.in_sequence(seq) {
-                    return;
-                }
-                let fits = self
-                    .assembling
-                    .as_ref()
-                    .is_some_and(|a| bytes.len() as u64 <= a.len - a.got);
-                if !fits {
-                    return self.violation();
-                }
-                if !self.take_bytes(bytes.len()) {
-                    return;
-                }
-                if let Some(a) = &mut self.assembling {
-                    a.write_parts(&bytes);
-                }
-                self.assembly_held += bytes.len() as u64;
-                self.complete_if_done();
-            }
-            Frame::Close { seq } => {
-                if !self.in_sequence(seq) {
-                    return;
-                }
-                if self.assembling.is_some() {
-                    return self.violation();
-                }
-                self.ended = Some(Ended::Closed);
-            }
-        }
-    }
-
-    fn on_msg(&mut self, h: MsgHeader<'_>) {
-        if !self.in_sequence(h.seq) {
-            return;
-        }
-        if self.assembling.is_some() {
-            return self.violation();
-        }
-        self.recv_msgs += 1;
-        if self.recv_msgs > self.announced_msgs || !self.take_bytes(h.inline.len()) {
-            return self.violation();
-        }
-        // Carried unchanged: a type with a stable name (`shmport::declare_stable_name`)
-        // has the same fingerprint in both programs.
-        let fingerprint = h.fingerprint;
-        if self.try_post_whole(&h, fingerprint) {
-            return;
-        }
-        let mut buffers = Vec::with_capacity(h.buffers.len());
-        for &len in &h.buffers {
-            match usize::try_from(len).map(ArrayBuffer::new_unzeroed) {
-                Ok(Ok(b)) => buffers.push(b),
-                // This host cannot hold what the peer sends: the channel cannot go on.
-                _ => return self.violation(),
-            }
-        }
-        let mut ports = Vec::with_capacity(h.ports.len());
-        for &id in &h.ports {
-            let Ok(ch) = MessageChannel::new() else {
-                return self.violation();
-            };
-            match End::declare(&self.core, id, false) {
-                Ok(end) => end.start(&self.core, self.peer.clone(), ch.port1),
-                Err(_) => return self.violation(),
-            }
-            ports.push(ch.port2);
-        }
-        let mut a = Assembly {
-            fingerprint,
-            archive_len: h.archive_len as usize,
-            archive: AlignedVec::new(),
-            buffers,
-            ports,
-            got: 0,
-            len: h.body_len(),
-        };
-        a.write_parts(&h.inline);
-        self.assembly_held += h.inline.len() as u64;
-        self.assembling = Some(a);
-        self.complete_if_done();
-    }
-
-    /// The fast path of a message that is whole in its first frame and transfers
-    /// nothing: posted straight from the sample's bytes when nothing waits before it and
-    /// the ring has room. False when it must be assembled and queued instead.
-    fn try_post_whole(&mut self, h: &MsgHeader<'_>, fingerprint: u64) -> bool {
-        let whole =
-            h.ports.is_empty() && h.buffers.is_empty() && h.inline.len() == h.archive_len as usize;
-        if !whole || !self.pending.is_empty() {
-            return false;
-        }
-        let Some(port) = self.port() else {
-            return false;
-        };
-        // Written into the ring (or the memory beside it) straight from the sample's
-        // pieces: no contiguous copy first.
-        let single: [&[u8]; 1];
-        let pieces: Vec<&[u8]>;
-        let parts: &[&[u8]] = match h.inline.as_contiguous() {
-            Some(one) => {
-                single = [one];
-                &single
-            }
-            None => {
-                pieces = h.inline.slices().collect();
-                &pieces
-            }
-        };
-        match port.try_post_raw_parts(parts, fingerprint, []) {
-            Ok(()) => {}
-            Err(e) if e.is_full() || e.is_disconnected() => return false,
-            // The OS refused what this one message needs: it is lost (see `deliver`).
-            Err(_) => {}
-        }
-        self.returned_msgs += 1;
-        self.returned_bytes += h.inline.len() as u64;
-        true
-    }
-
-    fn complete_if_done(&mut self) {
-        if self.assembling.as_ref().is_some_and(|a| a.got == a.len) {
-            let Some(a) = self.assembling.take() else {
-                return;
-            };
-            let ports = a.ports.into_iter().map(Transferable::from);
-            let transfer = ports.chain(a.buffers.into_iter().map(Transferable::from));
-            self.pending.push_back(Ready {
-                archive: a.archive,
-                fingerprint: a.fingerprint,
-                transfer: transfer.collect(),
-                bytes: std::mem::take(&mut self.assembly_held),
-            });
-        }
-    }
-
-    /// Posts what arrived into the local ring, as far as it has room.
-    fn deliver(&mut self) {
-        while !self.pending.is_empty() {
-            let (archive, fingerprint, transfer) = {
-                let r = &mut self.pending[0];
-                (
-                    std::mem::take(&mut r.archive),
-                    r.fingerprint,
-                    std::mem::take(&mut r.transfer),
-                )
-            };
-            let Some(port) = self.port() else {
-                self.pending.clear();
-                return;
-            };
-            match port.try_post_raw(&archive, fingerprint, transfer) {
-                Ok(()) => {
-                    let r = self.pending.pop_front().map_or(0, |r| r.bytes);
-                    self.returned_msgs += 1;
-                    self.returned_bytes += r;
-                }
-                Err(e) if e.is_full() => {
-                    let r = &mut self.pending[0];
-                    r.archive = archive;
-                    r.transfer = e.into_inner();
-                    return;
-                }
-                Err(e) if e.is_disconnected() => {
-                    // The local user closed: nobody will read what is left.
-                    self.pending.clear();
-                    return;
-                }
-                Err(_) => {
-                    // The OS refused what this one message needs: it is lost, the
-                    // channel goes on (as for a post on one host).
-                    let r = self.pending.pop_front().map_or(0, |r| r.bytes);
-                    self.returned_msgs += 1;
-                    self.returned_bytes += r;
-                }
-            }
-        }
-    }
-
-    /// Reads the local port and sends its messages, as far as credit allows.
-    fn forward(&mut self) {
-        if self.local_done || self.ended.is_some() || !self.matched() {
-            return;
-        }
-        loop {
-            if !self.continue_outgoing() {
-                return;
-            }
-            if self.sent_msgs >= self.granted_msgs || self.sent_bytes >= self.granted_bytes {
-                return;
-            }
-            let avail = self.granted_bytes - self.sent_bytes;
-            let Some(received) = self.read_local(avail) else {
-                return;
-            };
-            match received {
-                Ok((Received::Owned(archive, fingerprint), ports, buffers)) => {
-                    let len = archive.len();
-                    self.last_was_large = len >= ZERO_COPY_MIN;
-                    let inline = len.min(CHUNK).min(avail as usize);
-                    put_msg_prefix_for(&mut self.out, self.out_seq, fingerprint, len, inline);
-                    let rest = if len < ZERO_COPY_MIN {
-                        self.out.extend_from_slice(&archive[..inline]);
-                        Bytes::copy_from_slice(&archive[inline..])
-                    } else {
-                        self.append_owned(archive.slice(..inline));
-                        archive.slice(inline..)
-                    };
-                    self.finish_msg_frame(inline, rest, ports, buffers);
-                }
-                Ok((Received::Copied(inline, rest), ports, buffers)) => {
-                    self.last_was_large = inline + rest.len() >= ZERO_COPY_MIN;
-                    self.finish_msg_frame(inline, rest, ports, buffers);
-                }
-                Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => {
-                    frame::put_close(&mut self.out, self.out_seq);
-                    self.out_seq += 1;
-                    self.local_done = true;
-                    self.drop_port();
-                    return;
-                }
-                // A record whose transferred objects were lost on the way into the
-                // bridge: there is nothing to forward.
-                Err(_) => {}
-            }
-            if self.batched() >= BATCH {
-                self.flush();
-            }
-        }
-    }
-
-    /// Takes the next message from the bridge-side port (`None` once the port is gone),
-    /// `avail` bytes of credit left for its frame.
-    fn read_local(&mut self, avail: u64) -> Option<Result<LocalMessage, TryRecvError>> {
-        let port = self.port.as_ref()?;
-        Some(if self.last_was_large {
-            // Large messages flow: take the archive as the port holds it (the shared
-            // buffer it travelled in, or the port's own copy, handed over) and make it a
-            // piece of the sample, which Zenoh copies into its send buffers.
-            port.try_recv_raw_in_place().map(|raw| {
-                let RawMessage {
-                    archive,
-                    body,
-                    fingerprint,
-                    ports,
-                    buffers,
-                    ..
-                } = raw;
-                let archive = match body {
-                    Some(body) => Bytes::from_owner(Body(body)),
-                    None => Bytes::from_owner(archive),
-                };
-                (Received::Owned(archive, fingerprint), ports, buffers)
-            })
-        } else {
-            // Small messages flow: the archive, lent, is copied into the batch (no
-            // allocation per message); one that turns out large is copied whole.
-            let (out, seq) = (&mut self.out, self.out_seq);
-            port.try_recv_raw_with(|archive, fingerprint| {
-                let inline = archive.len().min(CHUNK).min(avail as usize);
-                out.reserve(inline + 64);
-                put_msg_prefix_for(out, seq, fingerprint, archive.len(), inline);
-                out.extend_from_slice(&archive[..inline]);
-                Received::Copied(inline, Bytes::copy_from_slice(&archive[inline..]))
-            })
-            .map(|ev| (ev.data, ev.ports, ev.buffers))
-        })
-    }
-
-    /// Appends `bytes` to the batch without copying them.
-    fn append_owned(&mut self, bytes: Bytes) {
-        let parts = self.out_parts.get_or_insert_with(ZBytes::writer);
-        if !self.out.is_empty() {
-            self.out_parts_len += self.out.len();
-            parts.append(ZBytes::from(std::mem::take(&mut self.out)));
-        }
-        self.out_parts_len += bytes.len();
-        parts.append(ZBytes::from(bytes));
-    }
-
-    /// The bytes of the batch.
-    fn batched(&self) -> usize {
-        self.out_parts_len + self.out.len()
-    }
-
-    /// Sends the rest of the current message as credit allows; true when it is all sent.
-    fn continue_outgoing(&mut self) -> bool {
-        while let Some(o) = &mut self.outgoing {
-            let left = o.len - o.sent;
-            if left == 0 {
-                self.outgoing = None;
-                break;
-            }
-            let avail = self.granted_bytes - self.sent_bytes;
-            if avail == 0 {
-                return false;
-            }
-            let n = left.min(CHUNK as u64).min(avail) as usize;
-            frame::put_chunk_header(&mut self.out, self.out_seq, n as u32);
-            // A large piece of the archive goes as it is; the rest is copied.
-            let from = o.sent as usize;
-            if from + n <= o.archive.len() && n >= ZERO_COPY_MIN {
-                let piece = o.archive.slice(from..from + n);
-                o.sent += n as u64;
-                self.append_owned(piece);
-            } else {
-                o.copy_next(n, &mut self.out);
-            }
-            self.out_seq += 1;
-            self.sent_bytes += n as u64;
-            if self.batched() >= BATCH {
-                self.flush();
-            }
-        }
-        true
-    }
-
-    /// Completes the `Msg` frame whose prefix and `inline` archive bytes are written:
-    /// proxies the transferred ports on channels of their own, appends the transfer
-    /// list, and keeps what is left of the body (`rest` of the archive, then the
-    /// buffers) for `Chunk` frames.
-    fn finish_msg_frame(
-        &mut self,
-        inline: usize,
-        rest: Bytes,
-        ports: Vec<MessagePort>,
-        buffers: Vec<ArrayBuffer>,
-    ) {
-        let mut ids = Vec::with_capacity(ports.len());
-        for port in ports {
-            let id = random_u64();
-            // A port whose keys cannot be declared is dropped: its peer sees
-            // `Disconnected`, and the far side's end of the id never hears from it.
-            if let Ok(end) = End::declare(&self.core, id, true) {
-                end.start(&self.core, self.peer.clone(), port);
-            }
-            ids.push(id);
-        }
-        let lens: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
-        frame::put_msg_suffix(&mut self.out, &ids, &lens);
-        self.out_seq += 1;
-        self.sent_msgs += 1;
-        self.sent_bytes += inline as u64;
-        let len = lens.iter().fold(rest.len() as u64, |a, b| a + b);
-        if len > 0 {
-            self.outgoing = Some(Outgoing {
-                archive: rest,
-                buffers,
-                sent: 0,
-                len,
-            });
-        }
-    }
-
-    /// Grants the peer more credit when it is due.
-    fn send_credit(&mut self) {
-        if let Some((want_m, want_b)) = self.credit_due() {
-            frame::put_credit(&mut self.out, want_m, want_b);
-            self.announced_msgs = want_m;
-            self.announced_bytes = want_b;
-        }
-    }
-
-    /// The credit to grant now (messages, bytes), if any: when a quarter of a window has
-    /// left the bridge, or when the peer may be waiting for it.
-    fn credit_due(&self) -> Option<(u64, u64)> {
-        if !self.matched() || self.ended.is_some() {
-            return None;
-        }
-        let (wm, wb) = (self.core.window_messages, self.core.window_bytes);
-        let (want_m, want_b) = (self.returned_msgs + wm, self.returned_bytes + wb);
-        let (um, ub) = (want_m - self.announced_msgs, want_b - self.announced_bytes);
-        let starving = (self.announced_msgs == self.recv_msgs && um > 0)
-            || (self.announced_bytes == self.recv_bytes && ub > 0);
-        (um >= (wm / 4).max(1) || ub >= wb / 4 || starving).then_some((want_m, want_b))
-    }
-
-    fn flush(&mut self) {
-        if self.batched() == 0 {
-            return;
-        }
-        let out = std::mem::take(&mut self.out);
-        let sample = match self.out_parts.take() {
-            Some(mut parts) => {
-                self.out_parts_len = 0;
-                if !out.is_empty() {
-                    parts.append(ZBytes::from(out));
-                }
-                parts.finish()
-            }
-            None => ZBytes::from(out),
-        };
-        if self.publisher.put(sample).wait().is_err() {
-            self.ended = Some(Ended::Gone);
-        }
     }
 
     /// True when the channel is over: the local user closed (and `Close` is sent), or
