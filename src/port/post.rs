@@ -253,18 +253,12 @@ impl MessagePort {
         for round in 0..2 {
             // The predicted size first; after a miss, only a place with more room than the
             // one that was too small (the other side of a wrap).
-            let mut min = self.size_hint.get();
-            while let Some(mut reservation) = tx.reserve_at_least(min) {
-                let area = reservation.area();
-                let room = area.len();
-                if let Some(len) = codec::encode_into(msg, area, arena) {
-                    reservation.commit(len, KIND_MESSAGE, fp);
-                    if len != self.size_hint.get() {
-                        self.size_hint.set(len);
-                    }
-                    return Ok(true);
+            let encode = |area: &mut [_]| codec::encode_into(msg, area, arena);
+            if let Some(len) = tx.write_in_place(self.size_hint.get(), KIND_MESSAGE, fp, encode) {
+                if len != self.size_hint.get() {
+                    self.size_hint.set(len);
                 }
-                min = room + 1;
+                return Ok(true);
             }
             if round == 0 {
                 tx.refresh()?;

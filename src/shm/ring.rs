@@ -345,6 +345,28 @@ impl Producer {
         })
     }
 
+    /// Writes a record whose payload `fill` writes into the area offered (room for `min`
+    /// bytes at least, or a larger one after a `None`: too small): its length, or `None`
+    /// with nothing written. The in-place posts of ports and broadcasts serialize here.
+    #[inline]
+    pub(crate) fn write_in_place(
+        &mut self,
+        mut min: usize,
+        kind: u32,
+        tag: u64,
+        mut fill: impl FnMut(&mut [MaybeUninit<u8>]) -> Option<usize>,
+    ) -> Option<usize> {
+        while let Some(mut reservation) = self.reserve_at_least(min) {
+            let room = reservation.area().len();
+            if let Some(len) = fill(reservation.area()) {
+                reservation.commit(len, kind, tag);
+                return Some(len);
+            }
+            min = room + 1;
+        }
+        None
+    }
+
     /// Reserves the payload area of the next record at `at`: as many bytes as
     /// [`room`](Self::room) reports there. `None` when not even a header fits there. (The
     /// loom model picks the placement itself; the library asks `reserve_at_least`.)

@@ -120,9 +120,8 @@ impl Member {
         Ok(m)
     }
 
-    /// Acts on membership changes since the last look: one load when there are none.
-    /// Catches up with membership changes, if the generation says there were any: one
-    /// load per post and per look for messages, inlined (the catching up is not).
+    /// Acts on membership changes since the last look: one load when there are none
+    /// (inlined into every post and look for messages; the catching up is not).
     #[inline]
     fn sync(&mut self) {
         // Acquire: pairs with the Release bump in `table::bump`.
@@ -183,8 +182,9 @@ impl Member {
     }
 
     /// Posts `msg` serialized straight into our ring, if the ring has room now for a
-    /// record the size of the last one and the archive fits there: the usual case, with no
-    /// scratch copy (as a port's post). `false`, having written nothing, otherwise: the
+    /// record the size of the last one and the archive fits in the room there is
+    /// (`Producer::write_in_place`): the usual case, with no scratch copy (as a port's
+    /// post). `false`, having written nothing, otherwise: the
     /// caller encodes the message and hands it to [`post`](Self::post).
     #[inline]
     pub(super) fn try_post_in_place<T: Message>(
@@ -197,13 +197,12 @@ impl Member {
         if self.size_hint > self.out.producer.mem().max_payload() {
             return false;
         }
-        let Some(mut reservation) = self.out.producer.reserve_at_least(self.size_hint) else {
+        let encode = |area: &mut [_]| codec::encode_into(msg, area, arena);
+        let producer = &mut self.out.producer;
+        let Some(len) = producer.write_in_place(self.size_hint, KIND_WHOLE, fingerprint, encode)
+        else {
             return false;
         };
-        let Some(len) = codec::encode_into(msg, reservation.area(), arena) else {
-            return false;
-        };
-        reservation.commit(len, KIND_WHOLE, fingerprint);
         self.size_hint = len;
         bell::ring(self.reg.bell(), self.reg.sleepers());
         true
@@ -371,12 +370,22 @@ impl Member {
             .inbound
             .get_mut(self.next)?
             .try_take_whole(&mut self.incoming)?;
+        self.took_from(self.next);
+        Some(tag)
+    }
+
+    /// Counts a message taken from ring `i`: the next look starts there again (the next
+    /// record is likely there, and the others' empty rings cost a look each), but not
+    /// for more than [`STREAK`] in a row. `next` may then be one past the last ring;
+    /// `try_next` brings it back within them.
+    #[inline]
+    fn took_from(&mut self, i: usize) {
         self.streak += 1;
+        self.next = i;
         if self.streak >= STREAK {
             self.streak = 0;
-            self.next += 1; // `try_next` brings it back within the rings when it is past
+            self.next = i + 1;
         }
-        Some(tag)
     }
 
     /// The next message from any ring (or the backlog), without waiting.
@@ -400,13 +409,7 @@ impl Member {
             }
             match self.inbound[i].take(&self.name, &mut self.incoming) {
                 Step::Got(got) => {
-                    // Stay on a ring that has news (the next record is likely there, and
-                    // the others' empty rings cost a look each), but not for ever.
-                    self.streak += 1;
-                    self.next = if self.streak < STREAK { i } else { i + 1 };
-                    if self.streak >= STREAK {
-                        self.streak = 0;
-                    }
+                    self.took_from(i);
                     return Some(got.map(Found::Incoming));
                 }
                 Step::Empty => k += 1,
