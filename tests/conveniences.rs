@@ -94,6 +94,30 @@ fn len_counts_a_transfer_and_a_large_body_as_one_message_each() {
 }
 
 #[test]
+fn peek_inline_len_gives_only_what_sits_whole_in_the_ring() {
+    let ch = MessageChannel::builder().capacity(4096).build().unwrap();
+    let other = MessageChannel::new().unwrap();
+    ch.port1.post_message(&vec![3u8; 100], []).unwrap();
+    ch.port1.post_message(&1u8, [other.port1.into()]).unwrap();
+    ch.port1.post_message(&vec![7u8; 1 << 20], []).unwrap();
+    let len = ch
+        .port2
+        .peek_inline_len()
+        .expect("a small message sits in the ring");
+    assert_eq!(ch.port2.peek_inline_len(), Some(len)); // it takes nothing
+    let lent = ch
+        .port2
+        .try_recv_raw_with(|archive, _| archive.len())
+        .unwrap();
+    assert_eq!(lent.data, len);
+    assert_eq!(ch.port2.peek_inline_len(), None); // a transfer list
+    ch.port2.recv::<u8>().unwrap();
+    assert_eq!(ch.port2.peek_inline_len(), None); // a body outside the ring
+    ch.port2.recv::<Vec<u8>>().unwrap();
+    assert_eq!(ch.port2.peek_inline_len(), None); // nothing
+}
+
+#[test]
 fn is_peer_gone_sees_a_dropped_peer_and_leaves_its_messages() {
     let ch = MessageChannel::new().unwrap();
     assert!(!ch.port2.is_peer_gone());

@@ -8,7 +8,9 @@
 //! `SZ_BENCH_ROUNDS=6` runs six alternating rounds of each figure instead of two, and
 //! `SZ_BENCH_ONLY=tput-1m` (a comma-separated list of `rtt-64`, `tput-64`, `rtt-1m`,
 //! `tput-1m`) only the figures named: more same-run ratios of one figure on a noisy
-//! machine.
+//! machine. Within a round trip round the bridge and raw Zenoh alternate twenty times
+//! (a chunk of round trips each), and the line gives the ratio of the round's medians and
+//! the spread of the per-chunk ratios.
 //!
 //! The parent listens on a loopback port and spawns itself as the remote side. Raw Zenoh
 //! is used the way an application would: a publisher with `CongestionControl::Block`
@@ -48,15 +50,34 @@ fn main() -> Result<()> {
         let msg = vec![3u8; size];
         let unit = if size < 1 << 20 { "64" } else { "1m" };
         for round in (0..rounds).filter(|_| wanted(&format!("rtt-{unit}"))) {
-            let b = bridge_rtt(&port, &msg, rtt_n)?;
-            let r = raw.rtt(&msg, rtt_n)?;
+            // The two alternate a chunk at a time within the round (which goes first
+            // alternating too), so a machine that changes speed mid-round slows both alike.
+            let chunk = (rtt_n / RTT_CHUNKS).max(1);
+            let (mut b, mut r, mut chunk_ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for c in 0..RTT_CHUNKS {
+                let (bc, rc) = if c % 2 == 0 {
+                    let bc = bridge_rtt(&port, &msg, chunk)?;
+                    (bc, raw.rtt(&msg, chunk)?)
+                } else {
+                    let rc = raw.rtt(&msg, chunk)?;
+                    (bridge_rtt(&port, &msg, chunk)?, rc)
+                };
+                chunk_ratios.push(median(&bc).as_secs_f64() / median(&rc).as_secs_f64());
+                b.extend(bc);
+                r.extend(rc);
+            }
+            chunk_ratios.sort_by(f64::total_cmp);
+            let (b, r) = (percentiles(b), percentiles(r));
             println!(
-                "round trip {size:>7} B, round {round}: bridge p50 {:>9.1?} p99 {:>9.1?} | raw zenoh p50 {:>9.1?} p99 {:>9.1?} | ratio {:.2}x",
+                "round trip {size:>7} B, round {round}: bridge p50 {:>9.1?} p99 {:>9.1?} | raw zenoh p50 {:>9.1?} p99 {:>9.1?} | ratio {:.2}x (per chunk of {chunk}: median {:.2}x, {:.2}x to {:.2}x)",
                 b.0,
                 b.1,
                 r.0,
                 r.1,
-                b.0.as_secs_f64() / r.0.as_secs_f64()
+                b.0.as_secs_f64() / r.0.as_secs_f64(),
+                chunk_ratios[chunk_ratios.len() / 2],
+                chunk_ratios[0],
+                chunk_ratios[chunk_ratios.len() - 1],
             );
         }
         for round in (0..rounds).filter(|_| wanted(&format!("tput-{unit}"))) {
@@ -77,12 +98,21 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Chunks per round trip round: the bridge's and raw Zenoh's alternate this many times.
+const RTT_CHUNKS: usize = 20;
+
 fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
     (v[v.len() / 2], v[v.len() * 99 / 100])
 }
 
-fn bridge_rtt(port: &MessagePort, msg: &Vec<u8>, n: usize) -> Result<(Duration, Duration)> {
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn bridge_rtt(port: &MessagePort, msg: &Vec<u8>, n: usize) -> Result<Vec<Duration>> {
     port.post_message(&format!("rtt {n}"), [])?;
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
@@ -91,7 +121,7 @@ fn bridge_rtt(port: &MessagePort, msg: &Vec<u8>, n: usize) -> Result<(Duration, 
         port.recv_archived::<Vec<u8>, _>(|v| v.len())?;
         v.push(t.elapsed());
     }
-    Ok(percentiles(v))
+    Ok(v)
 }
 
 fn bridge_tput(port: &MessagePort, msg: &Vec<u8>, n: u64) -> Result<f64> {
@@ -138,7 +168,7 @@ impl Raw {
         })
     }
 
-    fn rtt(&self, msg: &[u8], n: usize) -> Result<(Duration, Duration)> {
+    fn rtt(&self, msg: &[u8], n: usize) -> Result<Vec<Duration>> {
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();
@@ -147,7 +177,7 @@ impl Raw {
             std::hint::black_box(self.back.recv()?.payload().to_bytes().len());
             v.push(t.elapsed());
         }
-        Ok(percentiles(v))
+        Ok(v)
     }
 
     fn tput(&self, msg: &[u8], n: u64) -> Result<f64> {

@@ -57,9 +57,12 @@
 //! the lock is free and nothing is queued before them; otherwise (the pump thread is busy,
 //! the local ring is full, a frame transfers ports, which declares Zenoh keys, a larger
 //! sample, whose copy is better overlapped with Zenoh's next read) they are queued and the
-//! doorbell rung. A callback never blocks and never publishes. After a callback delivered
-//! a message, the pump thread watches the port for 50 µs, so that an answer posted at once
-//! leaves without waiting for the thread to wake. Threads because every operation on the
+//! doorbell rung. A callback never waits for the local ring. After a callback delivered a
+//! small message whole, it watches the port for up to 50 µs and sends a small answer
+//! posted meanwhile itself, so the answer leaves without a thread being woken for it (not
+//! while another put of the bridge is under way, and ever more rarely while watches see no
+//! answer; see `pump/answer.rs`); after one that had waited, the pump thread watches
+//! instead. Threads because every operation on the
 //! local side is a synchronous `MessagePort` call, because a channel blocked by its
 //! consumer must not hold anything another channel needs, and because the bridge then
 //! pulls no async runtime into programs that have none.
@@ -235,6 +238,9 @@ pub(crate) struct Core {
     peers: Arc<PeerTable>,
     pumps: Mutex<usize>,
     pumps_done: Condvar,
+    /// Puts of this bridge's pumps under way: while any is, Zenoh's send queue may be
+    /// full, and a Zenoh callback sends no answer itself (`pump/answer.rs`).
+    puts_under_way: std::sync::atomic::AtomicUsize,
     _token: LivelinessToken,
     _live: Subscriber<()>,
 }
@@ -325,6 +331,7 @@ impl Bridge {
                 peers,
                 pumps: Mutex::new(0),
                 pumps_done: Condvar::new(),
+                puts_under_way: std::sync::atomic::AtomicUsize::new(0),
                 _token: token,
                 _live: live,
             }),

@@ -23,9 +23,11 @@ use zenoh::qos::CongestionControl;
 use crate::frame;
 use crate::{BridgeError, Core};
 
+mod answer;
 mod inbound;
 mod outbound;
 
+use answer::AnswerWatch;
 use inbound::{Assembly, Ready};
 use outbound::Outgoing;
 
@@ -85,7 +87,9 @@ impl Shared {
     fn on_sample(&self, payload: ZBytes) {
         if let Ok(mut guard) = self.pump.try_lock() {
             if let Some(wake) = guard.as_mut().and_then(|p| p.try_direct(&payload)) {
+                let unsent = guard.as_mut().is_some_and(|p| p.answer_from_callback());
                 drop(guard);
+                let wake = wake || unsent;
                 if wake {
                     self.wake();
                 }
@@ -265,6 +269,10 @@ struct Pump {
     /// A Zenoh callback just posted into the local port: its user may answer at once, so
     /// the pump thread watches the port for a moment instead of sleeping.
     expect_answer: bool,
+    /// The last sample a Zenoh callback handled posted a message whole into the local
+    /// port (see `pump/answer.rs`).
+    delivered_whole: bool,
+    answer_watch: AnswerWatch,
     // Outbound direction: what we sent, what the peer granted.
     out_seq: u64,
     sent_msgs: u64,
@@ -296,7 +304,8 @@ struct Next {
     poll: bool,
 }
 
-/// How long the pump thread watches the port for an answer to a message just delivered.
+/// How long the pump thread (or the Zenoh callback, `pump/answer.rs`) watches the port for
+/// an answer to a message just delivered.
 const WATCH: Duration = Duration::from_micros(50);
 
 /// Watches the bridge-side port for up to [`WATCH`] (no system call per look): true when
@@ -439,6 +448,8 @@ impl Pump {
             out_parts_len: 0,
             credit_arrived: false,
             expect_answer: false,
+            delivered_whole: false,
+            answer_watch: AnswerWatch::default(),
             out_seq: 0,
             sent_msgs: 0,
             sent_bytes: 0,

@@ -82,3 +82,33 @@ fn a_bridged_port_runs_an_on_message_handler() {
     assert_eq!(got, (0..10).collect::<Vec<_>>());
     handler.stop().unwrap();
 }
+
+/// A request answered at once with a small message, then one that transfers a buffer,
+/// then one too large to send from the Zenoh thread, then a small one again: the first may
+/// leave from the callback that delivered the request (`pump/answer.rs`), the others from
+/// the pump thread, and all four arrive in the order they were posted.
+#[test]
+fn answers_of_every_kind_arrive_in_order() {
+    const REQUESTS: u32 = 300;
+    let (_a, _b, near, far) = bridged("answers");
+    let answerer = std::thread::spawn(move || {
+        for _ in 0..REQUESTS {
+            let i = far.recv::<u32>().unwrap().data;
+            far.post_message(&(i, 0u8), []).unwrap();
+            let buffer = shmport::ArrayBuffer::from_slice(&i.to_le_bytes()).unwrap();
+            far.post_message(&(i, 1u8), [buffer.into()]).unwrap();
+            far.post_message(&vec![i; 10_000], []).unwrap();
+            far.post_message(&(i, 3u8), []).unwrap();
+        }
+    });
+    for i in 0..REQUESTS {
+        near.post_message(&i, []).unwrap();
+        assert_eq!(near.recv::<(u32, u8)>().unwrap().data, (i, 0));
+        let with_buffer = near.recv::<(u32, u8)>().unwrap();
+        assert_eq!(with_buffer.data, (i, 1));
+        assert_eq!(&with_buffer.buffers[0][..], &i.to_le_bytes());
+        assert_eq!(near.recv::<Vec<u32>>().unwrap().data, vec![i; 10_000]);
+        assert_eq!(near.recv::<(u32, u8)>().unwrap().data, (i, 3));
+    }
+    answerer.join().unwrap();
+}

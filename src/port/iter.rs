@@ -5,7 +5,7 @@
 use std::marker::PhantomData;
 
 use crate::error::{MessageError, RecvError, TryRecvError};
-use crate::wire::codec::Message;
+use crate::wire::codec::{KIND_MESSAGE, Message};
 
 use super::*;
 
@@ -73,6 +73,35 @@ impl MessagePort {
         self.rx
             .try_borrow_mut()
             .map_or(true, |mut rx| !matches!(rx.peek(), Ok(Some(_)) | Err(_)))
+    }
+
+    /// The archive length of the next queued message when it sits whole in the ring and
+    /// transfers nothing (what [`try_recv_raw_with`](Self::try_recv_raw_with) would lend
+    /// straight from the ring), else `None`: nothing queued, or a message with a transfer
+    /// list or a body outside the ring. Takes nothing; one look at the ring (no system
+    /// call). A forwarder uses it to take on the spot only what it can send at once, and
+    /// leave the rest to a thread that may wait.
+    ///
+    /// ```
+    /// let ch = shmport::MessageChannel::new()?;
+    /// assert_eq!(ch.port2.peek_inline_len(), None);
+    /// ch.port1.post_message(&7u64, [])?;
+    /// assert_eq!(ch.port2.peek_inline_len(), Some(8));
+    /// let buffer = shmport::ArrayBuffer::from_slice(b"moved")?;
+    /// ch.port2.recv::<u64>()?;
+    /// ch.port1.post_message(&(), [buffer.into()])?;
+    /// assert_eq!(ch.port2.peek_inline_len(), None); // it transfers a buffer
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn peek_inline_len(&self) -> Option<usize> {
+        if self.peer.get() == PeerState::Poisoned || !self.in_owner_process() {
+            return None;
+        }
+        let mut rx = self.rx.try_borrow_mut().ok()?;
+        match rx.peek() {
+            Ok(Some(record)) if record.header.kind == KIND_MESSAGE => Some(record.len()),
+            _ => None,
+        }
     }
 
     /// The number of messages queued for this port now, as crossbeam's `Receiver::len`

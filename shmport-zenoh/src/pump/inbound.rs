@@ -101,6 +101,7 @@ impl Pump {
         {
             return None;
         }
+        let before = self.returned_msgs;
         let handled = with_pieces(payload, |pieces| {
             let (frames, err) = frame::decode_parts(pieces);
             let ports = frames
@@ -114,6 +115,7 @@ impl Pump {
         if !handled {
             return None;
         }
+        self.delivered_whole = self.returned_msgs > before;
         let returned = self.returned_msgs;
         self.settle();
         // A message went to the local user, who may answer at once: have the pump

@@ -1,6 +1,8 @@
 //! A pump's outbound direction: messages read from the bridge-side port, framed, batched
 //! into samples and sent within the credit the peer granted.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use shmport::{ArrayBuffer, MessagePort, RawMessage, TryRecvError};
 use zenoh::Wait;
@@ -79,6 +81,12 @@ fn put_msg_prefix_for(out: &mut Vec<u8>, seq: u64, fingerprint: u64, len: usize,
 impl Pump {
     /// Reads the local port and sends its messages, as far as credit allows.
     pub(super) fn forward(&mut self) {
+        self.forward_where(|_| true);
+    }
+
+    /// [`forward`](Self::forward) while `take` accepts the port as it is before the next
+    /// message is read.
+    pub(super) fn forward_where(&mut self, take: impl Fn(&MessagePort) -> bool) {
         if self.local_done || self.ended.is_some() || !self.matched() {
             return;
         }
@@ -87,6 +95,9 @@ impl Pump {
                 return;
             }
             if self.sent_msgs >= self.granted_msgs || self.sent_bytes >= self.granted_bytes {
+                return;
+            }
+            if !self.port().is_some_and(&take) {
                 return;
             }
             let avail = self.granted_bytes - self.sent_bytes;
@@ -268,7 +279,11 @@ impl Pump {
             }
             None => ZBytes::from(out),
         };
-        if self.publisher.put(sample).wait().is_err() {
+        let under_way = &self.core.puts_under_way;
+        under_way.fetch_add(1, Ordering::Relaxed);
+        let put = self.publisher.put(sample).wait();
+        under_way.fetch_sub(1, Ordering::Relaxed);
+        if put.is_err() {
             self.ended = Some(Ended::Gone);
         }
     }

@@ -1,0 +1,144 @@
+//! An answer sent from the Zenoh thread that delivered the request.
+//!
+//! A small message that a Zenoh callback posts straight into the local port (the fast
+//! path of `inbound.rs`) is often a request whose user answers at once. Left to the pump
+//! thread, the answer waits for that thread to be woken by the port's doorbell: one
+//! thread wake-up per direction that raw Zenoh does not pay, measured as most of the
+//! bridge's round-trip overhead (1.22-1.31x raw Zenoh's, 64-byte messages on loopback,
+//! against 1.00-1.04x with the answer sent from the callback; `examples/bench.rs`).
+//! So the callback that delivered a message watches the port for a moment (yielding its
+//! core between looks, so the answering thread can run on it) and, when an answer comes,
+//! forwards it itself, as Zenoh's own ping-pong examples answer from the subscriber's
+//! callback.
+//!
+//! Bounds: the watch lasts at most [`WATCH`](super::WATCH); a watch that sees no answer
+//! makes the channel skip the next 1, 3, 7, ... deliveries (up to [`MAX_SKIP`]) before it
+//! watches again, so a one-way stream pays one watch per [`MAX_SKIP`] messages, and the
+//! other channels of the link (whose samples wait behind this callback) are held up only
+//! while this one answers quickly. From the callback, only what can be sent at once goes:
+//! messages whole in the ring, transferring nothing, of at most [`ANSWER_MAX`] bytes,
+//! within the peer's credit; anything else is left to the pump thread, woken for it. And
+//! none while a put of any of the bridge's pumps is under way: Zenoh's send queue may be
+//! full then, and a put that waited on the callback's thread would stop the link's
+//! receiving (the peer's own answers included) until the queue drains.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{Pump, WATCH};
+
+/// The largest archive the callback forwards itself.
+const ANSWER_MAX: usize = 16 << 10;
+
+/// Deliveries skipped at most between two watches after watches that saw no answer.
+const MAX_SKIP: u32 = 1023;
+
+/// Whether the deliveries of a channel are answered at once, as the watches found.
+#[derive(Debug, Default)]
+pub(super) struct AnswerWatch {
+    /// Deliveries to let pass before the next watch.
+    skip: u32,
+    /// Watches in a row that saw no answer.
+    misses: u32,
+}
+
+impl AnswerWatch {
+    fn due(&mut self) -> bool {
+        if self.skip == 0 {
+            return true;
+        }
+        self.skip -= 1;
+        false
+    }
+
+    fn answered(&mut self, yes: bool) {
+        if yes {
+            self.misses = 0;
+        } else {
+            self.misses = (self.misses + 1).min(MAX_SKIP.count_ones());
+            self.skip = (1 << self.misses) - 1;
+        }
+    }
+}
+
+impl Pump {
+    /// Called by the Zenoh callback that handled a sample on the channel: when the sample
+    /// delivered a message whole and a watch is due, watches the bridge-side port for the
+    /// user's answer and forwards it. True when the pump thread should be woken for what
+    /// the port holds and this thread did not send.
+    pub(super) fn answer_from_callback(&mut self) -> bool {
+        if !std::mem::take(&mut self.delivered_whole) || !self.wants_port() {
+            return false;
+        }
+        // Another channel's put is under way: Zenoh's send queue may be full, and a put
+        // that waits here would hold up this link's receiving.
+        if self.core.puts_under_way.load(Ordering::Relaxed) > 0 || !self.answer_watch.due() {
+            return false;
+        }
+        let answered = self.watch_port();
+        self.answer_watch.answered(answered);
+        if !answered {
+            return false;
+        }
+        // What is whole in the ring goes; the rest may need more than this thread should
+        // do (the proxy of a transferred port is declared on the session, a large body
+        // waits for credit).
+        self.forward_where(|port| port.peek_inline_len().is_some_and(|len| len <= ANSWER_MAX));
+        self.flush();
+        self.port().is_some_and(|p| !p.is_empty())
+    }
+
+    /// Looks at the port until it holds something, for [`WATCH`] at most.
+    fn watch_port(&self) -> bool {
+        let until = Instant::now() + WATCH;
+        loop {
+            if self.port().is_some_and(|p| !p.is_empty()) {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watches_that_see_no_answer_space_out_the_next_ones() {
+        let mut w = AnswerWatch::default();
+        let mut watched_at = Vec::new();
+        for delivery in 0..40 {
+            if w.due() {
+                watched_at.push(delivery);
+                w.answered(false);
+            }
+        }
+        assert_eq!(watched_at, [0, 2, 6, 14, 30]);
+    }
+
+    #[test]
+    fn an_answer_makes_the_next_delivery_watched_again() {
+        let mut w = AnswerWatch::default();
+        for _ in 0..5 {
+            while !w.due() {}
+            w.answered(false);
+        }
+        while !w.due() {}
+        w.answered(true);
+        assert!(w.due());
+    }
+
+    #[test]
+    fn skips_stop_growing_at_the_cap() {
+        let mut w = AnswerWatch::default();
+        for _ in 0..100 {
+            while !w.due() {}
+            w.answered(false);
+        }
+        assert_eq!(w.skip, MAX_SKIP);
+    }
+}
