@@ -49,7 +49,8 @@
 //!
 //! Zenoh runs its own runtime for the network; the bridge adds one plain thread per
 //! channel (a *pump*) and uses Zenoh's blocking API (`zenoh::Wait`). A pump's state (the
-//! bridge-side port, sequence numbers, credit) sits behind a lock. The pump thread sends:
+//! bridge-side port, sequence numbers, credit) sits behind a lock. The pump thread sends
+//! (all but the answers below):
 //! it waits with `poll(2)` on its port's [readiness
 //! descriptor](shmport::MessagePort::readiness_fd) and a doorbell socket, without holding
 //! the lock, and reads the port as credit allows. Samples from the peer up to 64 KiB are
@@ -58,10 +59,13 @@
 //! the local ring is full, a frame transfers ports, which declares Zenoh keys, a larger
 //! sample, whose copy is better overlapped with Zenoh's next read) they are queued and the
 //! doorbell rung. A callback never waits for the local ring. After a callback delivered a
-//! small message whole, it watches the port for up to 50 µs and sends a small answer
-//! posted meanwhile itself, so the answer leaves without a thread being woken for it (not
-//! while another put of the bridge is under way, and ever more rarely while watches see no
-//! answer; see `pump/answer.rs`); after one that had waited, the pump thread watches
+//! small message whole (and the pump thread has nothing to do for the sample), it watches
+//! the port for up to 50 µs, yielding its core between looks, and sends up to 16 KiB of
+//! small answers posted meanwhile itself, in one put, so the answer does not wait for the
+//! pump thread to wake ([`Bridge::answers_from_callbacks`] counts them). It does not while
+//! another put of the bridge is under way (Zenoh's send queue may be full, and that put
+//! would wait on Zenoh's receiving thread), and ever more rarely while watches see no
+//! answer; see `pump/answer.rs`. After one that had waited, the pump thread watches
 //! instead. Threads because every operation on the
 //! local side is a synchronous `MessagePort` call, because a channel blocked by its
 //! consumer must not hold anything another channel needs, and because the bridge then
@@ -241,6 +245,8 @@ pub(crate) struct Core {
     /// Puts of this bridge's pumps under way: while any is, Zenoh's send queue may be
     /// full, and a Zenoh callback sends no answer itself (`pump/answer.rs`).
     puts_under_way: std::sync::atomic::AtomicUsize,
+    /// Deliveries whose answer a Zenoh callback sent itself (`pump/answer.rs`).
+    answers_from_callbacks: std::sync::atomic::AtomicU64,
     _token: LivelinessToken,
     _live: Subscriber<()>,
 }
@@ -332,6 +338,7 @@ impl Bridge {
                 pumps: Mutex::new(0),
                 pumps_done: Condvar::new(),
                 puts_under_way: std::sync::atomic::AtomicUsize::new(0),
+                answers_from_callbacks: std::sync::atomic::AtomicU64::new(0),
                 _token: token,
                 _live: live,
             }),
@@ -341,6 +348,16 @@ impl Bridge {
     /// This bridge's id: its liveliness token is `<realm>/live/<id>`.
     pub fn id(&self) -> &str {
         &self.core.id
+    }
+
+    /// How many times one of this bridge's Zenoh callbacks, having posted a message into
+    /// its local port, sent the answer the port's user posted at once itself rather than
+    /// leaving it to the channel's pump thread (see Threads in the crate docs): a count
+    /// for tests and for judging whether a workload is request-response.
+    pub fn answers_from_callbacks(&self) -> u64 {
+        self.core
+            .answers_from_callbacks
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The Zenoh session.

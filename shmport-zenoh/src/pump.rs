@@ -87,9 +87,10 @@ impl Shared {
     fn on_sample(&self, payload: ZBytes) {
         if let Ok(mut guard) = self.pump.try_lock() {
             if let Some(wake) = guard.as_mut().and_then(|p| p.try_direct(&payload)) {
-                let unsent = guard.as_mut().is_some_and(|p| p.answer_from_callback());
+                // When the pump thread has work from this sample, it is woken for it at
+                // once, and no answer is watched for here (the thread would wait for it).
+                let wake = wake || guard.as_mut().is_some_and(|p| p.answer_from_callback());
                 drop(guard);
-                let wake = wake || unsent;
                 if wake {
                     self.wake();
                 }

@@ -13,10 +13,18 @@ use shmport_zenoh::{Bridge, BridgeConfig};
 
 /// A bridged channel between two bridges of this process.
 fn bridged(test: &str) -> (Bridge, Bridge, MessagePort, MessagePort) {
+    bridged_with(test, BridgeConfig::new)
+}
+
+/// A bridged channel between two bridges of this process, each configured by `config`.
+fn bridged_with(
+    test: &str,
+    config: impl Fn() -> BridgeConfig,
+) -> (Bridge, Bridge, MessagePort, MessagePort) {
     let realm = realm(test);
-    let (a, endpoint) = listening_bridge(&realm, BridgeConfig::new());
+    let (a, endpoint) = listening_bridge(&realm, config());
     let listener = a.bind("local").unwrap();
-    let b = Bridge::open(BridgeConfig::new().realm(&realm).connect(&endpoint)).unwrap();
+    let b = Bridge::open(config().realm(&realm).connect(&endpoint)).unwrap();
     let (near, far) = std::thread::scope(|s| {
         let connecting = s.spawn(|| b.connect("local", PATIENCE).unwrap());
         let far = listener.accept().unwrap();
@@ -83,20 +91,41 @@ fn a_bridged_port_runs_an_on_message_handler() {
     handler.stop().unwrap();
 }
 
-/// A request answered at once with a small message, then one that transfers a buffer,
-/// then one too large to send from the Zenoh thread, then a small one again: the first may
-/// leave from the callback that delivered the request (`pump/answer.rs`), the others from
-/// the pump thread, and all four arrive in the order they were posted.
+/// A request answered at once with a small message, then one that transfers a buffer
+/// (or, for the first few, a port), then one too large to send from the Zenoh thread, then
+/// a small one again: the first leaves from the callback that delivered the request
+/// (`pump/answer.rs`), the others from the pump thread, and all four arrive in the order
+/// they were posted.
 #[test]
 fn answers_of_every_kind_arrive_in_order() {
+    let from_callbacks = answers_arrive_in_order("answers", BridgeConfig::new);
+    assert!(from_callbacks > 0, "no answer left from a callback");
+}
+
+/// As above with a window of two messages: the credit runs out in the middle of the
+/// answers, which go on when the next credit arrives.
+#[test]
+fn answers_arrive_in_order_when_the_credit_runs_out_among_them() {
+    answers_arrive_in_order("answers-window", || BridgeConfig::new().window(2, 0));
+}
+
+/// Runs the exchange; the answers the answering side's callbacks sent themselves.
+fn answers_arrive_in_order(test: &str, config: impl Fn() -> BridgeConfig) -> u64 {
     const REQUESTS: u32 = 300;
-    let (_a, _b, near, far) = bridged("answers");
+    const WITH_PORT: u32 = 3;
+    let (a, _b, near, far) = bridged_with(test, config);
     let answerer = std::thread::spawn(move || {
         for _ in 0..REQUESTS {
             let i = far.recv::<u32>().unwrap().data;
             far.post_message(&(i, 0u8), []).unwrap();
-            let buffer = shmport::ArrayBuffer::from_slice(&i.to_le_bytes()).unwrap();
-            far.post_message(&(i, 1u8), [buffer.into()]).unwrap();
+            if i < WITH_PORT {
+                let ch = shmport::MessageChannel::new().unwrap();
+                far.post_message(&(i, 1u8), [ch.port2.into()]).unwrap();
+                ch.port1.post_message(&i, []).unwrap();
+            } else {
+                let buffer = shmport::ArrayBuffer::from_slice(&i.to_le_bytes()).unwrap();
+                far.post_message(&(i, 1u8), [buffer.into()]).unwrap();
+            }
             far.post_message(&vec![i; 10_000], []).unwrap();
             far.post_message(&(i, 3u8), []).unwrap();
         }
@@ -104,11 +133,17 @@ fn answers_of_every_kind_arrive_in_order() {
     for i in 0..REQUESTS {
         near.post_message(&i, []).unwrap();
         assert_eq!(near.recv::<(u32, u8)>().unwrap().data, (i, 0));
-        let with_buffer = near.recv::<(u32, u8)>().unwrap();
-        assert_eq!(with_buffer.data, (i, 1));
-        assert_eq!(&with_buffer.buffers[0][..], &i.to_le_bytes());
+        let mut with_transfer = near.recv::<(u32, u8)>().unwrap();
+        assert_eq!(with_transfer.data, (i, 1));
+        if i < WITH_PORT {
+            let port = with_transfer.ports.pop().expect("a port");
+            assert_eq!(port.recv::<u32>().unwrap().data, i);
+        } else {
+            assert_eq!(&with_transfer.buffers[0][..], &i.to_le_bytes());
+        }
         assert_eq!(near.recv::<Vec<u32>>().unwrap().data, vec![i; 10_000]);
         assert_eq!(near.recv::<(u32, u8)>().unwrap().data, (i, 3));
     }
     answerer.join().unwrap();
+    a.answers_from_callbacks()
 }

@@ -77,10 +77,12 @@ impl MessagePort {
 
     /// The archive length of the next queued message when it sits whole in the ring and
     /// transfers nothing (what [`try_recv_raw_with`](Self::try_recv_raw_with) would lend
-    /// straight from the ring), else `None`: nothing queued, or a message with a transfer
+    /// from a copy of the record), else `None`: nothing queued, or a message with a transfer
     /// list or a body outside the ring. Takes nothing; one look at the ring (no system
     /// call). A forwarder uses it to take on the spot only what it can send at once, and
-    /// leave the rest to a thread that may wait.
+    /// leave the rest to a thread that may wait. The peer may rewrite a record it
+    /// published: the receive that follows reads the record again and checks it as
+    /// always, so a length seen here is a hint, never something to rely on for safety.
     ///
     /// ```
     /// let ch = shmport::MessageChannel::new()?;

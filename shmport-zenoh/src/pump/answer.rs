@@ -4,8 +4,10 @@
 //! path of `inbound.rs`) is often a request whose user answers at once. Left to the pump
 //! thread, the answer waits for that thread to be woken by the port's doorbell: one
 //! thread wake-up per direction that raw Zenoh does not pay, measured as most of the
-//! bridge's round-trip overhead (1.22-1.31x raw Zenoh's, 64-byte messages on loopback,
-//! against 1.00-1.04x with the answer sent from the callback; `examples/bench.rs`).
+//! bridge's round-trip overhead (1.23-1.35x raw Zenoh's, 64-byte messages on loopback,
+//! against 0.89-1.00x with the answer sent from the callback; `examples/bench.rs`,
+//! README "Performance"). The pump thread is still woken (the answer's post rings the
+//! doorbell its last empty look armed), but after the answer has left.
 //! So the callback that delivered a message watches the port for a moment (yielding its
 //! core between looks, so the answering thread can run on it) and, when an answer comes,
 //! forwards it itself, as Zenoh's own ping-pong examples answer from the subscriber's
@@ -15,19 +17,26 @@
 //! makes the channel skip the next 1, 3, 7, ... deliveries (up to [`MAX_SKIP`]) before it
 //! watches again, so a one-way stream pays one watch per [`MAX_SKIP`] messages, and the
 //! other channels of the link (whose samples wait behind this callback) are held up only
-//! while this one answers quickly. From the callback, only what can be sent at once goes:
-//! messages whole in the ring, transferring nothing, of at most [`ANSWER_MAX`] bytes,
-//! within the peer's credit; anything else is left to the pump thread, woken for it. And
-//! none while a put of any of the bridge's pumps is under way: Zenoh's send queue may be
-//! full then, and a put that waited on the callback's thread would stop the link's
-//! receiving (the peer's own answers included) until the queue drains.
+//! while this one answers quickly. There is no watch when the pump thread has work from
+//! the sample (credit to send or take, messages waiting for ring room). From the
+//! callback, only what can be sent at once goes: messages whole in the ring, transferring
+//! nothing, [`ANSWER_MAX`] bytes in all (one batch, one put), within the peer's credit;
+//! anything else is left to the pump thread, woken for it. And nothing while a put of any
+//! of the bridge's pumps is under way (checked before the watch and again before the
+//! put, whose batch is then left to the pump thread): Zenoh's send queue may be full
+//! then, and a put that waited on the callback's thread would stop the link's receiving
+//! (the peer's own answers included) until the queue drains. What is not covered: a queue
+//! still full after the last put returned, and puts of other publishers on a session the
+//! application shares with the bridge ([`Bridge::from_session`](crate::Bridge)); there
+//! the put waits as Zenoh's own ping-pong examples' puts from a callback would, and Zenoh
+//! closes the link after its `wait_before_close` (5 s by default) if it never drains.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{Pump, WATCH};
 
-/// The largest archive the callback forwards itself.
+/// The most archive bytes the callback forwards itself after one delivery.
 const ANSWER_MAX: usize = 16 << 10;
 
 /// Deliveries skipped at most between two watches after watches that saw no answer.
@@ -62,45 +71,83 @@ impl AnswerWatch {
 }
 
 impl Pump {
-    /// Called by the Zenoh callback that handled a sample on the channel: when the sample
-    /// delivered a message whole and a watch is due, watches the bridge-side port for the
-    /// user's answer and forwards it. True when the pump thread should be woken for what
-    /// the port holds and this thread did not send.
+    /// Called by the Zenoh callback that handled a sample on the channel, when the pump
+    /// thread has nothing to do for it: when the sample delivered a message whole and a
+    /// watch is due, watches the bridge-side port for the user's answer and forwards it.
+    /// True when the pump thread should be woken: for what the port holds and this thread
+    /// did not send, a batch it left unsent, or the channel's end.
     pub(super) fn answer_from_callback(&mut self) -> bool {
         if !std::mem::take(&mut self.delivered_whole) || !self.wants_port() {
             return false;
         }
-        // Another channel's put is under way: Zenoh's send queue may be full, and a put
-        // that waits here would hold up this link's receiving.
-        if self.core.puts_under_way.load(Ordering::Relaxed) > 0 || !self.answer_watch.due() {
+        // A put of the bridge under way: Zenoh's send queue may be full, and a put that
+        // waited here would hold up this link's receiving.
+        if self.puts_under_way() || !self.answer_watch.due() {
             return false;
         }
-        let answered = self.watch_port();
+        match self.watch_port() {
+            Watched::Answer => {}
+            Watched::Nothing => {
+                self.answer_watch.answered(false);
+                return false;
+            }
+            // The pump thread, woken for it, waits for the lock this thread holds.
+            Watched::PumpHasNews => return false,
+        }
+        // What is whole in the ring goes, up to ANSWER_MAX bytes in all (one batch, sent
+        // by one put); the rest may need more than this thread should do (the proxy of a
+        // transferred port is declared on the session, a large body waits for credit).
+        let sent = self.sent_msgs;
+        let budget = std::cell::Cell::new(ANSWER_MAX);
+        self.forward_where(|port| {
+            let fits = port.peek_inline_len().filter(|&len| len <= budget.get());
+            budget.set(budget.get() - fits.unwrap_or(0));
+            fits.is_some()
+        });
+        let answered = self.sent_msgs > sent;
         self.answer_watch.answered(answered);
-        if !answered {
-            return false;
+        if answered {
+            self.core
+                .answers_from_callbacks
+                .fetch_add(1, Ordering::Relaxed);
         }
-        // What is whole in the ring goes; the rest may need more than this thread should
-        // do (the proxy of a transferred port is declared on the session, a large body
-        // waits for credit).
-        self.forward_where(|port| port.peek_inline_len().is_some_and(|len| len <= ANSWER_MAX));
+        // Checked again just before the put: a batch left unsent goes with the pump
+        // thread's next flush, after nothing (it is the last thing framed).
+        if self.puts_under_way() {
+            return true;
+        }
         self.flush();
-        self.port().is_some_and(|p| !p.is_empty())
+        self.ended.is_some() || self.port().is_some_and(|p| !p.is_empty())
     }
 
-    /// Looks at the port until it holds something, for [`WATCH`] at most.
-    fn watch_port(&self) -> bool {
+    fn puts_under_way(&self) -> bool {
+        self.core.puts_under_way.load(Ordering::Relaxed) > 0
+    }
+
+    /// Looks at the port until it holds something, for [`WATCH`] at most, or until the
+    /// pump thread has news (a sample queued for it meanwhile).
+    fn watch_port(&self) -> Watched {
         let until = Instant::now() + WATCH;
         loop {
             if self.port().is_some_and(|p| !p.is_empty()) {
-                return true;
+                return Watched::Answer;
+            }
+            if self.shared.notified.load(Ordering::Acquire) {
+                return Watched::PumpHasNews;
             }
             if Instant::now() >= until {
-                return false;
+                return Watched::Nothing;
             }
             std::thread::yield_now();
         }
     }
+}
+
+/// What a watch of the port saw.
+enum Watched {
+    Answer,
+    Nothing,
+    PumpHasNews,
 }
 
 #[cfg(test)]
