@@ -118,6 +118,16 @@ fn peek_inline_len_gives_only_what_sits_whole_in_the_ring() {
 }
 
 #[test]
+fn a_small_message_after_a_large_one_travels_in_the_ring() {
+    let ch = MessageChannel::builder().capacity(4096).build().unwrap();
+    ch.port1.post_message(&vec![7u8; 1 << 20], []).unwrap();
+    ch.port1.post_message(&vec![3u8; 100], []).unwrap();
+    assert_eq!(ch.port2.recv::<Vec<u8>>().unwrap().data.len(), 1 << 20);
+    assert!(ch.port2.peek_inline_len().is_some());
+    assert_eq!(ch.port2.recv::<Vec<u8>>().unwrap().data, vec![3u8; 100]);
+}
+
+#[test]
 fn is_peer_gone_sees_a_dropped_peer_and_leaves_its_messages() {
     let ch = MessageChannel::new().unwrap();
     assert!(!ch.port2.is_peer_gone());

@@ -162,6 +162,12 @@ impl MessagePort {
         // (one pass over the bytes instead of two).
         if self.size_hint.get() > tx.mem().max_payload() {
             if let Some(body) = self.encode_body(msg, arena) {
+                if body.len() <= tx.mem().max_payload() {
+                    // Smaller than the last one after all: a record in the ring, as the
+                    // next one will be written in place (the hint followed it).
+                    return self
+                        .write_record(&mut tx, wait, |tx| tx.try_write(&body, KIND_MESSAGE, fp));
+                }
                 return self.send_body(&mut tx, body, fp, wait);
             }
         }
