@@ -62,7 +62,9 @@
 //! small message whole (and the pump thread has nothing to do for the sample), it watches
 //! the port for up to 50 µs, yielding its core between looks, and sends up to 16 KiB of
 //! small answers posted meanwhile itself, in one put, so the answer does not wait for the
-//! pump thread to wake ([`Bridge::answers_from_callbacks`] counts them). It does not while
+//! pump thread to wake ([`Bridge::answers_from_callbacks`] counts them). It does not when
+//! the bridge's previous sample was another channel's (a link's samples are handled one
+//! after another: channels taking turns would wait for each other's answers), nor while
 //! another put of the bridge is under way (Zenoh's send queue may be full, and that put
 //! would wait on Zenoh's receiving thread), and ever more rarely while watches see no
 //! answer; see `pump/answer.rs`. After one that had waited, the pump thread watches
@@ -247,6 +249,9 @@ pub(crate) struct Core {
     puts_under_way: std::sync::atomic::AtomicUsize,
     /// Deliveries whose answer a Zenoh callback sent itself (`pump/answer.rs`).
     answers_from_callbacks: std::sync::atomic::AtomicU64,
+    /// The channel whose sample a Zenoh callback of this bridge handled last (the address
+    /// of its shared state; `pump/answer.rs`).
+    last_sample: Arc<std::sync::atomic::AtomicUsize>,
     _token: LivelinessToken,
     _live: Subscriber<()>,
 }
@@ -339,6 +344,7 @@ impl Bridge {
                 pumps_done: Condvar::new(),
                 puts_under_way: std::sync::atomic::AtomicUsize::new(0),
                 answers_from_callbacks: std::sync::atomic::AtomicU64::new(0),
+                last_sample: Arc::default(),
                 _token: token,
                 _live: live,
             }),

@@ -8,7 +8,7 @@ use std::hash::BuildHasher;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     bell: UnixStream,
     matched: AtomicBool,
     peer_gone: AtomicBool,
+    /// The bridge's last sample: which channel's (`Core::last_sample`).
+    last_sample: Arc<AtomicUsize>,
     /// The channel's state while its pump runs. The pump thread works on it, then waits
     /// without holding it; a Zenoh callback that finds it free handles its sample on it
     /// at once (no hand-off to the pump thread), else queues the sample in `inbox`.
@@ -85,11 +87,18 @@ impl Shared {
     /// is not working on the channel and nothing queued waits before it, else queued for
     /// the pump thread.
     fn on_sample(&self, payload: ZBytes) {
+        // Whether the bridge's last sample was this channel's too: a callback watches for
+        // an answer only then (see `pump/answer.rs`).
+        let me = std::ptr::from_ref(self) as usize;
+        let alone = self.last_sample.swap(me, Ordering::Relaxed) == me;
         if let Ok(mut guard) = self.pump.try_lock() {
             if let Some(wake) = guard.as_mut().and_then(|p| p.try_direct(&payload)) {
                 // When the pump thread has work from this sample, it is woken for it at
                 // once, and no answer is watched for here (the thread would wait for it).
-                let wake = wake || guard.as_mut().is_some_and(|p| p.answer_from_callback());
+                let wake = wake
+                    || guard
+                        .as_mut()
+                        .is_some_and(|p| p.answer_from_callback(alone));
                 drop(guard);
                 if wake {
                     self.wake();
@@ -155,6 +164,7 @@ impl End {
             bell,
             matched: AtomicBool::new(false),
             peer_gone: AtomicBool::new(false),
+            last_sample: core.last_sample.clone(),
             pump: Mutex::new(None),
         });
         let zerr = BridgeError::Zenoh;

@@ -13,7 +13,10 @@
 //! forwards it itself, as Zenoh's own ping-pong examples answer from the subscriber's
 //! callback.
 //!
-//! Bounds: the watch lasts at most [`WATCH`](super::WATCH); a watch that sees no answer
+//! Bounds: a callback watches only when the bridge's previous sample was for the same
+//! channel (one channel in a request-response exchange, not several taking turns, whose
+//! answers would otherwise wait for one another on Zenoh's one receiving thread per
+//! link); the watch lasts at most [`WATCH`](super::WATCH); a watch that sees no answer
 //! makes the channel skip the next 1, 3, 7, ... deliveries (up to [`MAX_SKIP`]) before it
 //! watches again, so a one-way stream pays one watch per [`MAX_SKIP`] messages, and the
 //! other channels of the link (whose samples wait behind this callback) are held up only
@@ -76,8 +79,14 @@ impl Pump {
     /// watch is due, watches the bridge-side port for the user's answer and forwards it.
     /// True when the pump thread should be woken: for what the port holds and this thread
     /// did not send, a batch it left unsent, or the channel's end.
-    pub(super) fn answer_from_callback(&mut self) -> bool {
-        if !std::mem::take(&mut self.delivered_whole) || !self.wants_port() {
+    ///
+    /// `alone`: the bridge's sample before this one was this channel's too. Samples of
+    /// the bridge's channels are handled one after another on Zenoh's receiving thread, so
+    /// a watch holds up every other channel of the link: with several channels taking
+    /// turns (a server answering many clients) their answers go from their pump threads,
+    /// in parallel, instead of each waiting for the answers before it.
+    pub(super) fn answer_from_callback(&mut self, alone: bool) -> bool {
+        if !std::mem::take(&mut self.delivered_whole) || !alone || !self.wants_port() {
             return false;
         }
         // A put of the bridge under way: Zenoh's send queue may be full, and a put that
