@@ -62,7 +62,8 @@ fn main() -> Result<()> {
                     let rc = raw.rtt(&msg, chunk)?;
                     (bridge_rtt(&port, &msg, chunk)?, rc)
                 };
-                chunk_ratios.push(median(&bc).as_secs_f64() / median(&rc).as_secs_f64());
+                let (bp, rp) = (percentiles(bc.clone()).0, percentiles(rc.clone()).0);
+                chunk_ratios.push(bp.as_secs_f64() / rp.as_secs_f64());
                 b.extend(bc);
                 r.extend(rc);
             }
@@ -104,12 +105,6 @@ const RTT_CHUNKS: usize = 20;
 fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
     (v[v.len() / 2], v[v.len() * 99 / 100])
-}
-
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn bridge_rtt(port: &MessagePort, msg: &Vec<u8>, n: usize) -> Result<Vec<Duration>> {

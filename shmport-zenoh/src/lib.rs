@@ -103,6 +103,7 @@ mod pump;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -246,12 +247,12 @@ pub(crate) struct Core {
     pumps_done: Condvar,
     /// Puts of this bridge's pumps under way: while any is, Zenoh's send queue may be
     /// full, and a Zenoh callback sends no answer itself (`pump/answer.rs`).
-    puts_under_way: std::sync::atomic::AtomicUsize,
+    puts_under_way: AtomicUsize,
     /// Deliveries whose answer a Zenoh callback sent itself (`pump/answer.rs`).
-    answers_from_callbacks: std::sync::atomic::AtomicU64,
+    answers_from_callbacks: AtomicU64,
     /// The channel whose sample a Zenoh callback of this bridge handled last (the address
     /// of its shared state; `pump/answer.rs`).
-    last_sample: Arc<std::sync::atomic::AtomicUsize>,
+    last_sample: Arc<AtomicUsize>,
     _token: LivelinessToken,
     _live: Subscriber<()>,
 }
@@ -342,8 +343,8 @@ impl Bridge {
                 peers,
                 pumps: Mutex::new(0),
                 pumps_done: Condvar::new(),
-                puts_under_way: std::sync::atomic::AtomicUsize::new(0),
-                answers_from_callbacks: std::sync::atomic::AtomicU64::new(0),
+                puts_under_way: AtomicUsize::new(0),
+                answers_from_callbacks: AtomicU64::new(0),
                 last_sample: Arc::default(),
                 _token: token,
                 _live: live,
@@ -361,9 +362,7 @@ impl Bridge {
     /// leaving it to the channel's pump thread (see Threads in the crate docs): a count
     /// for tests and for judging whether a workload is request-response.
     pub fn answers_from_callbacks(&self) -> u64 {
-        self.core
-            .answers_from_callbacks
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.core.answers_from_callbacks.load(Ordering::Relaxed)
     }
 
     /// The Zenoh session.

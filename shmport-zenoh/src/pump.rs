@@ -92,13 +92,12 @@ impl Shared {
         let me = std::ptr::from_ref(self) as usize;
         let alone = self.last_sample.swap(me, Ordering::Relaxed) == me;
         if let Ok(mut guard) = self.pump.try_lock() {
-            if let Some(wake) = guard.as_mut().and_then(|p| p.try_direct(&payload)) {
+            if let Some(direct) = guard.as_mut().and_then(|p| p.try_direct(&payload)) {
                 // When the pump thread has work from this sample, it is woken for it at
                 // once, and no answer is watched for here (the thread would wait for it).
-                let wake = wake
-                    || guard
-                        .as_mut()
-                        .is_some_and(|p| p.answer_from_callback(alone));
+                let watch = !direct.wake && direct.delivered_whole && alone;
+                let wake = direct.wake
+                    || (watch && guard.as_mut().is_some_and(|p| p.answer_from_callback()));
                 drop(guard);
                 if wake {
                     self.wake();
@@ -280,9 +279,6 @@ struct Pump {
     /// A Zenoh callback just posted into the local port: its user may answer at once, so
     /// the pump thread watches the port for a moment instead of sleeping.
     expect_answer: bool,
-    /// The last sample a Zenoh callback handled posted a message whole into the local
-    /// port (see `pump/answer.rs`).
-    delivered_whole: bool,
     answer_watch: AnswerWatch,
     // Outbound direction: what we sent, what the peer granted.
     out_seq: u64,
@@ -319,11 +315,26 @@ struct Next {
 /// an answer to a message just delivered.
 const WATCH: Duration = Duration::from_micros(50);
 
-/// Watches the bridge-side port for up to [`WATCH`] (no system call per look): true when
-/// a message or a queued frame arrived meanwhile.
-fn watch_for_answer(shared: &Shared) -> bool {
+/// Looks with `look` until it finds something, for [`WATCH`] at most, yielding the core
+/// between looks (no other system call): the watch of the pump thread and of a Zenoh
+/// callback (`pump/answer.rs`) for an answer to a message just delivered.
+fn watch<R>(mut look: impl FnMut() -> Option<R>) -> Option<R> {
     let until = std::time::Instant::now() + WATCH;
     loop {
+        if let Some(found) = look() {
+            return Some(found);
+        }
+        if std::time::Instant::now() >= until {
+            return None;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Watches the bridge-side port for up to [`WATCH`]: true when a message or a queued
+/// frame arrived meanwhile.
+fn watch_for_answer(shared: &Shared) -> bool {
+    watch(|| {
         let news = match shared.pump.try_lock() {
             Ok(p) => p
                 .as_ref()
@@ -331,14 +342,9 @@ fn watch_for_answer(shared: &Shared) -> bool {
             // A callback is working on the channel: look again after it.
             Err(_) => false,
         };
-        if news || shared.notified.load(Ordering::Acquire) {
-            return true;
-        }
-        if std::time::Instant::now() >= until {
-            return false;
-        }
-        std::thread::yield_now();
-    }
+        (news || shared.notified.load(Ordering::Acquire)).then_some(())
+    })
+    .is_some()
 }
 
 /// The pump thread of one channel end: steps the pump, then waits (without holding it)
@@ -459,7 +465,6 @@ impl Pump {
             out_parts_len: 0,
             credit_arrived: false,
             expect_answer: false,
-            delivered_whole: false,
             answer_watch: AnswerWatch::default(),
             out_seq: 0,
             sent_msgs: 0,

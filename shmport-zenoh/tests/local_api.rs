@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use common::*;
 use shmport::{MessagePort, PortSet};
-use shmport_zenoh::{Bridge, BridgeConfig};
+use shmport_zenoh::{Bridge, BridgeConfig, Listener};
 
 /// A bridged channel between two bridges of this process.
 fn bridged(test: &str) -> (Bridge, Bridge, MessagePort, MessagePort) {
@@ -25,12 +25,17 @@ fn bridged_with(
     let (a, endpoint) = listening_bridge(&realm, config());
     let listener = a.bind("local").unwrap();
     let b = Bridge::open(config().realm(&realm).connect(&endpoint)).unwrap();
-    let (near, far) = std::thread::scope(|s| {
+    let (near, far) = channel(&listener, &b);
+    (a, b, near, far)
+}
+
+/// One more channel: `b` connects to `listener`'s name; (`b`'s end, the listener's).
+fn channel(listener: &Listener, b: &Bridge) -> (MessagePort, MessagePort) {
+    std::thread::scope(|s| {
         let connecting = s.spawn(|| b.connect("local", PATIENCE).unwrap());
         let far = listener.accept().unwrap();
         (connecting.join().unwrap(), far)
-    });
-    (a, b, near, far)
+    })
 }
 
 #[test]
@@ -161,11 +166,7 @@ fn channels_taking_turns_are_answered_without_callback_watches() {
     let b = Bridge::open(BridgeConfig::new().realm(&realm).connect(&endpoint)).unwrap();
     let (mut nears, mut answerers) = (Vec::new(), Vec::new());
     for _ in 0..2 {
-        let (near, far) = std::thread::scope(|s| {
-            let connecting = s.spawn(|| b.connect("local", PATIENCE).unwrap());
-            let far = listener.accept().unwrap();
-            (connecting.join().unwrap(), far)
-        });
+        let (near, far) = channel(&listener, &b);
         nears.push(near);
         answerers.push(std::thread::spawn(move || {
             for _ in 0..ROUNDS {

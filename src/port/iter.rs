@@ -5,6 +5,7 @@
 use std::marker::PhantomData;
 
 use crate::error::{MessageError, RecvError, TryRecvError};
+use crate::shm::ring::{Corrupt, Record};
 use crate::wire::codec::{KIND_MESSAGE, Message};
 
 use super::*;
@@ -67,12 +68,18 @@ impl MessagePort {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_empty(&self) -> bool {
+        !matches!(self.peek_next(), Some(Ok(Some(_)) | Err(_)))
+    }
+
+    /// The ring's next record, peeked (its header copied out and checked, nothing taken);
+    /// `None` when there is no ring to look at: a poisoned channel, a copy of the port in
+    /// a process made by `fork`, or a receive under way on this thread.
+    fn peek_next(&self) -> Option<Result<Option<Record>, Corrupt>> {
         if self.peer.get() == PeerState::Poisoned || !self.in_owner_process() {
-            return true;
+            return None;
         }
-        self.rx
-            .try_borrow_mut()
-            .map_or(true, |mut rx| !matches!(rx.peek(), Ok(Some(_)) | Err(_)))
+        let mut rx = self.rx.try_borrow_mut().ok()?;
+        Some(rx.peek())
     }
 
     /// The archive length of the next queued message when it sits whole in the ring and
@@ -96,11 +103,7 @@ impl MessagePort {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn peek_inline_len(&self) -> Option<usize> {
-        if self.peer.get() == PeerState::Poisoned || !self.in_owner_process() {
-            return None;
-        }
-        let mut rx = self.rx.try_borrow_mut().ok()?;
-        match rx.peek() {
+        match self.peek_next()? {
             Ok(Some(record)) if record.header.kind == KIND_MESSAGE => Some(record.len()),
             _ => None,
         }

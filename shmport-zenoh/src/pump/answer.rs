@@ -35,9 +35,8 @@
 //! closes the link after its `wait_before_close` (5 s by default) if it never drains.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
-use super::{Pump, WATCH};
+use super::{Pump, watch};
 
 /// The most archive bytes the callback forwards itself after one delivery.
 const ANSWER_MAX: usize = 16 << 10;
@@ -74,19 +73,18 @@ impl AnswerWatch {
 }
 
 impl Pump {
-    /// Called by the Zenoh callback that handled a sample on the channel, when the pump
-    /// thread has nothing to do for it: when the sample delivered a message whole and a
-    /// watch is due, watches the bridge-side port for the user's answer and forwards it.
-    /// True when the pump thread should be woken: for what the port holds and this thread
-    /// did not send, a batch it left unsent, or the channel's end.
-    ///
-    /// `alone`: the bridge's sample before this one was this channel's too. Samples of
-    /// the bridge's channels are handled one after another on Zenoh's receiving thread, so
-    /// a watch holds up every other channel of the link: with several channels taking
-    /// turns (a server answering many clients) their answers go from their pump threads,
-    /// in parallel, instead of each waiting for the answers before it.
-    pub(super) fn answer_from_callback(&mut self, alone: bool) -> bool {
-        if !std::mem::take(&mut self.delivered_whole) || !alone || !self.wants_port() {
+    /// Called by the Zenoh callback whose sample delivered a message whole, when the pump
+    /// thread has nothing to do for the sample and the bridge's sample before it was this
+    /// channel's too (samples of the bridge's channels are handled one after another on
+    /// Zenoh's receiving thread, so a watch holds up every other channel of the link: with
+    /// several channels taking turns, a server answering many clients, their answers go
+    /// from their pump threads, in parallel, instead of each waiting for the answers
+    /// before it). When a watch is due, watches the bridge-side port for the user's
+    /// answer and forwards it. True when the pump thread should be woken: for what the
+    /// port holds and this thread did not send, a batch it left unsent, or the channel's
+    /// end.
+    pub(super) fn answer_from_callback(&mut self) -> bool {
+        if !self.wants_port() {
             return false;
         }
         // A put of the bridge under way: Zenoh's send queue may be full, and a put that
@@ -106,11 +104,10 @@ impl Pump {
         // What is whole in the ring goes, up to ANSWER_MAX bytes in all (one batch, sent
         // by one put); the rest may need more than this thread should do (the proxy of a
         // transferred port is declared on the session, a large body waits for credit).
-        let sent = self.sent_msgs;
-        let budget = std::cell::Cell::new(ANSWER_MAX);
+        let (sent, mut budget) = (self.sent_msgs, ANSWER_MAX);
         self.forward_where(|port| {
-            let fits = port.peek_inline_len().filter(|&len| len <= budget.get());
-            budget.set(budget.get() - fits.unwrap_or(0));
+            let fits = port.peek_inline_len().filter(|&len| len <= budget);
+            budget -= fits.unwrap_or(0);
             fits.is_some()
         });
         let answered = self.sent_msgs > sent;
@@ -133,22 +130,19 @@ impl Pump {
         self.core.puts_under_way.load(Ordering::Relaxed) > 0
     }
 
-    /// Looks at the port until it holds something, for [`WATCH`] at most, or until the
-    /// pump thread has news (a sample queued for it meanwhile).
+    /// Looks at the port until it holds something, for [`WATCH`](super::WATCH) at most,
+    /// or until the pump thread has news (a sample queued for it meanwhile).
     fn watch_port(&self) -> Watched {
-        let until = Instant::now() + WATCH;
-        loop {
+        watch(|| {
             if self.port().is_some_and(|p| !p.is_empty()) {
-                return Watched::Answer;
+                Some(Watched::Answer)
+            } else if self.shared.notified.load(Ordering::Acquire) {
+                Some(Watched::PumpHasNews)
+            } else {
+                None
             }
-            if self.shared.notified.load(Ordering::Acquire) {
-                return Watched::PumpHasNews;
-            }
-            if Instant::now() >= until {
-                return Watched::Nothing;
-            }
-            std::thread::yield_now();
-        }
+        })
+        .unwrap_or(Watched::Nothing)
     }
 }
 
@@ -176,13 +170,19 @@ mod tests {
         assert_eq!(watched_at, [0, 2, 6, 14, 30]);
     }
 
-    #[test]
-    fn an_answer_makes_the_next_delivery_watched_again() {
-        let mut w = AnswerWatch::default();
-        for _ in 0..5 {
+    /// Lets deliveries pass until a watch is due, `misses` times, each watch seeing no
+    /// answer.
+    fn miss(w: &mut AnswerWatch, misses: usize) {
+        for _ in 0..misses {
             while !w.due() {}
             w.answered(false);
         }
+    }
+
+    #[test]
+    fn an_answer_makes_the_next_delivery_watched_again() {
+        let mut w = AnswerWatch::default();
+        miss(&mut w, 5);
         while !w.due() {}
         w.answered(true);
         assert!(w.due());
@@ -191,10 +191,7 @@ mod tests {
     #[test]
     fn skips_stop_growing_at_the_cap() {
         let mut w = AnswerWatch::default();
-        for _ in 0..100 {
-            while !w.due() {}
-            w.answered(false);
-        }
+        miss(&mut w, 100);
         assert_eq!(w.skip, MAX_SKIP);
     }
 }

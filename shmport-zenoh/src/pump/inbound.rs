@@ -88,12 +88,21 @@ fn with_pieces<R>(payload: &ZBytes, f: impl FnOnce(&[&[u8]]) -> R) -> R {
     }
 }
 
+/// What a sample handled on a Zenoh callback's thread did ([`Pump::try_direct`]).
+pub(super) struct Direct {
+    /// The pump thread has work now: credit to send or to use, a message waiting for
+    /// room, a watch of its own, the end.
+    pub wake: bool,
+    /// A message was posted whole into the local port as its frame was decoded: its user
+    /// may answer at once (`pump/answer.rs`).
+    pub delivered_whole: bool,
+}
+
 impl Pump {
     /// Handles a sample on the Zenoh callback's thread, when it is small, nothing queued
     /// waits before it and it needs nothing that may block or declare Zenoh keys (a frame
-    /// transferring ports): `None` when the pump thread must take it; else whether the pump thread has
-    /// work now (credit to send or to use, a message waiting for room, the end).
-    pub(super) fn try_direct(&mut self, payload: &ZBytes) -> Option<bool> {
+    /// transferring ports): `None` when the pump thread must take it; else what it did.
+    pub(super) fn try_direct(&mut self, payload: &ZBytes) -> Option<Direct> {
         if payload.len() > DIRECT_MAX
             || self.ended.is_some()
             || !self.pending.is_empty()
@@ -115,7 +124,7 @@ impl Pump {
         if !handled {
             return None;
         }
-        self.delivered_whole = self.returned_msgs > before;
+        let delivered_whole = self.returned_msgs > before;
         let returned = self.returned_msgs;
         self.settle();
         // A message went to the local user, who may answer at once: have the pump
@@ -126,13 +135,14 @@ impl Pump {
         // pump thread per delivery) measured no faster round trip on two cores, at 40-60%
         // more CPU (README, Performance).
         self.expect_answer = self.returned_msgs > returned && self.wants_port() && !self.no_fd;
-        Some(
-            self.expect_answer
+        Some(Direct {
+            wake: self.expect_answer
                 || self.ended.is_some()
                 || !self.pending.is_empty()
                 || self.credit_arrived
                 || self.credit_due().is_some(),
-        )
+            delivered_whole,
+        })
     }
 
     pub(super) fn take_inbox(&mut self) {

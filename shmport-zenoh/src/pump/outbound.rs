@@ -86,7 +86,7 @@ impl Pump {
 
     /// [`forward`](Self::forward) while `take` accepts the port as it is before the next
     /// message is read.
-    pub(super) fn forward_where(&mut self, take: impl Fn(&MessagePort) -> bool) {
+    pub(super) fn forward_where(&mut self, mut take: impl FnMut(&MessagePort) -> bool) {
         if self.local_done || self.ended.is_some() || !self.matched() {
             return;
         }
@@ -97,7 +97,7 @@ impl Pump {
             if self.sent_msgs >= self.granted_msgs || self.sent_bytes >= self.granted_bytes {
                 return;
             }
-            if !self.port().is_some_and(&take) {
+            if !self.port().is_some_and(&mut take) {
                 return;
             }
             let avail = self.granted_bytes - self.sent_bytes;
